@@ -1,0 +1,172 @@
+//! Database access through sea-orm: one code path for SQLite (the embedded default) and
+//! PostgreSQL (production), with the service's migrations run at start-up.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm_migration::MigratorTrait;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, require_positive};
+
+/// The `database` section of a service's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// A sea-orm URL: `sqlite://.data/user.db?mode=rwc` (file, created if missing),
+    /// `sqlite::memory:`, or `postgres://user:password@host:5432/db`. Secret: it may hold
+    /// a password, so it is never printed.
+    pub url: SecretString,
+    /// Most open connections in the pool. Default 10. In-memory SQLite always uses one.
+    pub max_connections: u32,
+    /// How long to wait for a connection, in ms. Default 5000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("sqlite::memory:"),
+            max_connections: 10,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// A config for `url` with the other values at their defaults.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: SecretString::from(url.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `database.url`, `database.max_connections` or
+    /// `database.connect_timeout_ms`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.url.expose_secret();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        require_positive("database.max_connections", u64::from(self.max_connections))?;
+        require_positive("database.connect_timeout_ms", self.connect_timeout_ms)
+    }
+
+    fn is_memory(&self) -> bool {
+        let url = self.url.expose_secret();
+        url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"))
+    }
+
+    /// The file of a file-backed SQLite URL, if it is one.
+    fn sqlite_file(&self) -> Option<&str> {
+        let rest = self.url.expose_secret().strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && !self.is_memory()).then_some(path)
+    }
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The directory of an SQLite file could not be created.
+    #[error("cannot create the directory of database file {path}")]
+    CreateDir {
+        /// The file's path.
+        path: String,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed (unreachable server, bad credentials, bad URL).
+    #[error("cannot connect to the database")]
+    Connect(#[source] DbErr),
+    /// A migration failed.
+    #[error("cannot migrate the database")]
+    Migrate(#[source] DbErr),
+}
+
+/// Connects to `config.url` and applies every pending migration of `M`.
+///
+/// For a file-backed SQLite URL the file's directory is created first. In-memory SQLite
+/// keeps exactly one connection open for the pool's lifetime, because every connection
+/// would otherwise see its own empty database.
+///
+/// # Errors
+/// [`DataError`] when the directory, the connection or a migration fails.
+pub async fn connect<M: MigratorTrait>(
+    config: &DatabaseConfig,
+) -> Result<DatabaseConnection, DataError> {
+    if let Some(path) = config.sqlite_file()
+        && let Some(dir) = std::path::Path::new(path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| DataError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    let mut options = ConnectOptions::new(config.url.expose_secret().to_owned());
+    options
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .sqlx_logging(false);
+    if config.is_memory() {
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None::<Duration>)
+            .max_lifetime(None::<Duration>);
+    } else {
+        options.max_connections(config.max_connections);
+    }
+    let db = Database::connect(options)
+        .await
+        .map_err(DataError::Connect)?;
+    M::up(&db, None).await.map_err(DataError::Migrate)?;
+    Ok(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_file_is_found_in_file_urls_only() {
+        assert_eq!(
+            DatabaseConfig::with_url("sqlite://.data/user.db?mode=rwc").sqlite_file(),
+            Some(".data/user.db")
+        );
+        assert_eq!(
+            DatabaseConfig::with_url("sqlite::memory:").sqlite_file(),
+            None
+        );
+        assert_eq!(
+            DatabaseConfig::with_url("postgres://u:p@h/db").sqlite_file(),
+            None
+        );
+    }
+
+    #[test]
+    fn unknown_schemes_are_rejected_naming_the_key() {
+        let err = DatabaseConfig::with_url("mysql://h/db").validate();
+        assert!(matches!(
+            err,
+            Err(ConfigError::Invalid {
+                key: "database.url",
+                ..
+            })
+        ));
+    }
+}

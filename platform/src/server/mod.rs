@@ -1,0 +1,459 @@
+//! The one gRPC server builder every Trellis service uses.
+//!
+//! [`Server`] collects the service's gRPC services and descriptor sets; [`Server::bind`]
+//! adds health (`grpc.health.v1`, Check and Watch, for `""` and each service), reflection
+//! (`grpc.reflection.v1` and `v1alpha`), per-RPC tracing, limits and the drain layer, and
+//! binds the listener; [`BoundServer::run_until`] serves until a shutdown future completes,
+//! then shuts down gracefully:
+//!
+//! 1. every health status becomes NOT_SERVING (so load balancers stop sending calls);
+//! 2. the listener stops accepting and connections are told to go away (HTTP/2 GOAWAY);
+//! 3. in-flight calls get up to `server.drain_timeout_ms` to finish;
+//! 4. streams still open then end with UNAVAILABLE ([`drain`]), and the server returns.
+
+pub mod drain;
+pub mod trace;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{ConfigError, require_positive};
+
+/// How long connections may stay open after the drain bound, before they are dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The `server` section of a service's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:50051`; port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// Largest message accepted or sent, in bytes. Default 4 MiB (gRPC's usual limit).
+    pub max_message_bytes: usize,
+    /// Most requests handled at once across all connections; more wait. Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Deadline for a unary call's response when the client sets none, in ms. Default 30000.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight calls before ending open streams, in ms.
+    /// Default 10000.
+    pub drain_timeout_ms: u64,
+    /// How often the readiness probe (e.g. a database ping) runs, in ms. Default 5000.
+    pub readiness_interval_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            request_timeout_ms: 30_000,
+            drain_timeout_ms: 10_000,
+            readiness_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The defaults, listening on `0.0.0.0:port`.
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key set to 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_positive("server.max_message_bytes", self.max_message_bytes as u64)?;
+        require_positive(
+            "server.max_concurrent_requests",
+            self.max_concurrent_requests as u64,
+        )?;
+        require_positive("server.request_timeout_ms", self.request_timeout_ms)?;
+        require_positive("server.drain_timeout_ms", self.drain_timeout_ms)?;
+        require_positive("server.readiness_interval_ms", self.readiness_interval_ms)
+    }
+
+    /// The drain bound of a graceful shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The default deadline of a call.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The interval between readiness probes.
+    pub fn readiness_interval(&self) -> Duration {
+        Duration::from_millis(self.readiness_interval_ms)
+    }
+
+    /// The address a client on this host uses to reach the server: the listen address,
+    /// with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub fn local_client_addr(&self) -> SocketAddr {
+        let ip = match self.listen_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.listen_addr.port())
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A descriptor set given for reflection could not be decoded.
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A check of whether the service can serve (e.g. its database answers). `true` means
+/// SERVING.
+pub type ReadinessProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Collects a service's parts; [`Server::bind`] turns them into a [`BoundServer`].
+pub struct Server {
+    config: ServerConfig,
+    routes: Routes,
+    service_names: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+    readiness: Option<ReadinessProbe>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.config)
+            .field("service_names", &self.service_names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server with `config` and no services yet.
+    pub fn builder(config: ServerConfig) -> Self {
+        Self {
+            config,
+            routes: Routes::default(),
+            service_names: Vec::new(),
+            descriptor_sets: Vec::new(),
+            readiness: None,
+        }
+    }
+
+    /// Adds a generated gRPC server; its name gets its own health status. Apply the
+    /// message-size limits to it first, e.g.
+    /// `FooServer::new(h).max_decoding_message_size(config.max_message_bytes)`.
+    #[must_use]
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes = self.routes.add_service(service);
+        self
+    }
+
+    /// Registers an encoded `FileDescriptorSet` for reflection (health's and
+    /// reflection's own are always registered).
+    #[must_use]
+    pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// Sets the readiness probe, run every `server.readiness_interval_ms`. Without one,
+    /// the server reports SERVING as soon as it runs.
+    #[must_use]
+    pub fn readiness<F, Fut>(mut self, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        self.readiness = Some(Arc::new(move || Box::pin(probe())));
+        self
+    }
+
+    /// Binds the listen address and assembles health and reflection.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] when the address is taken or not allowed;
+    /// [`ServerError::Reflection`] when a descriptor set is malformed.
+    pub async fn bind(self) -> Result<BoundServer, ServerError> {
+        let Self {
+            config,
+            routes,
+            service_names,
+            descriptor_sets,
+            readiness,
+        } = self;
+
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for set in &descriptor_sets {
+                builder = builder.register_encoded_file_descriptor_set(set);
+            }
+            builder
+        };
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health {
+            reporter,
+            names: service_names,
+        };
+        // tonic-health starts "" as SERVING: nothing is ready until the probe says so.
+        health.set_all(ServingStatus::NotServing).await;
+        let routes = routes
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
+
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen_addr,
+            source,
+        })?;
+        Ok(BoundServer {
+            config,
+            listener,
+            local_addr,
+            routes,
+            health,
+            readiness,
+        })
+    }
+}
+
+/// A server bound to its address, ready to serve.
+pub struct BoundServer {
+    config: ServerConfig,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    health: Health,
+    readiness: Option<ReadinessProbe>,
+}
+
+impl std::fmt::Debug for BoundServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundServer {
+    /// The address actually bound (the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// As [`Self::run_until`].
+    pub async fn run_until_stopped(self) -> Result<(), ServerError> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see the module
+    /// docs) within `server.drain_timeout_ms` plus a short grace to close connections.
+    ///
+    /// # Errors
+    /// [`ServerError::Transport`] when serving fails.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Self {
+            config,
+            listener,
+            local_addr,
+            routes,
+            health,
+            readiness,
+        } = self;
+        let health = Arc::new(health);
+        let stop_accepting = CancellationToken::new();
+        let drained = CancellationToken::new();
+
+        let readiness_task = tokio::spawn(run_readiness(
+            Arc::clone(&health),
+            readiness,
+            config.readiness_interval(),
+            stop_accepting.clone(),
+        ));
+
+        let server = tonic::transport::Server::builder()
+            .timeout(config.request_timeout())
+            .layer(trace::layer())
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                config.max_concurrent_requests,
+            ))
+            .layer(drain::DrainLayer::new(drained.clone()))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop_accepting.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+        tracing::info!(%local_addr, "serving gRPC");
+
+        tokio::select! {
+            result = &mut server => {
+                stop_accepting.cancel();
+                return result.map_err(ServerError::from);
+            }
+            () = shutdown => {}
+        }
+
+        let drain_timeout = config.drain_timeout();
+        tracing::info!(
+            drain_timeout_ms = config.drain_timeout_ms,
+            "shutting down: NOT_SERVING, draining in-flight calls"
+        );
+        stop_accepting.cancel();
+        // The readiness task must be gone before the final NOT_SERVING, or it could
+        // overwrite it.
+        drop(readiness_task.await);
+        health.set_all(ServingStatus::NotServing).await;
+
+        if let Ok(result) = tokio::time::timeout(drain_timeout, &mut server).await {
+            tracing::info!("shutdown complete");
+            return result.map_err(ServerError::from);
+        }
+        tracing::warn!("drain bound reached: ending open streams with UNAVAILABLE");
+        drained.cancel();
+        match tokio::time::timeout(CLOSE_GRACE, &mut server).await {
+            Ok(result) => {
+                tracing::info!("shutdown complete");
+                result.map_err(ServerError::from)
+            }
+            Err(_) => {
+                tracing::warn!("closing connections that outlived the drain bound");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The health statuses of one server: `""` and each service's name.
+struct Health {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl Health {
+    async fn set_all(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for name in &self.names {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+}
+
+async fn run_readiness(
+    health: Arc<Health>,
+    probe: Option<ReadinessProbe>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let Some(probe) = probe else {
+        health.set_all(ServingStatus::Serving).await;
+        return;
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let ready = tokio::select! {
+            () = stop.cancelled() => return,
+            ready = probe() => ready,
+        };
+        if last != Some(ready) {
+            if ready {
+                tracing::info!("ready: SERVING");
+            } else {
+                tracing::warn!("readiness probe failed: NOT_SERVING");
+            }
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_all(status).await;
+            last = Some(ready);
+        }
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM (Ctrl-C on other platforms).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => tracing::info!("received SIGINT"),
+                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
+                }
+            }
+            _ => {
+                tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
+                drop(tokio::signal::ctrl_c().await);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tokio::signal::ctrl_c().await);
+}

@@ -1,0 +1,255 @@
+//! The user domain: what a user is, the rules its fields follow, and the operations on
+//! users. No gRPC and no SQL here: storage is reached through [`UserRepository`], which
+//! the storage layer implements.
+
+pub mod password;
+pub mod validation;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use password::{PasswordHash, PasswordHasher};
+pub use validation::{DisplayName, Email, Password, Violation};
+
+/// A user as the domain sees it. Holds no password material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// A UUIDv7: time-ordered, so ordering by id lists users oldest first.
+    pub id: Uuid,
+    /// Normalised email address (see [`Email`]).
+    pub email: Email,
+    /// See [`DisplayName`].
+    pub display_name: DisplayName,
+    /// When the user was created.
+    pub create_time: DateTime<Utc>,
+    /// When the user was last changed.
+    pub update_time: DateTime<Utc>,
+}
+
+/// A user with their stored password hash, as loaded for a credentials check.
+#[derive(Debug, Clone)]
+pub struct UserWithCredentials {
+    /// The user.
+    pub user: User,
+    /// Their argon2id hash.
+    pub password_hash: PasswordHash,
+}
+
+/// Changes to apply to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    /// New email address.
+    pub email: Option<Email>,
+    /// New display name.
+    pub display_name: Option<DisplayName>,
+}
+
+/// One page of users, oldest first.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    /// The users of this page.
+    pub users: Vec<User>,
+    /// The id to continue after, when more users follow.
+    pub next_after: Option<Uuid>,
+}
+
+/// Everything that can go wrong in a user operation.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// Input broke one or more field rules.
+    #[error("invalid input")]
+    Invalid(Vec<Violation>),
+    /// No user has this id.
+    #[error("user not found")]
+    NotFound,
+    /// Another user already has this email address.
+    #[error("email address is already registered")]
+    EmailTaken,
+    /// The email is unknown or the password wrong; deliberately not saying which.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// Anything the caller cannot act on (database down, hashing failed).
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// Storage of users, implemented by the storage layer.
+pub trait UserRepository: Send + Sync + 'static {
+    /// Inserts a new user.
+    ///
+    /// # Errors
+    /// [`UserError::EmailTaken`] when the email exists; [`UserError::Unexpected`] otherwise.
+    fn insert(
+        &self,
+        user: &User,
+        password_hash: &PasswordHash,
+    ) -> impl Future<Output = Result<(), UserError>> + Send;
+    /// Loads a user by id; `None` when absent.
+    fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
+    /// Loads a user and their hash by normalised email; `None` when absent.
+    fn get_credentials(
+        &self,
+        email: &Email,
+    ) -> impl Future<Output = Result<Option<UserWithCredentials>, UserError>> + Send;
+    /// Lists up to `limit` users with an id greater than `after`, in id order.
+    fn list(
+        &self,
+        after: Option<Uuid>,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<User>, UserError>> + Send;
+    /// Applies `changes` and sets `update_time`; returns the updated user, `None` when absent.
+    ///
+    /// # Errors
+    /// [`UserError::EmailTaken`] when the new email belongs to another user.
+    fn update(
+        &self,
+        id: Uuid,
+        changes: &UserChanges,
+        update_time: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
+    /// Deletes a user; `false` when there was none.
+    fn delete(&self, id: Uuid) -> impl Future<Output = Result<bool, UserError>> + Send;
+}
+
+/// The user operations, over a repository and a password hasher.
+#[derive(Debug)]
+pub struct Users<R> {
+    repository: R,
+    hasher: PasswordHasher,
+}
+
+impl<R: UserRepository> Users<R> {
+    /// The operations over `repository`, hashing with `hasher`.
+    pub fn new(repository: R, hasher: PasswordHasher) -> Self {
+        Self { repository, hasher }
+    }
+
+    /// Creates a user from unvalidated input.
+    ///
+    /// # Errors
+    /// [`UserError::Invalid`] listing every broken field rule; [`UserError::EmailTaken`].
+    pub async fn create(
+        &self,
+        email: &str,
+        display_name: &str,
+        password: &str,
+    ) -> Result<User, UserError> {
+        let mut violations = Vec::new();
+        let email = collect(Email::parse("email", email), &mut violations);
+        let display_name = collect(
+            DisplayName::parse("display_name", display_name),
+            &mut violations,
+        );
+        let password = collect(Password::parse("password", password), &mut violations);
+        let (Some(email), Some(display_name), Some(password)) = (email, display_name, password)
+        else {
+            return Err(UserError::Invalid(violations));
+        };
+        let password_hash = self.hasher.hash(password).await?;
+        let now = now();
+        let user = User {
+            id: Uuid::now_v7(),
+            email,
+            display_name,
+            create_time: now,
+            update_time: now,
+        };
+        self.repository.insert(&user, &password_hash).await?;
+        Ok(user)
+    }
+
+    /// Returns the user with `id`.
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`].
+    pub async fn get(&self, id: Uuid) -> Result<User, UserError> {
+        self.repository.get(id).await?.ok_or(UserError::NotFound)
+    }
+
+    /// Returns up to `page_size` users after `after` (exclusive), oldest first.
+    ///
+    /// # Errors
+    /// [`UserError::Unexpected`] when storage fails.
+    pub async fn list(&self, after: Option<Uuid>, page_size: u32) -> Result<UserPage, UserError> {
+        let page_size = u64::from(page_size.max(1));
+        // One extra row tells whether another page follows without a second query.
+        let mut users = self.repository.list(after, page_size + 1).await?;
+        let more = users.len() as u64 > page_size;
+        users.truncate(page_size as usize);
+        let next_after = if more {
+            users.last().map(|u| u.id)
+        } else {
+            None
+        };
+        Ok(UserPage { users, next_after })
+    }
+
+    /// Applies `changes` to the user with `id`.
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`]; [`UserError::EmailTaken`].
+    pub async fn update(&self, id: Uuid, changes: UserChanges) -> Result<User, UserError> {
+        if changes == UserChanges::default() {
+            return self.get(id).await;
+        }
+        self.repository
+            .update(id, &changes, now())
+            .await?
+            .ok_or(UserError::NotFound)
+    }
+
+    /// Deletes the user with `id`.
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`].
+    pub async fn delete(&self, id: Uuid) -> Result<(), UserError> {
+        if self.repository.delete(id).await? {
+            Ok(())
+        } else {
+            Err(UserError::NotFound)
+        }
+    }
+
+    /// Returns the user whose credentials these are.
+    ///
+    /// An unknown email, a malformed one and a wrong password all give
+    /// [`UserError::InvalidCredentials`], and an unknown email costs a full hash
+    /// verification (against a dummy hash), so neither the answer nor its timing tells
+    /// whether an account exists (OWASP Authentication Cheat Sheet).
+    ///
+    /// # Errors
+    /// [`UserError::InvalidCredentials`].
+    pub async fn verify_credentials(&self, email: &str, password: &str) -> Result<User, UserError> {
+        let found = match Email::parse("email", email) {
+            Ok(email) => self.repository.get_credentials(&email).await?,
+            Err(_) => None,
+        };
+        match found {
+            Some(found) => {
+                if self.hasher.verify(password, found.password_hash).await? {
+                    Ok(found.user)
+                } else {
+                    Err(UserError::InvalidCredentials)
+                }
+            }
+            None => {
+                self.hasher.verify_dummy(password).await?;
+                Err(UserError::InvalidCredentials)
+            }
+        }
+    }
+}
+
+/// Keeps `Ok` values and gathers errors, so one call reports every broken field.
+fn collect<T>(result: Result<T, Violation>, violations: &mut Vec<Violation>) -> Option<T> {
+    result.map_err(|v| violations.push(v)).ok()
+}
+
+/// The current time, truncated to microseconds: what both SQLite and PostgreSQL store,
+/// so a returned user equals the stored one.
+fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}

@@ -1,0 +1,209 @@
+//! Field rules for user input. Each type can only hold a valid value.
+
+use email_address::{EmailAddress, Options};
+
+/// Most characters in a display name.
+pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
+/// Fewest bytes in a password (OWASP ASVS 5.0 V6.2.1 asks for at least 8; we ask 12).
+pub const PASSWORD_MIN_BYTES: usize = 12;
+/// Most bytes in a password: bounds the hashing work one request can cause.
+pub const PASSWORD_MAX_BYTES: usize = 1024;
+/// Most bytes in an email address (RFC 5321 §4.5.3.1.3 path limit).
+pub const EMAIL_MAX_BYTES: usize = 254;
+
+/// A broken field rule: the field's name in the request and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field, e.g. `email`.
+    pub field: &'static str,
+    /// What is wrong, lowercase, e.g. `must be 1 to 100 characters`.
+    pub message: String,
+}
+
+impl Violation {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// An email address: surrounding whitespace trimmed, domain lower-cased (domains are
+/// case-insensitive, RFC 5321 §2.4; the local part is kept as given), syntax per RFC 5322
+/// without display text or domain literals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    /// Validates and normalises `raw`; errors name `field`.
+    ///
+    /// # Errors
+    /// A [`Violation`] when `raw` is not an address.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, Violation> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(Violation::new(field, "is required"));
+        }
+        if trimmed.len() > EMAIL_MAX_BYTES {
+            return Err(Violation::new(
+                field,
+                format!("must be at most {EMAIL_MAX_BYTES} bytes"),
+            ));
+        }
+        let options = Options::default()
+            .without_display_text()
+            .without_domain_literal();
+        let parsed = EmailAddress::parse_with_options(trimmed, options)
+            .map_err(|_| Violation::new(field, "is not a valid email address"))?;
+        Ok(Self(format!(
+            "{}@{}",
+            parsed.local_part(),
+            parsed.domain().to_lowercase()
+        )))
+    }
+
+    /// The normalised address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps an address read back from storage, where it was stored normalised.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
+}
+
+/// A display name: trimmed, 1 to 100 characters (Unicode scalar values), no control
+/// characters (Unicode category Cc, which includes NUL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// Validates `raw`; errors name `field`.
+    ///
+    /// # Errors
+    /// A [`Violation`] when `raw` breaks a rule.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, Violation> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 || chars > DISPLAY_NAME_MAX_CHARS {
+            return Err(Violation::new(
+                field,
+                format!("must be 1 to {DISPLAY_NAME_MAX_CHARS} characters"),
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(Violation::new(field, "must not contain control characters"));
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a name read back from storage.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
+}
+
+/// A new password: 12 to 1024 bytes. Its `Debug` output is redacted.
+#[derive(Clone)]
+pub struct Password<'a>(&'a str);
+
+impl std::fmt::Debug for Password<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+impl<'a> Password<'a> {
+    /// Validates `raw`; errors name `field`.
+    ///
+    /// # Errors
+    /// A [`Violation`] when `raw` is too short or too long.
+    pub fn parse(field: &'static str, raw: &'a str) -> Result<Self, Violation> {
+        if raw.len() < PASSWORD_MIN_BYTES || raw.len() > PASSWORD_MAX_BYTES {
+            return Err(Violation::new(
+                field,
+                format!("must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes"),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The password.
+    pub fn expose(&self) -> &'a str {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_is_trimmed_and_only_its_domain_lower_cased() {
+        let email = Email::parse("email", "  Ada.Lovelace@Example.COM \n").map(|e| e.0);
+        assert_eq!(email, Ok("Ada.Lovelace@example.com".to_owned()));
+    }
+
+    #[test]
+    fn malformed_emails_are_rejected() {
+        for raw in [
+            "",
+            "   ",
+            "ada",
+            "ada@",
+            "@example.com",
+            "Ada <ada@example.com>",
+            "ada@[127.0.0.1]",
+            "a\0b@example.com",
+        ] {
+            assert!(Email::parse("email", raw).is_err(), "{raw:?} was accepted");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert!(Email::parse("email", &long).is_err());
+    }
+
+    #[test]
+    fn display_name_counts_characters_not_bytes() {
+        assert!(DisplayName::parse("display_name", &"é".repeat(100)).is_ok());
+        assert!(DisplayName::parse("display_name", &"é".repeat(101)).is_err());
+        assert!(DisplayName::parse("display_name", "A").is_ok());
+        assert!(DisplayName::parse("display_name", "").is_err());
+        assert!(DisplayName::parse("display_name", "   ").is_err());
+    }
+
+    #[test]
+    fn display_name_rejects_control_characters() {
+        for raw in ["Ada\0", "Ada\nLovelace", "Ada\u{7f}", "\u{9b}x"] {
+            let err = DisplayName::parse("display_name", raw);
+            assert_eq!(
+                err.map_err(|v| v.message),
+                Err("must not contain control characters".to_owned()),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_length_is_measured_in_bytes() {
+        assert!(Password::parse("password", &"a".repeat(11)).is_err());
+        assert!(Password::parse("password", &"a".repeat(12)).is_ok());
+        assert!(Password::parse("password", &"a".repeat(1024)).is_ok());
+        assert!(Password::parse("password", &"a".repeat(1025)).is_err());
+        // Six two-byte characters are twelve bytes.
+        assert!(Password::parse("password", &"é".repeat(6)).is_ok());
+    }
+
+    #[test]
+    fn password_debug_is_redacted() {
+        let password =
+            Password::parse("password", "correct horse battery").map(|p| format!("{p:?}"));
+        assert_eq!(password.as_deref(), Ok("Password([redacted])"));
+    }
+}

@@ -1,0 +1,268 @@
+//! The gRPC layer: decodes requests, converts between wire and domain types, and maps
+//! domain errors to `tonic::Status` (in one place: `From<UserError> for Status`).
+
+use std::sync::Arc;
+
+use prost_types::Timestamp;
+use tonic::{Request, Response, Status};
+use trellis_platform::pagination::{self, PageError, PageTokenCodec};
+use trellis_platform::status::{FieldViolation, internal, invalid_argument};
+use trellis_proto::user_v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::{
+    DisplayName, Email, User, UserChanges, UserError, UserRepository, Users, Violation,
+};
+
+/// ListUsers page size when the request says 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest ListUsers page; larger requests are coerced to it (AIP-158).
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The scope page tokens are bound to.
+const LIST_USERS_SCOPE: &str = "trellis.user.v1.UserService/ListUsers";
+
+/// Handlers of `trellis.user.v1.UserService` and `UserInternalService`.
+#[derive(Debug)]
+pub struct UserHandlers<R> {
+    users: Arc<Users<R>>,
+    page_tokens: PageTokenCodec,
+}
+
+impl<R> Clone for UserHandlers<R> {
+    fn clone(&self) -> Self {
+        Self {
+            users: Arc::clone(&self.users),
+            page_tokens: self.page_tokens.clone(),
+        }
+    }
+}
+
+impl<R: UserRepository> UserHandlers<R> {
+    /// Handlers over the domain operations, signing page tokens with `page_tokens`.
+    pub fn new(users: Users<R>, page_tokens: PageTokenCodec) -> Self {
+        Self {
+            users: Arc::new(users),
+            page_tokens,
+        }
+    }
+}
+
+/// The cursor inside a ListUsers page token: the last id of the previous page.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ListCursor {
+    after: Uuid,
+}
+
+#[tonic::async_trait]
+impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R> {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let request = request.into_inner();
+        let user = self
+            .users
+            .create(&request.email, &request.display_name, &request.password)
+            .await?;
+        tracing::info!(user_id = %user.id, "user created");
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(to_proto(&user)),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let id = parse_id("id", &request.get_ref().id)?;
+        let user = self.users.get(id).await?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(to_proto(&user)),
+        }))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(|err| page_error("page_size", &err))?;
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            let cursor: ListCursor = self
+                .page_tokens
+                .decode(LIST_USERS_SCOPE, &request.page_token)
+                .map_err(|err| page_error("page_token", &err))?;
+            Some(cursor.after)
+        };
+        let page = self.users.list(after, page_size).await?;
+        let next_page_token = page
+            .next_after
+            .map(|after| {
+                self.page_tokens
+                    .encode(LIST_USERS_SCOPE, &ListCursor { after })
+            })
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListUsersResponse {
+            users: page.users.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let request = request.into_inner();
+        let Some(user) = request.user else {
+            return Err(invalid_argument(&[FieldViolation::new(
+                "user",
+                "is required",
+            )]));
+        };
+        let id = parse_id("user.id", &user.id)?;
+        let changes = changes_from_mask(&user, request.update_mask.as_ref())?;
+        let user = self.users.update(id, changes).await?;
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(to_proto(&user)),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let id = parse_id("id", &request.get_ref().id)?;
+        self.users.delete(id).await?;
+        tracing::info!(user_id = %id, "user deleted");
+        Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl<R: UserRepository> pb::user_internal_service_server::UserInternalService for UserHandlers<R> {
+    async fn verify_credentials(
+        &self,
+        request: Request<pb::VerifyCredentialsRequest>,
+    ) -> Result<Response<pb::VerifyCredentialsResponse>, Status> {
+        let request = request.into_inner();
+        let user = self
+            .users
+            .verify_credentials(&request.email, &request.password)
+            .await?;
+        Ok(Response::new(pb::VerifyCredentialsResponse {
+            user: Some(to_proto(&user)),
+        }))
+    }
+}
+
+/// The single mapping from domain errors to gRPC statuses.
+impl From<UserError> for Status {
+    fn from(err: UserError) -> Self {
+        match err {
+            UserError::Invalid(violations) => invalid_argument(&to_field_violations(&violations)),
+            UserError::NotFound => Status::not_found("user not found"),
+            UserError::EmailTaken => Status::already_exists("email address is already registered"),
+            UserError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
+            UserError::Unexpected(err) => internal(err.as_ref()),
+        }
+    }
+}
+
+fn to_field_violations(violations: &[Violation]) -> Vec<FieldViolation> {
+    violations
+        .iter()
+        .map(|v| FieldViolation::new(v.field, v.message.clone()))
+        .collect()
+}
+
+fn page_error(field: &str, err: &PageError) -> Status {
+    invalid_argument(&[FieldViolation::new(field, err.to_string())])
+}
+
+fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    if raw.is_empty() {
+        return Err(invalid_argument(&[FieldViolation::new(
+            field,
+            "is required",
+        )]));
+    }
+    Uuid::parse_str(raw)
+        .map_err(|_| invalid_argument(&[FieldViolation::new(field, "is not a valid UUID")]))
+}
+
+/// Turns an AIP-134 update into domain changes. An absent or empty mask means every
+/// updatable field that is set (non-empty); `*` means every updatable field.
+fn changes_from_mask(
+    user: &pb::User,
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<UserChanges, Status> {
+    let paths: Vec<&str> = match mask {
+        Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
+        _ => {
+            let mut implied = Vec::new();
+            if !user.email.is_empty() {
+                implied.push("email");
+            }
+            if !user.display_name.is_empty() {
+                implied.push("display_name");
+            }
+            implied
+        }
+    };
+    let mut changes = UserChanges::default();
+    let mut violations = Vec::new();
+    for path in paths {
+        match path {
+            "email" => match Email::parse("user.email", &user.email) {
+                Ok(email) => changes.email = Some(email),
+                Err(v) => violations.push(v),
+            },
+            "display_name" => match DisplayName::parse("user.display_name", &user.display_name) {
+                Ok(name) => changes.display_name = Some(name),
+                Err(v) => violations.push(v),
+            },
+            "*" => {
+                return changes_from_mask(
+                    user,
+                    Some(&prost_types::FieldMask {
+                        paths: vec!["email".into(), "display_name".into()],
+                    }),
+                );
+            }
+            "id" | "create_time" | "update_time" => violations.push(Violation {
+                field: "update_mask",
+                message: format!("{path} is output only and cannot be updated"),
+            }),
+            other => violations.push(Violation {
+                field: "update_mask",
+                message: format!("unknown or immutable field {other:?}"),
+            }),
+        }
+    }
+    if violations.is_empty() {
+        Ok(changes)
+    } else {
+        Err(invalid_argument(&to_field_violations(&violations)))
+    }
+}
+
+/// The wire form of a user. Carries no password material because the domain type has none.
+pub fn to_proto(user: &User) -> pb::User {
+    pb::User {
+        id: user.id.to_string(),
+        email: user.email.as_str().to_owned(),
+        display_name: user.display_name.as_str().to_owned(),
+        create_time: Some(timestamp(user.create_time)),
+        update_time: Some(timestamp(user.update_time)),
+    }
+}
+
+fn timestamp(instant: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp {
+        seconds: instant.timestamp(),
+        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}

@@ -1,0 +1,29 @@
+//! The `users` table.
+
+use sea_orm::entity::prelude::*;
+
+/// A row of `users`.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "users")]
+pub struct Model {
+    /// UUIDv7, so id order is creation order.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    /// Normalised email; unique index `users_email_key`.
+    #[sea_orm(unique)]
+    pub email: String,
+    /// Display name.
+    pub display_name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Creation instant (UTC, microseconds).
+    pub create_time: DateTimeUtc,
+    /// Last change instant (UTC, microseconds).
+    pub update_time: DateTimeUtc,
+}
+
+/// `users` has no relations.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,336 @@
+//! CreateUser, GetUser, ListUsers, UpdateUser, DeleteUser: success paths and every error
+//! code they promise.
+
+use std::collections::HashSet;
+
+use tonic::Code;
+use trellis_proto::user_v1 as pb;
+
+use crate::helpers::{PASSWORD, spawn_app, violated_fields};
+
+#[tokio::test]
+async fn create_user_normalises_email_and_returns_no_secret() {
+    let mut app = spawn_app().await;
+    let user = app.create_user("  Ada@Example.COM ", "Ada").await;
+    assert_eq!(user.email, "Ada@example.com");
+    assert_eq!(user.display_name, "Ada");
+    assert!(uuid::Uuid::parse_str(&user.id).is_ok());
+    assert!(user.create_time.is_some() && user.create_time == user.update_time);
+}
+
+#[tokio::test]
+async fn create_user_reports_every_invalid_field() {
+    let mut app = spawn_app().await;
+    let status = app
+        .users
+        .create_user(pb::CreateUserRequest {
+            email: "not-an-email".into(),
+            display_name: "Ada\u{0}".into(),
+            password: "short".into(),
+        })
+        .await
+        .expect_err("invalid input is rejected");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&status),
+        ["email", "display_name", "password"]
+    );
+}
+
+#[tokio::test]
+async fn create_user_with_a_taken_email_is_already_exists() {
+    let mut app = spawn_app().await;
+    app.create_user("ada@example.com", "Ada").await;
+    let status = app
+        .users
+        .create_user(pb::CreateUserRequest {
+            email: "ada@EXAMPLE.com".into(),
+            display_name: "Another Ada".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect_err("duplicate email is rejected");
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn get_user_returns_the_created_user() {
+    let mut app = spawn_app().await;
+    let created = app.create_user("ada@example.com", "Ada").await;
+    let got = app
+        .users
+        .get_user(pb::GetUserRequest {
+            id: created.id.clone(),
+        })
+        .await
+        .expect("user is found")
+        .into_inner()
+        .user;
+    assert_eq!(got, Some(created));
+}
+
+#[tokio::test]
+async fn get_user_unknown_is_not_found_and_malformed_is_invalid() {
+    let mut app = spawn_app().await;
+    let unknown = app
+        .users
+        .get_user(pb::GetUserRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .expect_err("unknown id");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let malformed = app
+        .users
+        .get_user(pb::GetUserRequest { id: "42".into() })
+        .await
+        .expect_err("malformed id");
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&malformed), ["id"]);
+}
+
+#[tokio::test]
+async fn list_users_walks_250_users_with_no_duplicate_and_no_gap() {
+    let mut app = spawn_app().await;
+    let mut created = HashSet::new();
+    for i in 0..250 {
+        created.insert(
+            app.create_user(&format!("user{i}@example.com"), &format!("User {i}"))
+                .await
+                .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = app
+            .users
+            .list_users(pb::ListUsersRequest {
+                page_size: 7,
+                page_token: page_token.clone(),
+            })
+            .await
+            .expect("page is listed")
+            .into_inner();
+        pages += 1;
+        assert!(page.users.len() <= 7);
+        seen.extend(page.users.into_iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(pages, 250_usize.div_ceil(7));
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), 250, "no duplicates");
+    assert_eq!(unique, created, "no gaps");
+
+    // 0 means the default page size (50); above the maximum is coerced, not refused.
+    let default_page = app
+        .users
+        .list_users(pb::ListUsersRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("default page")
+        .into_inner();
+    assert_eq!(default_page.users.len(), 50);
+    assert!(!default_page.next_page_token.is_empty());
+    let huge_page = app
+        .users
+        .list_users(pb::ListUsersRequest {
+            page_size: i32::MAX,
+            page_token: String::new(),
+        })
+        .await
+        .expect("huge page size is coerced")
+        .into_inner();
+    assert_eq!(huge_page.users.len(), 250);
+    assert!(
+        huge_page.next_page_token.is_empty(),
+        "last page has no token"
+    );
+}
+
+#[tokio::test]
+async fn list_users_rejects_negative_page_size_and_tampered_tokens() {
+    let mut app = spawn_app().await;
+    for i in 0..3 {
+        app.create_user(&format!("u{i}@example.com"), "U").await;
+    }
+    let negative = app
+        .users
+        .list_users(pb::ListUsersRequest {
+            page_size: -1,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("negative page size");
+    assert_eq!(negative.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&negative), ["page_size"]);
+
+    let token = app
+        .users
+        .list_users(pb::ListUsersRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("first page")
+        .into_inner()
+        .next_page_token;
+    // Flip one character of the token; keep it valid base64url.
+    let mut chars: Vec<char> = token.chars().collect();
+    chars[2] = if chars[2] == 'A' { 'B' } else { 'A' };
+    let tampered: String = chars.into_iter().collect();
+    for bad in [tampered, "forged".to_owned(), format!("{token}x")] {
+        let status = app
+            .users
+            .list_users(pb::ListUsersRequest {
+                page_size: 1,
+                page_token: bad.clone(),
+            })
+            .await
+            .expect_err("tampered token");
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(violated_fields(&status), ["page_token"]);
+    }
+}
+
+#[tokio::test]
+async fn update_user_changes_only_the_masked_fields() {
+    let mut app = spawn_app().await;
+    let created = app.create_user("ada@example.com", "Ada").await;
+    let updated = app
+        .users
+        .update_user(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                id: created.id.clone(),
+                email: "ignored@example.com".into(),
+                display_name: "Ada Lovelace".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["display_name".into()],
+            }),
+        })
+        .await
+        .expect("update succeeds")
+        .into_inner()
+        .user
+        .expect("user returned");
+    assert_eq!(updated.display_name, "Ada Lovelace");
+    assert_eq!(
+        updated.email, "ada@example.com",
+        "email was not in the mask"
+    );
+    assert_eq!(updated.create_time, created.create_time);
+    let instant = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos));
+    assert!(instant(&updated.update_time) >= instant(&created.update_time));
+
+    // No mask: every non-empty updatable field is updated (AIP-134).
+    let updated = app
+        .users
+        .update_user(pb::UpdateUserRequest {
+            user: Some(pb::User {
+                id: created.id.clone(),
+                email: "ADA@Lovelace.ORG".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .expect("implied mask update succeeds")
+        .into_inner()
+        .user
+        .expect("user returned");
+    assert_eq!(updated.email, "ADA@lovelace.org");
+    assert_eq!(updated.display_name, "Ada Lovelace");
+}
+
+#[tokio::test]
+async fn update_user_errors_have_their_codes() {
+    let mut app = spawn_app().await;
+    let ada = app.create_user("ada@example.com", "Ada").await;
+    app.create_user("grace@example.com", "Grace").await;
+    let request = |id: &str, email: &str, paths: &[&str]| pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: id.to_owned(),
+            email: email.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    };
+
+    let taken = app
+        .users
+        .update_user(request(&ada.id, "grace@example.com", &["email"]))
+        .await;
+    assert_eq!(
+        taken.map(drop).map_err(|s| s.code()),
+        Err(Code::AlreadyExists)
+    );
+
+    let unknown_path = app
+        .users
+        .update_user(request(&ada.id, "", &["password_hash"]))
+        .await;
+    let status = unknown_path.expect_err("unknown path");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["update_mask"]);
+
+    let invalid = app
+        .users
+        .update_user(request(&ada.id, "nope", &["email"]))
+        .await;
+    let status = invalid.expect_err("invalid email");
+    assert_eq!(violated_fields(&status), ["user.email"]);
+
+    let missing = app
+        .users
+        .update_user(request(
+            &uuid::Uuid::now_v7().to_string(),
+            "x@example.com",
+            &["email"],
+        ))
+        .await;
+    assert_eq!(missing.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
+
+    let no_user = app
+        .users
+        .update_user(pb::UpdateUserRequest {
+            user: None,
+            update_mask: None,
+        })
+        .await;
+    assert_eq!(
+        no_user.map(drop).map_err(|s| s.code()),
+        Err(Code::InvalidArgument)
+    );
+}
+
+#[tokio::test]
+async fn delete_user_removes_it_once() {
+    let mut app = spawn_app().await;
+    let ada = app.create_user("ada@example.com", "Ada").await;
+    app.users
+        .delete_user(pb::DeleteUserRequest { id: ada.id.clone() })
+        .await
+        .expect("first delete succeeds");
+    let get = app
+        .users
+        .get_user(pb::GetUserRequest { id: ada.id.clone() })
+        .await;
+    assert_eq!(get.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
+    let again = app
+        .users
+        .delete_user(pb::DeleteUserRequest { id: ada.id })
+        .await;
+    assert_eq!(again.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
+    // The email is free again.
+    app.create_user("ada@example.com", "Ada again").await;
+}

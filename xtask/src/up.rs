@@ -1,0 +1,274 @@
+//! `cargo xtask up`: build every service, start them in dependency order with embedded
+//! defaults, wait for each to report SERVING, prefix and colour their logs, and stop them
+//! all gracefully on Ctrl-C.
+
+use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A service `up` runs: its package, binary, port and environment prefix.
+struct ServiceSpec {
+    name: &'static str,
+    package: &'static str,
+    port: u16,
+    env_prefix: &'static str,
+    colour: &'static str,
+}
+
+/// Every service, in dependency order (a service starts after those it calls).
+const SERVICES: &[ServiceSpec] = &[ServiceSpec {
+    name: "user",
+    package: "user-service",
+    port: 50051,
+    env_prefix: "TRELLIS_USER",
+    colour: "\x1b[36m",
+}];
+
+/// How long a service may take to report SERVING.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options of `cargo xtask up`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Build with optimisations (`--release`).
+    #[arg(long)]
+    release: bool,
+}
+
+enum Event {
+    Signal,
+    Exited(&'static str),
+}
+
+struct Running {
+    spec: &'static ServiceSpec,
+    child: Child,
+    binary: PathBuf,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let root = crate::workspace_root();
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let binaries = build(&root, args.release)?;
+
+    let (events, incoming) = mpsc::channel();
+    let signal_events = events.clone();
+    ctrlc::set_handler(move || drop(signal_events.send(Event::Signal)))
+        .context("installing the Ctrl-C handler")?;
+
+    let mut running: Vec<Running> = Vec::new();
+    for spec in SERVICES {
+        let binary = binaries
+            .iter()
+            .find(|(name, _)| name == spec.package)
+            .map(|(_, path)| path.clone())
+            .with_context(|| format!("cargo built no binary named {}", spec.package))?;
+        let child = start(&root, spec, &binary, colour, events.clone())?;
+        running.push(Running {
+            spec,
+            child,
+            binary,
+        });
+        let last = running.len() - 1;
+        if let Err(err) = wait_ready(&mut running[last], &incoming) {
+            stop_all(&mut running);
+            return Err(err);
+        }
+    }
+
+    print_banner(colour);
+
+    let clean = match incoming.recv() {
+        Ok(Event::Exited(name)) => {
+            eprintln!("xtask: {name} exited unexpectedly; stopping the others");
+            false
+        }
+        Ok(Event::Signal) | Err(_) => true,
+    };
+    let all_zero = stop_all(&mut running);
+    Ok(if clean && all_zero {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Builds the service binaries and returns `(binary name, path)` pairs.
+fn build(root: &Path, release: bool) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    eprintln!("xtask: building {} service(s)…", SERVICES.len());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args(["build", "--message-format=json-render-diagnostics"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for spec in SERVICES {
+        command.args(["--package", spec.package]);
+    }
+    if release {
+        command.arg("--release");
+    }
+    let output = command.output().context("running cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build failed ({})", output.status);
+    }
+    let mut binaries = Vec::new();
+    for line in output.stdout.split(|b| *b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(name), Some(path)) = (
+            message.pointer("/target/name").and_then(|v| v.as_str()),
+            message.get("executable").and_then(|v| v.as_str()),
+        ) {
+            binaries.push((name.to_owned(), PathBuf::from(path)));
+        }
+    }
+    Ok(binaries)
+}
+
+fn start(
+    root: &Path,
+    spec: &'static ServiceSpec,
+    binary: &Path,
+    colour: bool,
+    events: mpsc::Sender<Event>,
+) -> anyhow::Result<Child> {
+    let mut command = Command::new(binary);
+    command
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let format_key = format!("{}__TELEMETRY__LOG_FORMAT", spec.env_prefix);
+    if std::env::var_os(&format_key).is_none() {
+        command.env(format_key, "text");
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let prefix = if colour {
+        format!("{}{:<13}|\x1b[0m ", spec.colour, spec.name)
+    } else {
+        format!("{:<13}| ", spec.name)
+    };
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    // The stderr reader ends when the process closes its output: that is how an
+    // unexpected exit is noticed while the others keep running.
+    if let Some(stdout) = stdout {
+        forward(stdout, prefix.clone(), None);
+    }
+    if let Some(stderr) = stderr {
+        forward(stderr, prefix, Some((events, spec.name)));
+    }
+    Ok(child)
+}
+
+fn forward(
+    stream: Box<dyn std::io::Read + Send>,
+    prefix: String,
+    on_close: Option<(mpsc::Sender<Event>, &'static str)>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut out = std::io::stdout().lock();
+            drop(writeln!(out, "{prefix}{line}"));
+        }
+        if let Some((events, name)) = on_close {
+            drop(events.send(Event::Exited(name)));
+        }
+    });
+}
+
+/// Polls the service's own `healthcheck` subcommand until it reports SERVING.
+fn wait_ready(service: &mut Running, events: &mpsc::Receiver<Event>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        match events.try_recv() {
+            Ok(Event::Signal) => bail!("interrupted while {} was starting", service.spec.name),
+            Ok(Event::Exited(name)) => bail!("{name} exited during start-up (see its log above)"),
+            Err(_) => {}
+        }
+        let status = Command::new(&service.binary)
+            .arg("healthcheck")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running the health check")?;
+        if status.success() {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "{} did not report SERVING within {} s",
+                service.spec.name,
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends SIGTERM to every service, newest first, and waits for each. Returns whether
+/// all exited with status 0.
+fn stop_all(running: &mut [Running]) -> bool {
+    let mut all_zero = true;
+    for service in running.iter_mut().rev() {
+        if let Ok(pid) = i32::try_from(service.child.id()) {
+            // Already gone is fine: wait() below reports how it ended.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        match service.child.wait() {
+            Ok(status) if status.success() => eprintln!("xtask: {} stopped", service.spec.name),
+            Ok(status) => {
+                all_zero = false;
+                eprintln!("xtask: {} stopped with {status}", service.spec.name);
+            }
+            Err(err) => {
+                all_zero = false;
+                eprintln!("xtask: waiting for {}: {err}", service.spec.name);
+            }
+        }
+    }
+    all_zero
+}
+
+fn print_banner(colour: bool) {
+    let (bold, reset) = if colour {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    println!();
+    println!("{bold}Trellis is up.{reset} Services:");
+    for spec in SERVICES {
+        println!("  {:<13} localhost:{}", spec.name, spec.port);
+    }
+    println!();
+    println!("Try (grpcurl needs no .proto files: the services serve reflection):");
+    println!("  grpcurl -plaintext localhost:50051 list");
+    println!(
+        "  grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\",\"password\":\"correct horse battery\"}}' \\\n    localhost:50051 trellis.user.v1.UserService/CreateUser"
+    );
+    println!(
+        "  grpcurl -plaintext -d '{{\"page_size\":10}}' localhost:50051 trellis.user.v1.UserService/ListUsers"
+    );
+    println!();
+    println!("Press Ctrl-C to stop everything.");
+    println!();
+}
