@@ -25,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `connect` constructor: it would clash with NotificationService.Connect, and
+        // clients are built on platform channels anyway.
+        .build_transport(false)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -50,7 +50,7 @@ pub enum ConfigError {
     #[error("invalid value for key `{key}`: {message}")]
     Invalid {
         /// The dotted key, e.g. `server.drain_timeout_ms`.
-        key: &'static str,
+        key: String,
         /// What is wrong with it, e.g. `must be at least 1`.
         message: String,
     },
@@ -58,9 +58,9 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Builds [`ConfigError::Invalid`] for `key`.
-    pub fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
-            key,
+            key: key.into(),
             message: message.into(),
         }
     }
@@ -111,7 +111,7 @@ pub fn load_from<T: ServiceConfig>(
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming `key` when `value` is 0.
-pub fn require_positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+pub fn require_positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::invalid(key, "must be at least 1"));
     }

@@ -7,15 +7,19 @@
 //!
 //! ```ignore
 //! fn main() -> std::process::ExitCode {
-//!     trellis_platform::run::<Config, _, _>(&SERVICE, |config| async move {
-//!         Application::build(config).await?.run_until_stopped().await
+//!     trellis_platform::run::<Config, _, _, _>(&SERVICE, |config| async move {
+//!         my_service::build(config).await?.run_until_stopped().await
 //!     })
 //! }
 //! ```
 
+pub mod app;
+pub mod auth;
 pub mod config;
 pub mod data;
+pub mod outbox;
 pub mod pagination;
+pub mod peer;
 pub mod runtime;
 pub mod server;
 pub mod status;

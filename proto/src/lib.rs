@@ -11,9 +11,35 @@ pub mod trellis {
             tonic::include_proto!("trellis.user.v1");
         }
     }
+
+    /// `trellis.auth.*`
+    pub mod auth {
+        /// `trellis.auth.v1`: the auth service's contract.
+        #[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+        pub mod v1 {
+            tonic::include_proto!("trellis.auth.v1");
+        }
+    }
+    /// `trellis.notification.*`
+    pub mod notification {
+        /// `trellis.notification.v1`: the notification service's contract.
+        #[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+        pub mod v1 {
+            tonic::include_proto!("trellis.notification.v1");
+        }
+    }
 }
 
+pub use trellis::auth::v1 as auth_v1;
+pub use trellis::notification::v1 as notification_v1;
 pub use trellis::user::v1 as user_v1;
+
+/// Full gRPC method paths, for code that calls methods by path (the platform's outbox).
+pub mod paths {
+    /// `trellis.notification.v1.NotificationInternalService/SendNotification`.
+    pub const SEND_NOTIFICATION: &str =
+        "/trellis.notification.v1.NotificationInternalService/SendNotification";
+}
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every Trellis proto file and its
 /// imports (the well-known types included), for gRPC server reflection.

@@ -22,13 +22,32 @@ struct ServiceSpec {
 }
 
 /// Every service, in dependency order (a service starts after those it calls).
-const SERVICES: &[ServiceSpec] = &[ServiceSpec {
-    name: "user",
-    package: "user-service",
-    port: 50051,
-    env_prefix: "TRELLIS_USER",
-    colour: "\x1b[36m",
-}];
+const SERVICES: &[ServiceSpec] = &[
+    ServiceSpec {
+        name: "notification",
+        package: "notification-service",
+        port: 50053,
+        env_prefix: "TRELLIS_NOTIFICATION",
+        colour: "\x1b[35m",
+    },
+    ServiceSpec {
+        name: "user",
+        package: "user-service",
+        port: 50051,
+        env_prefix: "TRELLIS_USER",
+        colour: "\x1b[36m",
+    },
+    ServiceSpec {
+        name: "auth",
+        package: "auth-service",
+        port: 50052,
+        env_prefix: "TRELLIS_AUTH",
+        colour: "\x1b[33m",
+    },
+];
+
+/// The account that gets the admin role under `up`, unless configured otherwise.
+const DEV_ADMIN_EMAIL: &str = "admin@example.com";
 
 /// How long a service may take to report SERVING.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +76,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let binaries = build(&root, args.release)?;
 
+    // Service credentials for this run only: the user service's client secret, known to
+    // auth. Nothing is written to disk.
+    let user_secret = random_secret()?;
+    let environment: Vec<(&str, String)> = vec![
+        ("TRELLIS_USER__AUTH__CLIENT_SECRET", user_secret.clone()),
+        ("TRELLIS_AUTH__SERVICE_CLIENTS__USER", user_secret),
+        ("TRELLIS_AUTH__ADMIN_EMAILS", DEV_ADMIN_EMAIL.to_owned()),
+    ];
+
     let (events, incoming) = mpsc::channel();
     let signal_events = events.clone();
     ctrlc::set_handler(move || drop(signal_events.send(Event::Signal)))
@@ -69,7 +97,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .find(|(name, _)| name == spec.package)
             .map(|(_, path)| path.clone())
             .with_context(|| format!("cargo built no binary named {}", spec.package))?;
-        let child = start(&root, spec, &binary, colour, events.clone())?;
+        let child = start(&root, spec, &binary, colour, &environment, events.clone())?;
         running.push(Running {
             spec,
             child,
@@ -139,6 +167,7 @@ fn start(
     spec: &'static ServiceSpec,
     binary: &Path,
     colour: bool,
+    environment: &[(&str, String)],
     events: mpsc::Sender<Event>,
 ) -> anyhow::Result<Child> {
     let mut command = Command::new(binary);
@@ -147,6 +176,12 @@ fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    for (key, value) in environment {
+        // A value the developer set wins.
+        if key.starts_with(spec.env_prefix) && std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
     let format_key = format!("{}__TELEMETRY__LOG_FORMAT", spec.env_prefix);
     if std::env::var_os(&format_key).is_none() {
         command.env(format_key, "text");
@@ -248,6 +283,16 @@ fn stop_all(running: &mut [Running]) -> bool {
     all_zero
 }
 
+/// 192 random bits from the OS, hex-encoded.
+fn random_secret() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0_u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn print_banner(colour: bool) {
     let (bold, reset) = if colour {
         ("\x1b[1m", "\x1b[0m")
@@ -260,14 +305,28 @@ fn print_banner(colour: bool) {
         println!("  {:<13} localhost:{}", spec.name, spec.port);
     }
     println!();
-    println!("Try (grpcurl needs no .proto files: the services serve reflection):");
+    println!("A tour (grpcurl needs no .proto files: the services serve reflection):");
+    println!();
+    println!("  # what is there");
     println!("  grpcurl -plaintext localhost:50051 list");
+    println!("  # sign up, then log in (the response holds tokens.accessToken and userId)");
     println!(
-        "  grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\",\"password\":\"correct horse battery\"}}' \\\n    localhost:50051 trellis.user.v1.UserService/CreateUser"
+        "  grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\",\"password\":\"correct horse battery\"}}' \\\n      localhost:50051 trellis.user.v1.UserService/CreateUser"
     );
     println!(
-        "  grpcurl -plaintext -d '{{\"page_size\":10}}' localhost:50051 trellis.user.v1.UserService/ListUsers"
+        "  grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' \\\n      localhost:50052 trellis.auth.v1.AuthService/Login"
     );
+    println!("  TOKEN=<tokens.accessToken>  USER_ID=<userId>");
+    println!("  # read yourself with the token");
+    println!(
+        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d \"{{\\\"id\\\":\\\"$USER_ID\\\"}}\" \\\n      localhost:50051 trellis.user.v1.UserService/GetUser"
+    );
+    println!("  # your notifications, replayed then live (Ctrl-C to leave)");
+    println!(
+        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n      localhost:50053 trellis.notification.v1.NotificationService/Subscribe"
+    );
+    println!();
+    println!("  {DEV_ADMIN_EMAIL}, once signed up, logs in with the admin role.");
     println!();
     println!("Press Ctrl-C to stop everything.");
     println!();

@@ -12,6 +12,7 @@
 //! 4. streams still open then end with UNAVAILABLE ([`drain`]), and the server returns.
 
 pub mod drain;
+pub mod request_id;
 pub mod trace;
 
 use std::convert::Infallible;
@@ -30,6 +31,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::AuthLayer;
 use crate::config::{ConfigError, require_positive};
 
 /// How long connections may stay open after the drain bound, before they are dropped.
@@ -149,6 +151,8 @@ pub struct Server {
     service_names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     readiness: Option<ReadinessProbe>,
+    auth: AuthLayer,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Server {
@@ -169,7 +173,23 @@ impl Server {
             service_names: Vec::new(),
             descriptor_sets: Vec::new(),
             readiness: None,
+            auth: AuthLayer::disabled(),
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Authenticates requests with `layer` (see [`crate::auth`]). Without it every
+    /// method is public.
+    #[must_use]
+    pub fn authenticate(mut self, layer: AuthLayer) -> Self {
+        self.auth = layer;
+        self
+    }
+
+    /// A token cancelled when graceful shutdown begins: long-lived streams and background
+    /// tasks watch it to end promptly (streams with UNAVAILABLE, so clients reconnect).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     /// Adds a generated gRPC server; its name gets its own health status. Apply the
@@ -214,6 +234,15 @@ impl Server {
         self
     }
 
+    /// Reports SERVING while `db` answers a ping (see [`Self::readiness`]).
+    #[must_use]
+    pub fn database_readiness(self, db: sea_orm::DatabaseConnection) -> Self {
+        self.readiness(move || {
+            let db = db.clone();
+            async move { db.ping().await.is_ok() }
+        })
+    }
+
     /// Binds the listen address and assembles health and reflection.
     ///
     /// # Errors
@@ -226,16 +255,34 @@ impl Server {
             service_names,
             descriptor_sets,
             readiness,
+            auth,
+            shutdown,
         } = self;
 
+        // Reflection lists exactly the services this server runs: the descriptor sets
+        // may describe other services too (the shared proto crate holds every contract).
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+                .include_reflection_service(false)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
             for set in &descriptor_sets {
                 builder = builder.register_encoded_file_descriptor_set(set);
             }
+            for name in &service_names {
+                builder = builder.with_service_name(*name);
+            }
             builder
         };
+        let routes = routes
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health {
             reporter,
@@ -243,10 +290,7 @@ impl Server {
         };
         // tonic-health starts "" as SERVING: nothing is ready until the probe says so.
         health.set_all(ServingStatus::NotServing).await;
-        let routes = routes
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?);
+        let routes = routes.add_service(health_service);
 
         let listener = TcpListener::bind(config.listen_addr)
             .await
@@ -265,6 +309,8 @@ impl Server {
             routes,
             health,
             readiness,
+            auth,
+            shutdown,
         })
     }
 }
@@ -277,6 +323,8 @@ pub struct BoundServer {
     routes: Routes,
     health: Health,
     readiness: Option<ReadinessProbe>,
+    auth: AuthLayer,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -314,6 +362,8 @@ impl BoundServer {
             routes,
             health,
             readiness,
+            auth,
+            shutdown: shutdown_started,
         } = self;
         let health = Arc::new(health);
         let stop_accepting = CancellationToken::new();
@@ -328,11 +378,13 @@ impl BoundServer {
 
         let server = tonic::transport::Server::builder()
             .timeout(config.request_timeout())
+            .layer(request_id::RequestIdLayer)
             .layer(trace::layer())
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                 config.max_concurrent_requests,
             ))
             .layer(drain::DrainLayer::new(drained.clone()))
+            .layer(auth)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
@@ -343,6 +395,7 @@ impl BoundServer {
 
         tokio::select! {
             result = &mut server => {
+                shutdown_started.cancel();
                 stop_accepting.cancel();
                 return result.map_err(ServerError::from);
             }
@@ -354,6 +407,7 @@ impl BoundServer {
             drain_timeout_ms = config.drain_timeout_ms,
             "shutting down: NOT_SERVING, draining in-flight calls"
         );
+        shutdown_started.cancel();
         stop_accepting.cancel();
         // The readiness task must be gone before the final NOT_SERVING, or it could
         // overwrite it.

@@ -12,8 +12,7 @@ use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnEos, OnResponse, TraceLayer};
 use tracing::Span;
 
-/// The header that carries a caller's request id; one is generated when absent.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+use super::request_id::REQUEST_ID_HEADER;
 
 /// The tracing layer the server installs.
 pub type RpcTraceLayer = TraceLayer<
@@ -49,8 +48,7 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|value| value.to_str().ok())
-            .filter(|id| !id.is_empty() && id.len() <= 128)
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+            .unwrap_or_default();
         tracing::info_span!(
             "rpc",
             rpc.service = %service,

@@ -1,10 +1,15 @@
 //! The user service's configuration: defaults in code, then an optional file, then
 //! `TRELLIS_USER__*` environment variables (see the README's configuration reference).
 
+use std::collections::HashMap;
+
 use secrecy::SecretString;
 use serde::Deserialize;
+use trellis_platform::auth::AuthConfig;
 use trellis_platform::config::{ConfigError, ServiceConfig, ServiceInfo};
 use trellis_platform::data::DatabaseConfig;
+use trellis_platform::outbox::OutboxConfig;
+use trellis_platform::peer::PeerConfig;
 use trellis_platform::server::ServerConfig;
 use trellis_platform::telemetry::TelemetryConfig;
 
@@ -18,6 +23,12 @@ pub const SERVICE: ServiceInfo = ServiceInfo {
 
 /// The default gRPC port of the user service.
 pub const DEFAULT_PORT: u16 = 50051;
+
+/// The peers of the user service and their default addresses.
+const DEFAULT_PEERS: [(&str, &str); 2] = [
+    ("auth", "http://127.0.0.1:50052"),
+    ("notification", "http://127.0.0.1:50053"),
+];
 
 /// Every setting of the user service.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +45,21 @@ pub struct Config {
     /// Key that signs ListUsers page tokens. Unset: a random key per process, so tokens
     /// do not survive a restart or cross replicas; set it when running more than one.
     pub page_token_secret: Option<SecretString>,
+    /// Token verification and this service's client secret.
+    pub auth: AuthConfig,
+    /// Peers: `auth` (keys, credentials; default `http://127.0.0.1:50052`) and
+    /// `notification` (welcome notices; default `http://127.0.0.1:50053`). A peer set
+    /// here replaces its default.
+    pub peers: HashMap<String, PeerConfig>,
+    /// Delivery of welcome notifications.
+    pub outbox: OutboxConfig,
+}
+
+impl Config {
+    /// The configured peers over their defaults.
+    pub fn peers(&self) -> HashMap<String, PeerConfig> {
+        trellis_platform::peer::with_defaults(&self.peers, &DEFAULT_PEERS)
+    }
 }
 
 impl Default for Config {
@@ -44,6 +70,9 @@ impl Default for Config {
             database: DatabaseConfig::with_url("sqlite://.data/user.db?mode=rwc"),
             password_hashing: HashCost::default(),
             page_token_secret: None,
+            auth: AuthConfig::default(),
+            peers: HashMap::new(),
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -61,6 +90,11 @@ impl ServiceConfig for Config {
         self.server.validate()?;
         self.telemetry.validate()?;
         self.database.validate()?;
+        self.auth.validate("auth")?;
+        self.outbox.validate()?;
+        for (name, config) in self.peers() {
+            config.validate(&format!("peers.{name}"))?;
+        }
         let cost = &self.password_hashing;
         if cost.memory_kib < OWASP_MIN_MEMORY_KIB {
             return Err(ConfigError::invalid(

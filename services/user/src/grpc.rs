@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
+use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageError, PageTokenCodec};
 use trellis_platform::status::{FieldViolation, internal, invalid_argument};
 use trellis_proto::user_v1 as pb;
@@ -75,6 +76,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
+        authorize(&request, id, Permission::SelfOrAdmin)?;
         let user = self.users.get(id).await?;
         Ok(Response::new(pb::GetUserResponse {
             user: Some(to_proto(&user)),
@@ -85,6 +87,11 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        if !Principal::of(&request)?.is_admin() {
+            return Err(Status::permission_denied(
+                "listing users needs the admin role",
+            ));
+        }
         let request = request.into_inner();
         let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|err| page_error("page_size", &err))?;
@@ -115,6 +122,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let caller = Principal::of(&request)?.clone();
         let request = request.into_inner();
         let Some(user) = request.user else {
             return Err(invalid_argument(&[FieldViolation::new(
@@ -123,6 +131,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
             )]));
         };
         let id = parse_id("user.id", &user.id)?;
+        check(&caller, id, Permission::SelfOnly)?;
         let changes = changes_from_mask(&user, request.update_mask.as_ref())?;
         let user = self.users.update(id, changes).await?;
         Ok(Response::new(pb::UpdateUserResponse {
@@ -135,6 +144,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let id = parse_id("id", &request.get_ref().id)?;
+        authorize(&request, id, Permission::SelfOrAdmin)?;
         self.users.delete(id).await?;
         tracing::info!(user_id = %id, "user deleted");
         Ok(Response::new(pb::DeleteUserResponse {}))
@@ -155,6 +165,36 @@ impl<R: UserRepository> pb::user_internal_service_server::UserInternalService fo
         Ok(Response::new(pb::VerifyCredentialsResponse {
             user: Some(to_proto(&user)),
         }))
+    }
+}
+
+/// Who may act on a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Permission {
+    /// The user themselves.
+    SelfOnly,
+    /// The user themselves or an admin.
+    SelfOrAdmin,
+}
+
+/// Checks the request's caller against `permission` for the user `id`; checked before
+/// the user is looked up, so a denial says nothing about whether `id` exists.
+fn authorize<T>(request: &Request<T>, id: Uuid, permission: Permission) -> Result<(), Status> {
+    check(Principal::of(request)?, id, permission)
+}
+
+fn check(caller: &Principal, id: Uuid, permission: Permission) -> Result<(), Status> {
+    let is_self = caller
+        .user_id()
+        .and_then(|own| Uuid::parse_str(own).ok())
+        .is_some_and(|own| own == id);
+    let allowed = is_self || (permission == Permission::SelfOrAdmin && caller.is_admin());
+    if allowed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            "you may only act on your own user",
+        ))
     }
 }
 

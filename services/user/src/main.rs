@@ -2,10 +2,14 @@
 
 use std::process::ExitCode;
 
-use user_service::{Application, Config, SERVICE};
+use user_service::{Config, SERVICE};
 
 fn main() -> ExitCode {
     trellis_platform::run::<Config, _, _, _>(&SERVICE, |config| async move {
-        Application::build(config).await?.run_until_stopped().await
+        user_service::build(config)
+            .await?
+            .run_until_stopped()
+            .await?;
+        Ok::<_, anyhow::Error>(())
     })
 }

@@ -2,6 +2,7 @@
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{string, string_len, text, timestamp_with_time_zone, uuid};
+use trellis_platform::outbox::migration::CreateOutbox;
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -9,7 +10,7 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateUsers)]
+        vec![Box::new(CreateUsers), Box::new(CreateOutbox)]
     }
 }
 
@@ -25,8 +26,16 @@ enum Users {
 }
 
 /// Creates `users` with a unique index on `email`.
-#[derive(Debug, DeriveMigrationName)]
+#[derive(Debug)]
 struct CreateUsers;
+
+// Named explicitly: derived names come from the file name, and every migration file
+// here is called migration.rs.
+impl MigrationName for CreateUsers {
+    fn name(&self) -> &str {
+        "m20261121_000001_create_users"
+    }
+}
 
 // The trait is declared with an elided lifetime under async_trait; naming it breaks the match.
 #[allow(elided_lifetimes_in_paths)]

@@ -9,8 +9,10 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _, SqlErr,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, SqlErr, TransactionTrait as _,
 };
+use trellis_platform::outbox::{self, OutboxEntry, OutboxWaker};
+use trellis_proto::notification_v1::SendNotificationRequest;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -19,17 +21,41 @@ use crate::domain::{
 };
 use entity::{Column, Entity};
 
+/// The peer that receives notifications, as named in the `peers` config.
+pub const NOTIFICATION_PEER: &str = "notification";
+
 /// [`UserRepository`] over a sea-orm connection.
 #[derive(Debug, Clone)]
 pub struct SeaOrmUserRepository {
     db: DatabaseConnection,
+    waker: OutboxWaker,
 }
 
 impl SeaOrmUserRepository {
-    /// A repository over `db`, which must be migrated with [`migration::Migrator`].
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    /// A repository over `db`, which must be migrated with [`migration::Migrator`];
+    /// `waker` is told when a committed sign-up enqueued its welcome notification.
+    pub fn new(db: DatabaseConnection, waker: OutboxWaker) -> Self {
+        Self { db, waker }
     }
+}
+
+/// The welcome notification, as an outbox call to the notification service; its id is
+/// the idempotency key, so redelivery cannot duplicate it.
+fn welcome(user: &User) -> OutboxEntry {
+    let id = Uuid::now_v7();
+    let request = SendNotificationRequest {
+        user_id: user.id.to_string(),
+        kind: "welcome".to_owned(),
+        title: format!("Welcome, {}!", user.display_name.as_str()),
+        body: "Your Trellis account is ready.".to_owned(),
+        idempotency_key: id.to_string(),
+    };
+    OutboxEntry::new(
+        id,
+        NOTIFICATION_PEER,
+        trellis_proto::paths::SEND_NOTIFICATION,
+        &request,
+    )
 }
 
 fn to_domain(model: entity::Model) -> User {
@@ -65,10 +91,17 @@ impl UserRepository for SeaOrmUserRepository {
             create_time: Set(user.create_time),
             update_time: Set(user.update_time),
         };
+        // The user and their welcome notification commit together or not at all.
+        let txn = self.db.begin().await.map_err(unexpected)?;
         Entity::insert(model)
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await
             .map_err(map_write_error)?;
+        outbox::enqueue(&txn, welcome(user))
+            .await
+            .map_err(unexpected)?;
+        txn.commit().await.map_err(map_write_error)?;
+        self.waker.wake();
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use tonic::Code;
 use trellis_proto::user_v1 as pb;
 
-use crate::helpers::{PASSWORD, spawn_app};
+use crate::helpers::{PASSWORD, spawn_app, with_token};
 
 #[tokio::test]
 async fn verify_credentials_returns_the_user_for_the_right_password() {
@@ -11,10 +11,13 @@ async fn verify_credentials_returns_the_user_for_the_right_password() {
     let ada = app.create_user("ada@example.com", "Ada").await;
     let verified = app
         .internal
-        .verify_credentials(pb::VerifyCredentialsRequest {
-            email: " ada@EXAMPLE.com".into(),
-            password: PASSWORD.into(),
-        })
+        .verify_credentials(with_token(
+            pb::VerifyCredentialsRequest {
+                email: " ada@EXAMPLE.com".into(),
+                password: PASSWORD.into(),
+            },
+            &app.service_token(),
+        ))
         .await
         .expect("credentials are valid")
         .into_inner()
@@ -32,16 +35,19 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
         ("nobody@example.com", PASSWORD),
         ("not an email", PASSWORD),
     ] {
+        let token = app.service_token();
+        let request = pb::VerifyCredentialsRequest {
+            email: email.into(),
+            password: password.into(),
+        };
         let status = app
             .internal
-            .verify_credentials(pb::VerifyCredentialsRequest {
-                email: email.into(),
-                password: password.into(),
-            })
+            .verify_credentials(with_token(request, &token))
             .await
             .expect_err("credentials are rejected");
         answers.push((status.code(), status.message().to_owned()));
     }
     assert_eq!(answers[0].0, Code::Unauthenticated);
+    assert_eq!(answers[0].1, "invalid email or password");
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
 }

@@ -3,6 +3,7 @@
 use pb::user_service_server::UserService as _;
 use sea_orm::Database;
 use tonic::{Code, Request};
+use trellis_platform::auth::{Principal, PrincipalKind};
 use trellis_platform::pagination::PageTokenCodec;
 use trellis_proto::user_v1 as pb;
 use user_service::domain::{PasswordHasher, Users, password::HashCost};
@@ -17,15 +18,21 @@ async fn a_database_failure_is_internal_with_no_detail() {
         .expect("connects");
     let hasher = PasswordHasher::new(HashCost::default()).expect("hasher");
     let handlers = UserHandlers::new(
-        Users::new(SeaOrmUserRepository::new(db), hasher),
+        Users::new(
+            SeaOrmUserRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
+            hasher,
+        ),
         PageTokenCodec::random(),
     );
-    let status = handlers
-        .get_user(Request::new(pb::GetUserRequest {
-            id: uuid::Uuid::now_v7().to_string(),
-        }))
-        .await
-        .expect_err("storage fails");
+    let mut request = Request::new(pb::GetUserRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+    });
+    request.extensions_mut().insert(Principal {
+        subject: uuid::Uuid::now_v7().to_string(),
+        kind: PrincipalKind::User,
+        roles: vec!["admin".to_owned()],
+    });
+    let status = handlers.get_user(request).await.expect_err("storage fails");
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(status.message(), "internal error");
     assert!(status.details().is_empty());

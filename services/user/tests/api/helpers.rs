@@ -10,10 +10,12 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use trellis_platform::auth::testing::TestIssuer;
 use trellis_platform::data::DatabaseConfig;
+use trellis_platform::peer::PeerConfig;
 use trellis_platform::server::ServerConfig;
 use trellis_proto::user_v1 as pb;
-use user_service::{Application, Config};
+use user_service::Config;
 
 /// The drain bound the test server uses, in ms.
 pub(crate) const DRAIN_MS: u64 = 300;
@@ -24,8 +26,10 @@ pub(crate) struct TestApp {
     pub(crate) internal: UserInternalServiceClient<Channel>,
     pub(crate) health: HealthClient<Channel>,
     pub(crate) channel: Channel,
+    /// Signs tokens the service accepts.
+    pub(crate) issuer: TestIssuer,
     shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<anyhow::Result<()>>>,
+    server: Option<JoinHandle<Result<(), trellis_platform::app::AppError>>>,
 }
 
 /// Starts the user service on 127.0.0.1:0 with a fresh in-memory database and waits
@@ -42,9 +46,22 @@ pub(crate) async fn spawn_app() -> TestApp {
             ..ServerConfig::default()
         },
         database: DatabaseConfig::with_url("sqlite::memory:"),
+        // Nothing listens on the discard port: welcome deliveries stay pending, and no
+        // other Trellis process on this machine is reached.
+        peers: [
+            ("auth", "http://127.0.0.1:9"),
+            ("notification", "http://127.0.0.1:9"),
+        ]
+        .into_iter()
+        .map(|(name, address)| (name.to_owned(), PeerConfig::with_address(address)))
+        .collect(),
         ..Config::default()
     };
-    let app = Application::build(config).await.expect("service builds");
+    let issuer = TestIssuer::new();
+    let keys = std::sync::Arc::new(issuer.key_source());
+    let app = user_service::build_with_keys(config, Some(keys))
+        .await
+        .expect("service builds");
     let addr = app.local_addr();
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
@@ -60,6 +77,7 @@ pub(crate) async fn spawn_app() -> TestApp {
         internal: UserInternalServiceClient::new(channel.clone()),
         health: HealthClient::new(channel.clone()),
         channel,
+        issuer,
         shutdown: Some(shutdown),
         server: Some(server),
     };
@@ -89,11 +107,37 @@ impl TestApp {
     }
 
     /// Signals shutdown and returns the server task's result.
-    pub(crate) async fn stop(&mut self) -> JoinHandle<anyhow::Result<()>> {
+    pub(crate) async fn stop(&mut self) -> JoinHandle<Result<(), trellis_platform::app::AppError>> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         self.server.take().expect("server still running")
+    }
+}
+
+/// `message` as a request carrying `token` as its bearer credential.
+pub(crate) fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("ascii token");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+impl TestApp {
+    /// A token for `user`.
+    pub(crate) fn token_for(&self, user: &pb::User) -> String {
+        self.issuer.user_token(&user.id, &[])
+    }
+
+    /// A token with the admin role.
+    pub(crate) fn admin_token(&self) -> String {
+        self.issuer
+            .user_token(&uuid::Uuid::now_v7().to_string(), &["admin"])
+    }
+
+    /// A service token.
+    pub(crate) fn service_token(&self) -> String {
+        self.issuer.service_token("auth")
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod helpers;
 
+mod authz;
 mod credentials;
 mod errors;
 mod health;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use tonic::Code;
 use trellis_proto::user_v1 as pb;
 
-use crate::helpers::{PASSWORD, spawn_app, violated_fields};
+use crate::helpers::{PASSWORD, spawn_app, violated_fields, with_token};
 
 #[tokio::test]
 async fn create_user_normalises_email_and_returns_no_secret() {
@@ -57,11 +57,15 @@ async fn create_user_with_a_taken_email_is_already_exists() {
 async fn get_user_returns_the_created_user() {
     let mut app = spawn_app().await;
     let created = app.create_user("ada@example.com", "Ada").await;
+    let token = app.token_for(&created);
     let got = app
         .users
-        .get_user(pb::GetUserRequest {
-            id: created.id.clone(),
-        })
+        .get_user(with_token(
+            pb::GetUserRequest {
+                id: created.id.clone(),
+            },
+            &token,
+        ))
         .await
         .expect("user is found")
         .into_inner()
@@ -72,17 +76,21 @@ async fn get_user_returns_the_created_user() {
 #[tokio::test]
 async fn get_user_unknown_is_not_found_and_malformed_is_invalid() {
     let mut app = spawn_app().await;
+    let token = app.admin_token();
     let unknown = app
         .users
-        .get_user(pb::GetUserRequest {
-            id: uuid::Uuid::now_v7().to_string(),
-        })
+        .get_user(with_token(
+            pb::GetUserRequest {
+                id: uuid::Uuid::now_v7().to_string(),
+            },
+            &token,
+        ))
         .await
         .expect_err("unknown id");
     assert_eq!(unknown.code(), Code::NotFound);
     let malformed = app
         .users
-        .get_user(pb::GetUserRequest { id: "42".into() })
+        .get_user(with_token(pb::GetUserRequest { id: "42".into() }, &token))
         .await
         .expect_err("malformed id");
     assert_eq!(malformed.code(), Code::InvalidArgument);
@@ -92,6 +100,7 @@ async fn get_user_unknown_is_not_found_and_malformed_is_invalid() {
 #[tokio::test]
 async fn list_users_walks_250_users_with_no_duplicate_and_no_gap() {
     let mut app = spawn_app().await;
+    let token = app.admin_token();
     let mut created = HashSet::new();
     for i in 0..250 {
         created.insert(
@@ -106,10 +115,13 @@ async fn list_users_walks_250_users_with_no_duplicate_and_no_gap() {
     loop {
         let page = app
             .users
-            .list_users(pb::ListUsersRequest {
-                page_size: 7,
-                page_token: page_token.clone(),
-            })
+            .list_users(with_token(
+                pb::ListUsersRequest {
+                    page_size: 7,
+                    page_token: page_token.clone(),
+                },
+                &token,
+            ))
             .await
             .expect("page is listed")
             .into_inner();
@@ -129,10 +141,13 @@ async fn list_users_walks_250_users_with_no_duplicate_and_no_gap() {
     // 0 means the default page size (50); above the maximum is coerced, not refused.
     let default_page = app
         .users
-        .list_users(pb::ListUsersRequest {
-            page_size: 0,
-            page_token: String::new(),
-        })
+        .list_users(with_token(
+            pb::ListUsersRequest {
+                page_size: 0,
+                page_token: String::new(),
+            },
+            &token,
+        ))
         .await
         .expect("default page")
         .into_inner();
@@ -140,10 +155,13 @@ async fn list_users_walks_250_users_with_no_duplicate_and_no_gap() {
     assert!(!default_page.next_page_token.is_empty());
     let huge_page = app
         .users
-        .list_users(pb::ListUsersRequest {
-            page_size: i32::MAX,
-            page_token: String::new(),
-        })
+        .list_users(with_token(
+            pb::ListUsersRequest {
+                page_size: i32::MAX,
+                page_token: String::new(),
+            },
+            &token,
+        ))
         .await
         .expect("huge page size is coerced")
         .into_inner();
@@ -157,41 +175,51 @@ async fn list_users_walks_250_users_with_no_duplicate_and_no_gap() {
 #[tokio::test]
 async fn list_users_rejects_negative_page_size_and_tampered_tokens() {
     let mut app = spawn_app().await;
+    let token = app.admin_token();
     for i in 0..3 {
         app.create_user(&format!("u{i}@example.com"), "U").await;
     }
     let negative = app
         .users
-        .list_users(pb::ListUsersRequest {
-            page_size: -1,
-            page_token: String::new(),
-        })
+        .list_users(with_token(
+            pb::ListUsersRequest {
+                page_size: -1,
+                page_token: String::new(),
+            },
+            &token,
+        ))
         .await
         .expect_err("negative page size");
     assert_eq!(negative.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&negative), ["page_size"]);
 
-    let token = app
+    let page_token = app
         .users
-        .list_users(pb::ListUsersRequest {
-            page_size: 1,
-            page_token: String::new(),
-        })
+        .list_users(with_token(
+            pb::ListUsersRequest {
+                page_size: 1,
+                page_token: String::new(),
+            },
+            &token,
+        ))
         .await
         .expect("first page")
         .into_inner()
         .next_page_token;
     // Flip one character of the token; keep it valid base64url.
-    let mut chars: Vec<char> = token.chars().collect();
+    let mut chars: Vec<char> = page_token.chars().collect();
     chars[2] = if chars[2] == 'A' { 'B' } else { 'A' };
     let tampered: String = chars.into_iter().collect();
-    for bad in [tampered, "forged".to_owned(), format!("{token}x")] {
+    for bad in [tampered, "forged".to_owned(), format!("{page_token}x")] {
         let status = app
             .users
-            .list_users(pb::ListUsersRequest {
-                page_size: 1,
-                page_token: bad.clone(),
-            })
+            .list_users(with_token(
+                pb::ListUsersRequest {
+                    page_size: 1,
+                    page_token: bad.clone(),
+                },
+                &token,
+            ))
             .await
             .expect_err("tampered token");
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}");
@@ -203,19 +231,23 @@ async fn list_users_rejects_negative_page_size_and_tampered_tokens() {
 async fn update_user_changes_only_the_masked_fields() {
     let mut app = spawn_app().await;
     let created = app.create_user("ada@example.com", "Ada").await;
+    let token = app.token_for(&created);
     let updated = app
         .users
-        .update_user(pb::UpdateUserRequest {
-            user: Some(pb::User {
-                id: created.id.clone(),
-                email: "ignored@example.com".into(),
-                display_name: "Ada Lovelace".into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["display_name".into()],
-            }),
-        })
+        .update_user(with_token(
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: created.id.clone(),
+                    email: "ignored@example.com".into(),
+                    display_name: "Ada Lovelace".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            },
+            &token,
+        ))
         .await
         .expect("update succeeds")
         .into_inner()
@@ -233,14 +265,17 @@ async fn update_user_changes_only_the_masked_fields() {
     // No mask: every non-empty updatable field is updated (AIP-134).
     let updated = app
         .users
-        .update_user(pb::UpdateUserRequest {
-            user: Some(pb::User {
-                id: created.id.clone(),
-                email: "ADA@Lovelace.ORG".into(),
-                ..Default::default()
-            }),
-            update_mask: None,
-        })
+        .update_user(with_token(
+            pb::UpdateUserRequest {
+                user: Some(pb::User {
+                    id: created.id.clone(),
+                    email: "ADA@Lovelace.ORG".into(),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            },
+            &token,
+        ))
         .await
         .expect("implied mask update succeeds")
         .into_inner()
@@ -254,6 +289,7 @@ async fn update_user_changes_only_the_masked_fields() {
 async fn update_user_errors_have_their_codes() {
     let mut app = spawn_app().await;
     let ada = app.create_user("ada@example.com", "Ada").await;
+    let token = app.token_for(&ada);
     app.create_user("grace@example.com", "Grace").await;
     let request = |id: &str, email: &str, paths: &[&str]| pb::UpdateUserRequest {
         user: Some(pb::User {
@@ -268,7 +304,10 @@ async fn update_user_errors_have_their_codes() {
 
     let taken = app
         .users
-        .update_user(request(&ada.id, "grace@example.com", &["email"]))
+        .update_user(with_token(
+            request(&ada.id, "grace@example.com", &["email"]),
+            &token,
+        ))
         .await;
     assert_eq!(
         taken.map(drop).map_err(|s| s.code()),
@@ -277,7 +316,7 @@ async fn update_user_errors_have_their_codes() {
 
     let unknown_path = app
         .users
-        .update_user(request(&ada.id, "", &["password_hash"]))
+        .update_user(with_token(request(&ada.id, "", &["password_hash"]), &token))
         .await;
     let status = unknown_path.expect_err("unknown path");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -285,27 +324,32 @@ async fn update_user_errors_have_their_codes() {
 
     let invalid = app
         .users
-        .update_user(request(&ada.id, "nope", &["email"]))
+        .update_user(with_token(request(&ada.id, "nope", &["email"]), &token))
         .await;
     let status = invalid.expect_err("invalid email");
     assert_eq!(violated_fields(&status), ["user.email"]);
 
+    // A valid token of a user that does not exist (any more).
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let ghost_token = app.issuer.user_token(&ghost, &[]);
     let missing = app
         .users
-        .update_user(request(
-            &uuid::Uuid::now_v7().to_string(),
-            "x@example.com",
-            &["email"],
+        .update_user(with_token(
+            request(&ghost, "x@example.com", &["email"]),
+            &ghost_token,
         ))
         .await;
     assert_eq!(missing.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
 
     let no_user = app
         .users
-        .update_user(pb::UpdateUserRequest {
-            user: None,
-            update_mask: None,
-        })
+        .update_user(with_token(
+            pb::UpdateUserRequest {
+                user: None,
+                update_mask: None,
+            },
+            &token,
+        ))
         .await;
     assert_eq!(
         no_user.map(drop).map_err(|s| s.code()),
@@ -317,18 +361,25 @@ async fn update_user_errors_have_their_codes() {
 async fn delete_user_removes_it_once() {
     let mut app = spawn_app().await;
     let ada = app.create_user("ada@example.com", "Ada").await;
+    let token = app.token_for(&ada);
     app.users
-        .delete_user(pb::DeleteUserRequest { id: ada.id.clone() })
+        .delete_user(with_token(
+            pb::DeleteUserRequest { id: ada.id.clone() },
+            &token,
+        ))
         .await
         .expect("first delete succeeds");
     let get = app
         .users
-        .get_user(pb::GetUserRequest { id: ada.id.clone() })
+        .get_user(with_token(
+            pb::GetUserRequest { id: ada.id.clone() },
+            &token,
+        ))
         .await;
     assert_eq!(get.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
     let again = app
         .users
-        .delete_user(pb::DeleteUserRequest { id: ada.id })
+        .delete_user(with_token(pb::DeleteUserRequest { id: ada.id }, &token))
         .await;
     assert_eq!(again.map(drop).map_err(|s| s.code()), Err(Code::NotFound));
     // The email is free again.

@@ -1,0 +1,71 @@
+//! A built service: its bound server, its database and its background tasks (outbox
+//! dispatchers, key maintenance), run and stopped together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinHandle;
+
+use crate::server::{BoundServer, ServerError};
+
+/// A service ready to serve. Background tasks must stop when the server's shutdown token
+/// ([`crate::server::Server::shutdown_token`]) is cancelled.
+#[derive(Debug)]
+pub struct App {
+    server: BoundServer,
+    db: DatabaseConnection,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Why a service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Serving failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The database did not close cleanly.
+    #[error("cannot close the database")]
+    Close(#[source] sea_orm::DbErr),
+}
+
+impl App {
+    /// Assembles a service from its parts.
+    pub fn new(
+        server: BoundServer,
+        db: DatabaseConnection,
+        background: Vec<JoinHandle<()>>,
+    ) -> Self {
+        Self {
+            server,
+            db,
+            background,
+        }
+    }
+
+    /// The bound address (the real port when configured with 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until SIGINT/SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// As [`Self::run_until`].
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        self.run_until(crate::server::shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then drains, waits for the background tasks
+    /// and closes the database.
+    ///
+    /// # Errors
+    /// [`AppError`] when serving fails or the database does not close.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+        self.server.run_until(shutdown).await?;
+        for task in self.background {
+            drop(task.await);
+        }
+        self.db.close().await.map_err(AppError::Close)
+    }
+}

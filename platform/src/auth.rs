@@ -1,0 +1,164 @@
+//! Authentication: verifying bearer access tokens, the [`Principal`] a request runs as,
+//! and the per-method [`AccessPolicy`] a service declares in one place.
+//!
+//! Access tokens are JWTs signed by the auth service with Ed25519 (`alg: EdDSA`). Every
+//! service verifies them locally against the auth service's published keys
+//! (`trellis.auth.v1.AuthService/ListSigningKeys`), cached and refetched when a token
+//! names an unknown `kid` — at most once per `min_refresh_interval`. Verification follows
+//! RFC 8725: the algorithm comes from our allowlist, never from the token; `iss` and
+//! `aud` are required and checked; `exp` and `nbf` are checked with a small leeway. Every
+//! failure gives the same UNAUTHENTICATED status.
+
+mod layer;
+mod policy;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod verifier;
+
+pub use layer::{AuthLayer, AuthService};
+pub use policy::{Access, AccessPolicy};
+pub use verifier::{
+    AuthConfig, KeySource, MAX_LEEWAY_SECS, PublicKey, RemoteKeySource, TokenVerifier, VerifyError,
+};
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+/// The default `iss` of Trellis access tokens.
+pub const DEFAULT_ISSUER: &str = "trellis-auth";
+/// The default `aud` of Trellis access tokens.
+pub const DEFAULT_AUDIENCE: &str = "trellis";
+/// The role that may read and list every user.
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Who a token was issued to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    /// An end user; `sub` is the user's id.
+    User,
+    /// A Trellis service (OAuth 2.0 client credentials); `sub` is `service:<name>`.
+    Service,
+}
+
+/// The claims of a Trellis access token (RFC 7519 registered claims plus `kind` and
+/// `roles`). Times are seconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// Subject: a user id, or `service:<name>`.
+    pub sub: String,
+    /// Issued at, s.
+    pub iat: i64,
+    /// Not before, s.
+    pub nbf: i64,
+    /// Expires at, s.
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// User or service.
+    pub kind: PrincipalKind,
+    /// Roles, e.g. `["admin"]`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The authenticated caller of a request, put into the request's extensions by
+/// [`AuthLayer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's subject.
+    pub subject: String,
+    /// User or service.
+    pub kind: PrincipalKind,
+    /// The token's roles.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// Whether the caller is an end user with the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.kind == PrincipalKind::User && self.roles.iter().any(|r| r == ADMIN_ROLE)
+    }
+
+    /// The user id of an end user; `None` for a service.
+    pub fn user_id(&self) -> Option<&str> {
+        (self.kind == PrincipalKind::User).then_some(self.subject.as_str())
+    }
+
+    /// The service name of a service; `None` for a user.
+    pub fn service_name(&self) -> Option<&str> {
+        match self.kind {
+            PrincipalKind::Service => self.subject.strip_prefix("service:"),
+            PrincipalKind::User => None,
+        }
+    }
+
+    /// The principal of `request`.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED when the request carries none (a method the policy made public).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Self, Status> {
+        request
+            .extensions()
+            .get::<Self>()
+            .ok_or_else(|| Status::unauthenticated(UNAUTHENTICATED_MESSAGE))
+    }
+
+    /// The end user's id of `request`'s caller.
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED with no principal; PERMISSION_DENIED for a service.
+    pub fn user_of<T>(request: &tonic::Request<T>) -> Result<&str, Status> {
+        Self::of(request)?
+            .user_id()
+            .ok_or_else(|| Status::permission_denied("this method is for end users"))
+    }
+}
+
+/// The one message of every authentication failure, so failures cannot be told apart.
+pub const UNAUTHENTICATED_MESSAGE: &str = "missing, invalid or expired access token";
+
+/// The peer name under which services reach the auth service.
+pub const AUTH_PEER: &str = "auth";
+
+/// Sets up the client side of authentication for `service`: a verifier that fetches keys
+/// from the `auth` peer (or from `keys`, when given — tests use a static source), and
+/// `peers` carrying this service's credentials when `config.client_secret` is set.
+///
+/// # Errors
+/// [`crate::peer::PeerError`] when no `auth` peer is configured.
+pub fn client_side(
+    service: &crate::config::ServiceInfo,
+    config: &AuthConfig,
+    peers: crate::peer::Peers,
+    keys: Option<std::sync::Arc<dyn KeySource>>,
+) -> Result<(TokenVerifier, crate::peer::Peers), crate::peer::PeerError> {
+    let verifier = match keys {
+        Some(keys) => TokenVerifier::new(config, keys),
+        None => TokenVerifier::new(
+            config,
+            RemoteKeySource::new(peers.anonymous_channel(AUTH_PEER)?),
+        ),
+    };
+    let peers = match &config.client_secret {
+        Some(secret) => {
+            let credentials = crate::peer::ClientCredentials::new(
+                service.name,
+                secret.clone(),
+                peers.anonymous_channel(AUTH_PEER)?,
+            );
+            peers.with_credentials(std::sync::Arc::new(credentials))
+        }
+        None => {
+            tracing::warn!(
+                "no auth.client_secret: calls to peers' internal methods will be refused"
+            );
+            peers
+        }
+    };
+    Ok((verifier, peers))
+}

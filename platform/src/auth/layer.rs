@@ -1,0 +1,110 @@
+//! The server layer that enforces an [`AccessPolicy`] and attaches the [`Principal`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::{Access, AccessPolicy, PrincipalKind, TokenVerifier, UNAUTHENTICATED_MESSAGE};
+
+/// Enforces `policy`, verifying bearer tokens with `verifier`.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    inner: Option<Arc<(TokenVerifier, AccessPolicy)>>,
+}
+
+impl AuthLayer {
+    /// A layer that authenticates with `verifier` according to `policy`.
+    pub fn new(verifier: TokenVerifier, policy: AccessPolicy) -> Self {
+        Self {
+            inner: Some(Arc::new((verifier, policy))),
+        }
+    }
+
+    /// A layer that lets everything through (a service whose methods are all public).
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            auth: self.inner.clone(),
+        }
+    }
+}
+
+/// The service made by [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Option<Arc<(TokenVerifier, AccessPolicy)>>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let Some(auth) = self.auth.clone() else {
+            return Box::pin(inner.call(request));
+        };
+        Box::pin(async move {
+            let (verifier, policy) = &*auth;
+            let access = policy.access(request.uri().path());
+            if access == Access::Public {
+                return inner.call(request).await;
+            }
+            let token = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| {
+                    value
+                        .strip_prefix("Bearer ")
+                        .or_else(|| value.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            let Some(token) = token else {
+                return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
+            };
+            let principal = match verifier.verify(token).await {
+                Ok(principal) => principal,
+                Err(err) => {
+                    tracing::info!(reason = %err, "access token rejected");
+                    return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
+                }
+            };
+            if access == Access::Internal && principal.kind != PrincipalKind::Service {
+                return Ok(
+                    Status::permission_denied("this method is for Trellis services only")
+                        .into_http(),
+                );
+            }
+            request.extensions_mut().insert(principal);
+            inner.call(request).await
+        })
+    }
+}

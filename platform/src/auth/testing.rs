@@ -1,0 +1,112 @@
+//! Test support (feature `testing`): a token issuer with its own Ed25519 key and the
+//! static key source that publishes it, so a service's tests need no auth service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rand::RngCore as _;
+
+use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeySource, PrincipalKind, PublicKey};
+
+/// Signs test tokens the way the auth service does.
+#[derive(Clone)]
+pub struct TestIssuer {
+    kid: String,
+    encoding: EncodingKey,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for TestIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestIssuer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TestIssuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestIssuer {
+    /// An issuer with a fresh random key.
+    pub fn new() -> Self {
+        let mut secret = [0_u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let key = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let der = key
+            .to_pkcs8_der()
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_default();
+        let kid = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            public: PublicKey {
+                kid: kid.clone(),
+                x: URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+            },
+            kid,
+            encoding: EncodingKey::from_ed_der(&der),
+        }
+    }
+
+    /// The key source that publishes this issuer's key.
+    pub fn key_source(&self) -> StaticKeySource {
+        StaticKeySource(vec![self.public.clone()])
+    }
+
+    /// A valid 15-minute token for a user.
+    pub fn user_token(&self, user_id: &str, roles: &[&str]) -> String {
+        self.token(user_id, PrincipalKind::User, roles)
+    }
+
+    /// A valid 5-minute token for a service.
+    pub fn service_token(&self, service: &str) -> String {
+        self.token(&format!("service:{service}"), PrincipalKind::Service, &[])
+    }
+
+    fn token(&self, subject: &str, kind: PrincipalKind, roles: &[&str]) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let now = i64::try_from(now).unwrap_or(0);
+        self.sign(&Claims {
+            iss: DEFAULT_ISSUER.to_owned(),
+            aud: DEFAULT_AUDIENCE.to_owned(),
+            sub: subject.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + 300,
+            jti: uuid::Uuid::new_v4().to_string(),
+            kind,
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        })
+    }
+
+    /// Signs arbitrary claims with this issuer's key and `kid`.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap_or_default()
+    }
+}
+
+/// A fixed set of public keys.
+#[derive(Debug, Clone)]
+pub struct StaticKeySource(pub Vec<PublicKey>);
+
+impl KeySource for StaticKeySource {
+    fn fetch(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>> {
+        let keys = self.0.clone();
+        Box::pin(async move { Ok(keys) })
+    }
+}

@@ -1,0 +1,270 @@
+//! Access-token verification against the auth service's published keys.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use trellis_proto::auth_v1::{ListSigningKeysRequest, auth_service_client::AuthServiceClient};
+
+use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, Principal};
+use crate::config::{ConfigError, require_positive};
+use crate::peer::PeerChannel;
+
+/// Largest clock-skew leeway allowed, in seconds (RFC 8725 leaves it to us; we keep it
+/// small).
+pub const MAX_LEEWAY_SECS: u64 = 30;
+
+/// How a service deals with the auth service (the `auth` section): the rules its token
+/// verification applies, and its own client secret for obtaining service credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// This service's client secret (OAuth 2.0 client credentials; its client id is the
+    /// service's name). Without one, calls to peers' internal methods fail with
+    /// UNAVAILABLE and are retried where an outbox carries them. Secret: never printed.
+    pub client_secret: Option<SecretString>,
+    /// Required `iss`. Default `trellis-auth`.
+    pub issuer: String,
+    /// Required `aud`. Default `trellis`.
+    pub audience: String,
+    /// Clock-skew leeway for `exp` and `nbf`, s. Default and maximum 30.
+    pub leeway_secs: u64,
+    /// Least time between two key fetches caused by unknown `kid`s, ms. Default 10000.
+    pub min_refresh_interval_ms: u64,
+    /// Keys older than this are refetched before use, ms. Default 300000 (5 min).
+    pub max_key_age_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            client_secret: None,
+            issuer: DEFAULT_ISSUER.to_owned(),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            leeway_secs: MAX_LEEWAY_SECS,
+            min_refresh_interval_ms: 10_000,
+            max_key_age_ms: 300_000,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks the values; `prefix` is the section's key, e.g. `auth`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let key = |name: &str| format!("{prefix}.{name}");
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError::invalid(
+                key("leeway_secs"),
+                format!("must be at most {MAX_LEEWAY_SECS}"),
+            ));
+        }
+        if self.issuer.is_empty() {
+            return Err(ConfigError::invalid(key("issuer"), "must not be empty"));
+        }
+        if self.audience.is_empty() {
+            return Err(ConfigError::invalid(key("audience"), "must not be empty"));
+        }
+        require_positive(
+            &key("min_refresh_interval_ms"),
+            self.min_refresh_interval_ms,
+        )?;
+        require_positive(&key("max_key_age_ms"), self.max_key_age_ms)
+    }
+}
+
+/// A public Ed25519 key: its id and its raw bytes, base64url (RFC 8037's `x`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// The key id, as in tokens' `kid` header.
+    pub kid: String,
+    /// The 32-byte public key, base64url without padding.
+    pub x: String,
+}
+
+/// Where verification keys come from.
+pub trait KeySource: Send + Sync + 'static {
+    /// Every currently published key.
+    fn fetch(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>>;
+}
+
+impl KeySource for Arc<dyn KeySource> {
+    fn fetch(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>> {
+        (**self).fetch()
+    }
+}
+
+/// Keys fetched from `trellis.auth.v1.AuthService/ListSigningKeys`.
+#[derive(Debug, Clone)]
+pub struct RemoteKeySource {
+    client: AuthServiceClient<PeerChannel>,
+}
+
+impl RemoteKeySource {
+    /// Fetches over `channel`, a peer channel to the auth service.
+    pub fn new(channel: PeerChannel) -> Self {
+        Self {
+            client: AuthServiceClient::new(channel),
+        }
+    }
+}
+
+impl KeySource for RemoteKeySource {
+    fn fetch(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>> {
+        let mut client = self.client.clone();
+        Box::pin(async move {
+            let keys = client
+                .list_signing_keys(ListSigningKeysRequest {})
+                .await?
+                .into_inner()
+                .keys;
+            Ok(keys
+                .into_iter()
+                .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
+                .map(|k| PublicKey { kid: k.kid, x: k.x })
+                .collect())
+        })
+    }
+}
+
+/// Why a token was rejected. Callers answer every variant with the same
+/// UNAUTHENTICATED; the variant is for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a JWT, bad signature, wrong algorithm, or a failed claim check.
+    #[error("invalid token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    /// The header has no `kid`.
+    #[error("token has no kid")]
+    NoKeyId,
+    /// No published key has the token's `kid`.
+    #[error("unknown kid {0:?}")]
+    UnknownKey(String),
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    fetched_at: Option<Instant>,
+    last_fetch_failed: bool,
+}
+
+/// Verifies access tokens. Cheap to clone; clones share the key cache.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    source: Arc<dyn KeySource>,
+    validation: Arc<Validation>,
+    cache: Arc<Mutex<KeyCache>>,
+    min_refresh_interval: Duration,
+    max_key_age: Duration,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier").finish_non_exhaustive()
+    }
+}
+
+/// After a failed fetch, how soon another may be tried.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+impl TokenVerifier {
+    /// A verifier with `config`'s rules and keys from `source`.
+    pub fn new(config: &AuthConfig, source: impl KeySource) -> Self {
+        // The allowlist has one algorithm; the token's `alg` never chooses (RFC 8725 §3.1).
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.leeway = config.leeway_secs.min(MAX_LEEWAY_SECS);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_audience(&[&config.audience]);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        Self {
+            source: Arc::new(source),
+            validation: Arc::new(validation),
+            cache: Arc::new(Mutex::new(KeyCache::default())),
+            min_refresh_interval: Duration::from_millis(config.min_refresh_interval_ms),
+            max_key_age: Duration::from_millis(config.max_key_age_ms),
+        }
+    }
+
+    /// Verifies `token` and returns its principal.
+    ///
+    /// # Errors
+    /// [`VerifyError`] for any failure.
+    pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        let header = jsonwebtoken::decode_header(token)?;
+        let kid = header.kid.ok_or(VerifyError::NoKeyId)?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)?;
+        let claims = data.claims;
+        Ok(Principal {
+            subject: claims.sub,
+            kind: claims.kind,
+            roles: claims.roles,
+        })
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
+        let mut cache = self.cache.lock().await;
+        let stale = cache
+            .fetched_at
+            .is_none_or(|at| at.elapsed() >= self.max_key_age);
+        if stale || !cache.keys.contains_key(kid) {
+            let wait = if cache.last_fetch_failed {
+                RETRY_AFTER_FAILURE
+            } else {
+                self.min_refresh_interval
+            };
+            let may_fetch = stale || cache.fetched_at.is_none_or(|at| at.elapsed() >= wait);
+            if may_fetch {
+                self.refresh(&mut cache).await;
+            }
+        }
+        cache
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| VerifyError::UnknownKey(kid.to_owned()))
+    }
+
+    async fn refresh(&self, cache: &mut KeyCache) {
+        cache.fetched_at = Some(Instant::now());
+        match self.source.fetch().await {
+            Ok(keys) => {
+                cache.keys = keys
+                    .into_iter()
+                    .filter_map(|key| match DecodingKey::from_ed_components(&key.x) {
+                        Ok(decoding) => Some((key.kid, decoding)),
+                        Err(err) => {
+                            tracing::warn!(kid = %key.kid, error = %err, "ignoring malformed signing key");
+                            None
+                        }
+                    })
+                    .collect();
+                cache.last_fetch_failed = false;
+                tracing::debug!(keys = cache.keys.len(), "signing keys fetched");
+            }
+            Err(status) => {
+                // Keep the keys we have: a peer being down must not reject valid tokens.
+                cache.last_fetch_failed = true;
+                tracing::warn!(code = ?status.code(), message = status.message(), "cannot fetch signing keys");
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! A transactional outbox of gRPC calls to peers.
+//!
+//! A service that must tell a peer about a change writes the call — peer name, method
+//! path, encoded request — into `outbox_messages` in the same database transaction as the
+//! change ([`enqueue`]). After the commit the [`Dispatcher`] delivers it through the
+//! platform's peer channels, retrying with exponential backoff while the peer is down, and
+//! marks it delivered. Delivery is at least once; the receiving method must be idempotent
+//! by the message id, which the caller puts into the request (for example as its
+//! `idempotency_key`), so the effect happens exactly once.
+
+pub mod entity;
+pub mod migration;
+
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use http::uri::PathAndQuery;
+use rand::Rng as _;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use crate::config::{ConfigError, require_positive};
+use crate::peer::Peers;
+use crate::server::request_id;
+use entity::{Column, Entity};
+
+/// Settings of the outbox dispatcher.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// How often the table is checked when nothing wakes the dispatcher, ms. Default 1000.
+    pub poll_interval_ms: u64,
+    /// Delay before the first retry, ms; it doubles per attempt. Default 200.
+    pub initial_backoff_ms: u64,
+    /// Longest delay between retries, ms. Default 30000.
+    pub max_backoff_ms: u64,
+    /// Most messages read per pass. Default 100.
+    pub batch_size: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1_000,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            batch_size: 100,
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key set to 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_positive("outbox.poll_interval_ms", self.poll_interval_ms)?;
+        require_positive("outbox.initial_backoff_ms", self.initial_backoff_ms)?;
+        require_positive("outbox.max_backoff_ms", self.max_backoff_ms)?;
+        require_positive("outbox.batch_size", self.batch_size)
+    }
+
+    /// The delay before retry number `attempt` (1-based), with ±20 % jitter.
+    fn backoff(&self, attempt: i32) -> Duration {
+        let exponent = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        let base = self
+            .initial_backoff_ms
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff_ms);
+        let jitter = rand::rng().random_range(0.8..1.2);
+        Duration::from_millis((base as f64 * jitter) as u64)
+    }
+}
+
+/// One call to make: `method` on `peer` with the encoded `payload`.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    /// The message id; put it into the request so the peer can deduplicate.
+    pub id: Uuid,
+    /// The peer's name, as in the service's `peers` config.
+    pub peer: String,
+    /// The full method path, e.g. `/trellis.notification.v1.NotificationInternalService/SendNotification`.
+    pub method: String,
+    /// The protobuf-encoded request.
+    pub payload: Vec<u8>,
+}
+
+impl OutboxEntry {
+    /// An entry calling `method` on `peer` with `request`.
+    pub fn new<M: prost::Message>(id: Uuid, peer: &str, method: &str, request: &M) -> Self {
+        Self {
+            id,
+            peer: peer.to_owned(),
+            method: method.to_owned(),
+            payload: request.encode_to_vec(),
+        }
+    }
+}
+
+/// Writes `entry` through `conn` — pass the transaction that makes the change it reports.
+/// The current request id, if any, is stored and forwarded on delivery.
+///
+/// # Errors
+/// The database error.
+pub async fn enqueue<C: ConnectionTrait>(conn: &C, entry: OutboxEntry) -> Result<(), DbErr> {
+    let now = Utc::now();
+    let model = entity::ActiveModel {
+        id: Set(entry.id),
+        peer: Set(entry.peer),
+        method: Set(entry.method),
+        payload: Set(entry.payload),
+        request_id: Set(request_id::current_request_id()),
+        create_time: Set(now),
+        attempts: Set(0),
+        next_attempt_time: Set(now),
+        delivered_time: Set(None),
+        failed_time: Set(None),
+        last_error: Set(None),
+    };
+    Entity::insert(model).exec_without_returning(conn).await?;
+    Ok(())
+}
+
+/// Wakes the dispatcher when a transaction that enqueued messages has committed.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    /// Asks the dispatcher to look for new messages now.
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Delivers outbox messages until stopped.
+#[derive(Debug)]
+pub struct Dispatcher {
+    db: DatabaseConnection,
+    peers: Peers,
+    config: OutboxConfig,
+    waker: OutboxWaker,
+}
+
+enum Outcome {
+    Delivered,
+    Retry(String),
+    Failed(String),
+}
+
+impl Dispatcher {
+    /// A dispatcher over `db` (migrated with [`migration::CreateOutbox`]) calling `peers`.
+    pub fn new(db: DatabaseConnection, peers: Peers, config: OutboxConfig) -> Self {
+        Self {
+            db,
+            peers,
+            config,
+            waker: OutboxWaker::default(),
+        }
+    }
+
+    /// The handle that wakes this dispatcher.
+    pub fn waker(&self) -> OutboxWaker {
+        self.waker.clone()
+    }
+
+    /// Runs until `stop` is cancelled; a pass in progress finishes its current message.
+    pub async fn run(self, stop: CancellationToken) {
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        loop {
+            let full_batch = match self.pass().await {
+                Ok(count) => count as u64 >= self.config.batch_size,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox pass failed");
+                    false
+                }
+            };
+            if full_batch {
+                continue;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.waker.0.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Delivers every due message once; returns how many were due.
+    async fn pass(&self) -> Result<usize, DbErr> {
+        let due = Entity::find()
+            .filter(Column::DeliveredTime.is_null())
+            .filter(Column::FailedTime.is_null())
+            .filter(Column::NextAttemptTime.lte(Utc::now()))
+            .order_by_asc(Column::CreateTime)
+            .order_by_asc(Column::Id)
+            .limit(self.config.batch_size)
+            .all(&self.db)
+            .await?;
+        let count = due.len();
+        for message in due {
+            let id = message.id;
+            let attempts = message.attempts + 1;
+            let outcome = self.deliver(message).await;
+            let update = Entity::update_many()
+                .col_expr(Column::Attempts, Expr::value(attempts))
+                .filter(Column::Id.eq(id));
+            let update = match outcome {
+                Outcome::Delivered => {
+                    tracing::debug!(outbox_id = %id, attempts, "outbox message delivered");
+                    update.col_expr(Column::DeliveredTime, Expr::value(Some(Utc::now())))
+                }
+                Outcome::Retry(error) => {
+                    let delay = self.config.backoff(attempts);
+                    tracing::info!(outbox_id = %id, attempts, retry_in_ms = delay.as_millis() as u64, %error, "outbox delivery will be retried");
+                    let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    update
+                        .col_expr(Column::NextAttemptTime, Expr::value(next))
+                        .col_expr(Column::LastError, Expr::value(Some(error)))
+                }
+                Outcome::Failed(error) => {
+                    tracing::error!(outbox_id = %id, attempts, %error, "outbox message rejected by its peer; giving up");
+                    update
+                        .col_expr(Column::FailedTime, Expr::value(Some(Utc::now())))
+                        .col_expr(Column::LastError, Expr::value(Some(error)))
+                }
+            };
+            update.exec(&self.db).await?;
+        }
+        Ok(count)
+    }
+
+    async fn deliver(&self, message: entity::Model) -> Outcome {
+        let channel = match self.peers.channel(&message.peer) {
+            Ok(channel) => channel,
+            Err(err) => return Outcome::Retry(err.to_string()),
+        };
+        let Ok(path) = PathAndQuery::from_str(&message.method) else {
+            return Outcome::Failed(format!("invalid method path {:?}", message.method));
+        };
+        let request_id = message
+            .request_id
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
+        let call = async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready()
+                .await
+                .map_err(|err| Status::unavailable(err.to_string()))?;
+            grpc.unary(tonic::Request::new(message.payload), path, RawCodec)
+                .await
+        };
+        match request_id::scope(request_id, call).await {
+            Ok(_) => Outcome::Delivered,
+            // Someone delivered it before us: the effect exists.
+            Err(status) if status.code() == Code::AlreadyExists => Outcome::Delivered,
+            Err(status) if is_retryable(status.code()) => {
+                Outcome::Retry(format!("{:?}: {}", status.code(), status.message()))
+            }
+            Err(status) => Outcome::Failed(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// Codes that may succeed later (the gRPC spec's transient failures, plus
+/// UNAUTHENTICATED while credentials are not yet available).
+fn is_retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Unauthenticated
+    )
+}
+
+/// A codec that sends already-encoded bytes and ignores the response message.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, Status> {
+        let remaining = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, remaining);
+        Ok(Some(()))
+    }
+}

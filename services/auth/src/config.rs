@@ -1,0 +1,206 @@
+//! The auth service's configuration: defaults in code, then an optional file, then
+//! `TRELLIS_AUTH__*` environment variables.
+
+use std::collections::HashMap;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use trellis_platform::auth::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
+use trellis_platform::config::{ConfigError, ServiceConfig, ServiceInfo, require_positive};
+use trellis_platform::data::DatabaseConfig;
+use trellis_platform::outbox::OutboxConfig;
+use trellis_platform::peer::PeerConfig;
+use trellis_platform::server::ServerConfig;
+use trellis_platform::telemetry::TelemetryConfig;
+
+use crate::domain::MAX_ACCESS_TOKEN_TTL;
+
+/// The auth service's identity: name `auth`, environment prefix `TRELLIS_AUTH`.
+pub const SERVICE: ServiceInfo = ServiceInfo {
+    name: "auth",
+    env_prefix: "TRELLIS_AUTH",
+};
+
+/// The default gRPC port of the auth service.
+pub const DEFAULT_PORT: u16 = 50052;
+
+/// Token lifetimes and claims.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// `iss`. Default `trellis-auth`.
+    pub issuer: String,
+    /// `aud`. Default `trellis`.
+    pub audience: String,
+    /// Access-token lifetime, s. Default and maximum 900 (15 min).
+    pub access_token_ttl_secs: u64,
+    /// Service-token lifetime, s. Default 300.
+    pub service_token_ttl_secs: u64,
+    /// Absolute lifetime of a sign-in's refresh tokens, s. Default 2592000 (30 days).
+    pub refresh_token_ttl_secs: u64,
+    /// How long a signing key signs before the next takes over, s. Default 2592000.
+    pub key_rotation_interval_secs: u64,
+    /// How long a new key is published before it signs, s. Default 600; keep it above
+    /// verifiers' key cache age (5 min).
+    pub key_publish_lead_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: DEFAULT_ISSUER.to_owned(),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            access_token_ttl_secs: MAX_ACCESS_TOKEN_TTL.as_secs(),
+            service_token_ttl_secs: 300,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            key_rotation_interval_secs: 30 * 24 * 3600,
+            key_publish_lead_secs: 600,
+        }
+    }
+}
+
+/// Failed sign-in budgets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Failures allowed per account in any hour. Default 100 (OWASP ASVS).
+    pub max_failures_per_account_per_hour: u32,
+    /// Failures allowed per source address in any hour. Default 1000.
+    pub max_failures_per_source_per_hour: u32,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self {
+            max_failures_per_account_per_hour: 100,
+            max_failures_per_source_per_hour: 1000,
+        }
+    }
+}
+
+/// Every setting of the auth service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address, limits, shutdown. Default port 50052.
+    pub server: ServerConfig,
+    /// Log format and filter.
+    pub telemetry: TelemetryConfig,
+    /// Default `sqlite://.data/auth.db?mode=rwc`.
+    pub database: DatabaseConfig,
+    /// Token lifetimes and claims.
+    pub tokens: TokenConfig,
+    /// Failed sign-in budgets.
+    pub login_throttle: ThrottleConfig,
+    /// Service clients: client id → secret (OAuth 2.0 client credentials). E.g.
+    /// `TRELLIS_AUTH__SERVICE_CLIENTS__USER=<secret>`.
+    pub service_clients: HashMap<String, SecretString>,
+    /// Comma-separated emails whose sign-ins get the `admin` role.
+    pub admin_emails: String,
+    /// Peers: `user` (credential checks, default `http://127.0.0.1:50051`) and
+    /// `notification` (sign-in notices, default `http://127.0.0.1:50053`). A peer set
+    /// here replaces its default; see [`Config::peers`].
+    pub peers: HashMap<String, PeerConfig>,
+    /// Delivery of sign-in notifications.
+    pub outbox: OutboxConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::with_port(DEFAULT_PORT),
+            telemetry: TelemetryConfig::default(),
+            database: DatabaseConfig::with_url("sqlite://.data/auth.db?mode=rwc"),
+            tokens: TokenConfig::default(),
+            login_throttle: ThrottleConfig::default(),
+            service_clients: HashMap::new(),
+            admin_emails: String::new(),
+            peers: HashMap::new(),
+            outbox: OutboxConfig::default(),
+        }
+    }
+}
+
+/// The peers of the auth service and their default addresses.
+const DEFAULT_PEERS: [(&str, &str); 2] = [
+    ("user", "http://127.0.0.1:50051"),
+    ("notification", "http://127.0.0.1:50053"),
+];
+
+impl Config {
+    /// The configured peers over their defaults.
+    pub fn peers(&self) -> HashMap<String, PeerConfig> {
+        trellis_platform::peer::with_defaults(&self.peers, &DEFAULT_PEERS)
+    }
+
+    /// The admin emails as a list.
+    pub fn admin_email_list(&self) -> Vec<String> {
+        self.admin_emails
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl ServiceConfig for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn telemetry(&self) -> &TelemetryConfig {
+        &self.telemetry
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.telemetry.validate()?;
+        self.database.validate()?;
+        self.outbox.validate()?;
+        let tokens = &self.tokens;
+        if tokens.access_token_ttl_secs == 0
+            || tokens.access_token_ttl_secs > MAX_ACCESS_TOKEN_TTL.as_secs()
+        {
+            return Err(ConfigError::invalid(
+                "tokens.access_token_ttl_secs",
+                format!("must be 1 to {}", MAX_ACCESS_TOKEN_TTL.as_secs()),
+            ));
+        }
+        require_positive(
+            "tokens.service_token_ttl_secs",
+            tokens.service_token_ttl_secs,
+        )?;
+        require_positive(
+            "tokens.refresh_token_ttl_secs",
+            tokens.refresh_token_ttl_secs,
+        )?;
+        require_positive("tokens.key_publish_lead_secs", tokens.key_publish_lead_secs)?;
+        if tokens.key_rotation_interval_secs <= tokens.key_publish_lead_secs {
+            return Err(ConfigError::invalid(
+                "tokens.key_rotation_interval_secs",
+                "must be longer than tokens.key_publish_lead_secs",
+            ));
+        }
+        require_positive(
+            "login_throttle.max_failures_per_account_per_hour",
+            u64::from(self.login_throttle.max_failures_per_account_per_hour),
+        )?;
+        require_positive(
+            "login_throttle.max_failures_per_source_per_hour",
+            u64::from(self.login_throttle.max_failures_per_source_per_hour),
+        )?;
+        for (client, secret) in &self.service_clients {
+            if secrecy::ExposeSecret::expose_secret(secret).len() < 16 {
+                return Err(ConfigError::invalid(
+                    format!("service_clients.{client}"),
+                    "must be at least 16 bytes",
+                ));
+            }
+        }
+        for (name, config) in self.peers() {
+            config.validate(&format!("peers.{name}"))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! The auth service binary: load and validate config, build, serve until a signal.
+
+use std::process::ExitCode;
+
+use auth_service::{Config, SERVICE};
+
+fn main() -> ExitCode {
+    trellis_platform::run::<Config, _, _, _>(&SERVICE, |config| async move {
+        auth_service::build(config)
+            .await?
+            .run_until_stopped()
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    })
+}

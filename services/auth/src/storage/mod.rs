@@ -1,0 +1,240 @@
+//! Auth storage on sea-orm: signing keys, refresh-token families and the outbox of
+//! sign-in notifications. The same code runs on SQLite and PostgreSQL.
+
+pub mod entity;
+pub mod migration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
+    QueryFilter as _, TransactionTrait as _,
+};
+use trellis_platform::outbox::{self, OutboxEntry, OutboxWaker};
+use trellis_proto::notification_v1::SendNotificationRequest;
+use uuid::Uuid;
+
+use crate::domain::keys::{KeyPlan, KeyRecord};
+use crate::domain::{AuthError, AuthRepository, RefreshRecord, Rotation, SignInEvent};
+use entity::{refresh_token, signing_key};
+
+/// The peer that receives notifications, as named in the `peers` config.
+pub const NOTIFICATION_PEER: &str = "notification";
+
+/// [`AuthRepository`] and key storage over a sea-orm connection.
+#[derive(Debug, Clone)]
+pub struct SeaOrmAuthRepository {
+    db: DatabaseConnection,
+    waker: OutboxWaker,
+}
+
+impl SeaOrmAuthRepository {
+    /// A repository over `db` (migrated with [`migration::Migrator`]); `waker` is told
+    /// when a committed transaction enqueued a notification.
+    pub fn new(db: DatabaseConnection, waker: OutboxWaker) -> Self {
+        Self { db, waker }
+    }
+
+    /// Every stored signing key.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn load_keys(&self) -> Result<Vec<KeyRecord>, DbErr> {
+        let rows = signing_key::Entity::find().all(&self.db).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| KeyRecord {
+                kid: row.kid,
+                private_pkcs8: row.private_key,
+                public_key: row.public_key,
+                create_time: row.create_time,
+                activate_time: row.activate_time,
+            })
+            .collect())
+    }
+
+    /// Creates and deletes keys as planned.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn apply_key_plan(&self, plan: KeyPlan) -> Result<(), DbErr> {
+        for key in plan.create {
+            tracing::info!(kid = %key.kid, activate_time = %key.activate_time, "new signing key published");
+            let row = signing_key::ActiveModel {
+                kid: Set(key.kid),
+                private_key: Set(key.private_pkcs8),
+                public_key: Set(key.public_key),
+                create_time: Set(key.create_time),
+                activate_time: Set(key.activate_time),
+            };
+            signing_key::Entity::insert(row)
+                .exec_without_returning(&self.db)
+                .await?;
+        }
+        for kid in plan.retire {
+            tracing::info!(%kid, "signing key retired");
+            signing_key::Entity::delete_by_id(kid)
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(err: DbErr) -> AuthError {
+    AuthError::Unexpected(anyhow::Error::new(err).context("auth storage failed"))
+}
+
+fn encode_hash(hash: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(hash)
+}
+
+/// The sign-in notification, as an outbox call to the notification service. Its id is
+/// the idempotency key, so redelivery cannot duplicate it.
+fn sign_in_notification(event: &SignInEvent) -> OutboxEntry {
+    let id = Uuid::now_v7();
+    let from = event
+        .source
+        .map(|ip| format!(" from {ip}"))
+        .unwrap_or_default();
+    let request = SendNotificationRequest {
+        user_id: event.user_id.clone(),
+        kind: "new_sign_in".to_owned(),
+        title: "New sign-in".to_owned(),
+        body: format!(
+            "Your account was signed in to at {}{from}. If this was not you, change your password.",
+            event.time.format("%Y-%m-%d %H:%M UTC")
+        ),
+        idempotency_key: id.to_string(),
+    };
+    OutboxEntry::new(
+        id,
+        NOTIFICATION_PEER,
+        trellis_proto::paths::SEND_NOTIFICATION,
+        &request,
+    )
+}
+
+impl AuthRepository for SeaOrmAuthRepository {
+    async fn start_family(
+        &self,
+        token: &RefreshRecord,
+        event: &SignInEvent,
+    ) -> Result<(), AuthError> {
+        let txn = self.db.begin().await.map_err(unexpected)?;
+        refresh_token::Entity::insert(refresh_token::ActiveModel {
+            id: Set(token.id),
+            family_id: Set(token.family_id),
+            user_id: Set(token.user_id.clone()),
+            roles: Set(token.roles.join(",")),
+            token_hash: Set(encode_hash(&token.token_hash)),
+            create_time: Set(token.create_time),
+            expire_time: Set(token.expire_time),
+            used_time: Set(None),
+            revoked_time: Set(None),
+        })
+        .exec_without_returning(&txn)
+        .await
+        .map_err(unexpected)?;
+        outbox::enqueue(&txn, sign_in_notification(event))
+            .await
+            .map_err(unexpected)?;
+        txn.commit().await.map_err(unexpected)?;
+        self.waker.wake();
+        Ok(())
+    }
+
+    async fn rotate(
+        &self,
+        hash: &[u8],
+        next: RefreshRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, AuthError> {
+        let hash = encode_hash(hash);
+        let txn = self.db.begin().await.map_err(unexpected)?;
+        // The conditional write comes first, so of two concurrent exchanges exactly one
+        // changes the row; the other sees it used and treats it as a replay.
+        let claimed = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::UsedTime, Expr::value(Some(now)))
+            .filter(refresh_token::Column::TokenHash.eq(hash.as_str()))
+            .filter(refresh_token::Column::UsedTime.is_null())
+            .filter(refresh_token::Column::RevokedTime.is_null())
+            .filter(refresh_token::Column::ExpireTime.gt(now))
+            .exec(&txn)
+            .await
+            .map_err(unexpected)?
+            .rows_affected
+            == 1;
+        let Some(row) = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(hash.as_str()))
+            .one(&txn)
+            .await
+            .map_err(unexpected)?
+        else {
+            return Ok(Rotation::Invalid);
+        };
+        if claimed {
+            refresh_token::Entity::insert(refresh_token::ActiveModel {
+                id: Set(next.id),
+                family_id: Set(row.family_id),
+                user_id: Set(row.user_id.clone()),
+                roles: Set(row.roles.clone()),
+                token_hash: Set(encode_hash(&next.token_hash)),
+                create_time: Set(now),
+                expire_time: Set(row.expire_time),
+                used_time: Set(None),
+                revoked_time: Set(None),
+            })
+            .exec_without_returning(&txn)
+            .await
+            .map_err(unexpected)?;
+            txn.commit().await.map_err(unexpected)?;
+            let roles = row
+                .roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect();
+            return Ok(Rotation::Rotated {
+                user_id: row.user_id,
+                roles,
+                expire_time: row.expire_time,
+            });
+        }
+        if row.revoked_time.is_some() || row.expire_time <= now {
+            return Ok(Rotation::Invalid);
+        }
+        revoke(&txn, row.family_id, now).await?;
+        txn.commit().await.map_err(unexpected)?;
+        Ok(Rotation::Replayed)
+    }
+
+    async fn revoke_family(&self, hash: &[u8], now: DateTime<Utc>) -> Result<(), AuthError> {
+        let row = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(encode_hash(hash)))
+            .one(&self.db)
+            .await
+            .map_err(unexpected)?;
+        if let Some(row) = row {
+            revoke(&self.db, row.family_id, now).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn revoke<C: sea_orm::ConnectionTrait>(
+    conn: &C,
+    family_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), AuthError> {
+    refresh_token::Entity::update_many()
+        .col_expr(refresh_token::Column::RevokedTime, Expr::value(Some(now)))
+        .filter(refresh_token::Column::FamilyId.eq(family_id))
+        .filter(refresh_token::Column::RevokedTime.is_null())
+        .exec(conn)
+        .await
+        .map_err(unexpected)?;
+    Ok(())
+}

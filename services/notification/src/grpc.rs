@@ -1,0 +1,398 @@
+//! The gRPC layer of the notification service: wire ⇄ domain, the streams, and the one
+//! mapping from [`NotificationError`] to `Status`.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::Utc;
+use prost_types::Timestamp;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use trellis_platform::auth::Principal;
+use trellis_platform::pagination::{self, PageTokenCodec};
+use trellis_platform::status::{FieldViolation, internal, invalid_argument};
+use trellis_proto::notification_v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::{
+    NewNotification, Notification, NotificationError, NotificationRepository, Notifications,
+};
+
+/// ListNotifications page size when the request says 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest ListNotifications page.
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Rows read per query when replaying to a stream.
+const REPLAY_BATCH: u64 = 100;
+/// Messages buffered per open stream.
+const STREAM_BUFFER: usize = 64;
+
+/// Handlers of `NotificationService` and `NotificationInternalService`.
+#[derive(Debug)]
+pub struct NotificationHandlers<R> {
+    notifications: Arc<Notifications<R>>,
+    page_tokens: PageTokenCodec,
+    shutdown: CancellationToken,
+}
+
+impl<R> Clone for NotificationHandlers<R> {
+    fn clone(&self) -> Self {
+        Self {
+            notifications: Arc::clone(&self.notifications),
+            page_tokens: self.page_tokens.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+impl<R: NotificationRepository> NotificationHandlers<R> {
+    /// Handlers over the domain; open streams end with UNAVAILABLE when `shutdown` fires.
+    pub fn new(
+        notifications: Notifications<R>,
+        page_tokens: PageTokenCodec,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            notifications: Arc::new(notifications),
+            page_tokens,
+            shutdown,
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ListCursor {
+    before: Uuid,
+}
+
+type NotificationStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<R: NotificationRepository> pb::notification_service_server::NotificationService
+    for NotificationHandlers<R>
+{
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        let user_id = Principal::user_of(&request)?.to_owned();
+        let request = request.into_inner();
+        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map_err(|err| {
+                invalid_argument(&[FieldViolation::new("page_size", err.to_string())])
+            })?;
+        // The filter is part of the scope: a token is only good for the same filter.
+        let scope = format!("ListNotifications?unread_only={}", request.unread_only);
+        let before = if request.page_token.is_empty() {
+            None
+        } else {
+            let cursor: ListCursor = self
+                .page_tokens
+                .decode(&scope, &request.page_token)
+                .map_err(|err| {
+                    invalid_argument(&[FieldViolation::new("page_token", err.to_string())])
+                })?;
+            Some(cursor.before)
+        };
+        let limit = u64::from(page_size);
+        let mut rows = self
+            .notifications
+            .repository()
+            .list(&user_id, request.unread_only, before, limit + 1)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(page_size as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => self
+                .page_tokens
+                .encode(&scope, &ListCursor { before: last.id }),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListNotificationsResponse {
+            notifications: rows.iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        let user_id = Principal::user_of(&request)?.to_owned();
+        let ids = parse_ids(&request.get_ref().ids)?;
+        let updated = self
+            .notifications
+            .repository()
+            .mark_read(&user_id, &ids, Utc::now())
+            .await?;
+        Ok(Response::new(pb::MarkReadResponse {
+            updated_count: i32::try_from(updated).unwrap_or(i32::MAX),
+        }))
+    }
+
+    type SubscribeStream = NotificationStream<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let user_id = Principal::user_of(&request)?.to_owned();
+        let after = match request.get_ref().after.as_str() {
+            "" => None,
+            raw => Some(parse_id("after", raw)?),
+        };
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let live = self.notifications.hub().subscribe(&user_id);
+        let feed = Feed {
+            notifications: Arc::clone(&self.notifications),
+            user_id,
+            unacked_only: false,
+            tx,
+            wrap: |n| pb::SubscribeResponse {
+                notification: Some(to_proto(&n)),
+            },
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { feed.run(after, live, None, shutdown).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ConnectStream = NotificationStream<pb::ConnectResponse>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let user_id = Principal::user_of(&request)?.to_owned();
+        let acks = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let live = self.notifications.hub().subscribe(&user_id);
+        let feed = Feed {
+            notifications: Arc::clone(&self.notifications),
+            user_id,
+            unacked_only: true,
+            tx,
+            wrap: |n| pb::ConnectResponse {
+                notification: Some(to_proto(&n)),
+            },
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move { feed.run(None, live, Some(acks), shutdown).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Feeds one open stream: replay from storage, then live notifications, until the
+/// client goes away or the server shuts down.
+struct Feed<R, T> {
+    notifications: Arc<Notifications<R>>,
+    user_id: String,
+    /// Connect replays only unacknowledged notifications.
+    unacked_only: bool,
+    tx: mpsc::Sender<Result<T, Status>>,
+    wrap: fn(Notification) -> T,
+}
+
+/// The stream ended (client gone or a send failed): stop feeding.
+struct Closed;
+
+impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
+    async fn run(
+        self,
+        after: Option<Uuid>,
+        mut live: broadcast::Receiver<Notification>,
+        mut acks: Option<Streaming<pb::ConnectRequest>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sent = HashSet::new();
+        if self.replay(after, &mut sent).await.is_err() {
+            return;
+        }
+        loop {
+            // Biased: acknowledgements already received are stored before the stream is
+            // seen closed, so a client that acks and hangs up loses no ack.
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    let status = Status::unavailable("server shutting down; reconnect to resume");
+                    drop(self.tx.send(Err(status)).await);
+                    return;
+                }
+                ack = next_ack(&mut acks) => match ack {
+                    Some(id) => {
+                        if let Err(err) = self.notifications.repository().acknowledge(&self.user_id, id, Utc::now()).await {
+                            drop(self.tx.send(Err(Status::from(err))).await);
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                message = live.recv() => match message {
+                    Ok(notification) => {
+                        if sent.insert(notification.id) && self.send(notification).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Too far behind for the buffer: catch up from storage.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if self.replay(after, &mut sent).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = self.tx.closed() => return,
+            }
+        }
+    }
+
+    /// Sends every stored notification after `after` not yet sent on this stream.
+    async fn replay(&self, after: Option<Uuid>, sent: &mut HashSet<Uuid>) -> Result<(), Closed> {
+        let mut cursor = after;
+        loop {
+            let batch = match self
+                .notifications
+                .repository()
+                .after(&self.user_id, cursor, self.unacked_only, REPLAY_BATCH)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(err) => {
+                    drop(self.tx.send(Err(Status::from(err))).await);
+                    return Err(Closed);
+                }
+            };
+            let full = batch.len() as u64 == REPLAY_BATCH;
+            for notification in batch {
+                cursor = Some(notification.id);
+                if sent.insert(notification.id) {
+                    self.send(notification).await?;
+                }
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&self, notification: Notification) -> Result<(), Closed> {
+        self.tx
+            .send(Ok((self.wrap)(notification)))
+            .await
+            .map_err(|_| Closed)
+    }
+}
+
+/// The next acknowledged id; `None` when the client closed its side (or for Subscribe,
+/// which has no acknowledgements: then it never completes). Malformed ids are skipped.
+async fn next_ack(acks: &mut Option<Streaming<pb::ConnectRequest>>) -> Option<Uuid> {
+    let Some(stream) = acks else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(request)) => match Uuid::parse_str(&request.ack_id) {
+                Ok(id) => return Some(id),
+                Err(_) => {
+                    tracing::debug!(ack_id = %request.ack_id, "ignoring malformed acknowledgement")
+                }
+            },
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<R: NotificationRepository>
+    pb::notification_internal_service_server::NotificationInternalService
+    for NotificationHandlers<R>
+{
+    async fn send_notification(
+        &self,
+        request: Request<pb::SendNotificationRequest>,
+    ) -> Result<Response<pb::SendNotificationResponse>, Status> {
+        let caller = Principal::of(&request)?
+            .service_name()
+            .unwrap_or("?")
+            .to_owned();
+        let request = request.into_inner();
+        let (notification, created) = self
+            .notifications
+            .send(NewNotification {
+                user_id: &request.user_id,
+                kind: &request.kind,
+                title: &request.title,
+                body: &request.body,
+                idempotency_key: &request.idempotency_key,
+            })
+            .await?;
+        tracing::info!(notification_id = %notification.id, %caller, created, "notification sent");
+        Ok(Response::new(pb::SendNotificationResponse {
+            notification: Some(to_proto(&notification)),
+            created,
+        }))
+    }
+}
+
+/// The single mapping from notification errors to gRPC statuses.
+impl From<NotificationError> for Status {
+    fn from(err: NotificationError) -> Self {
+        match err {
+            NotificationError::Invalid(violations) => invalid_argument(
+                &violations
+                    .into_iter()
+                    .map(|v| FieldViolation::new(v.field, v.message))
+                    .collect::<Vec<_>>(),
+            ),
+            NotificationError::Unexpected(err) => internal(err.as_ref()),
+        }
+    }
+}
+
+fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(raw)
+        .map_err(|_| invalid_argument(&[FieldViolation::new(field, "is not a valid UUID")]))
+}
+
+fn parse_ids(raw: &[String]) -> Result<Vec<Uuid>, Status> {
+    let mut ids = Vec::with_capacity(raw.len());
+    let mut violations = Vec::new();
+    for (i, id) in raw.iter().enumerate() {
+        match Uuid::parse_str(id) {
+            Ok(id) => ids.push(id),
+            Err(_) => violations.push(FieldViolation::new(
+                format!("ids[{i}]"),
+                "is not a valid UUID",
+            )),
+        }
+    }
+    if violations.is_empty() {
+        Ok(ids)
+    } else {
+        Err(invalid_argument(&violations))
+    }
+}
+
+fn timestamp(instant: chrono::DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: instant.timestamp(),
+        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The wire form of a notification.
+pub fn to_proto(n: &Notification) -> pb::Notification {
+    pb::Notification {
+        id: n.id.to_string(),
+        user_id: n.user_id.clone(),
+        kind: n.kind.clone(),
+        title: n.title.clone(),
+        body: n.body.clone(),
+        create_time: Some(timestamp(n.create_time)),
+        read_time: n.read_time.map(timestamp),
+    }
+}
