@@ -7,6 +7,10 @@
 // The harness panics on purpose: a failed expectation is the test failing.
 #![allow(clippy::expect_used)]
 
+pub mod client;
+pub mod docker;
+pub mod scenarios;
+
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -26,6 +30,41 @@ pub const ADMIN_EMAIL: &str = "admin@example.com";
 /// Failed sign-ins allowed per account per hour in the harness (small, to test it).
 pub const ACCOUNT_FAILURE_BUDGET: u32 = 6;
 
+/// A running Trellis system, however it runs: channels to its three services.
+pub trait Trellis {
+    /// A channel to the user service.
+    fn user_channel(&self) -> Channel;
+    /// A channel to the auth service.
+    fn auth_channel(&self) -> Channel;
+    /// A channel to the notification service.
+    fn notification_channel(&self) -> Channel;
+}
+
+impl Trellis for System {
+    fn user_channel(&self) -> Channel {
+        channel(self.user_addr)
+    }
+
+    fn auth_channel(&self) -> Channel {
+        channel(self.auth_addr)
+    }
+
+    fn notification_channel(&self) -> Channel {
+        channel(self.notification_addr)
+    }
+}
+
+/// Database URLs of the three services.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    /// The user service's.
+    pub user: String,
+    /// The auth service's.
+    pub auth: String,
+    /// The notification service's.
+    pub notification: String,
+}
+
 struct Running {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), trellis_platform::app::AppError>>,
@@ -40,6 +79,7 @@ pub struct System {
     /// The notification service's address.
     pub notification_addr: SocketAddr,
     dir: tempfile::TempDir,
+    databases: Option<Databases>,
     user: Option<Running>,
     auth: Option<Running>,
     notification: Option<Running>,
@@ -94,8 +134,14 @@ where
 }
 
 impl System {
-    /// Starts all three services and waits until each reports SERVING.
+    /// Starts all three services on SQLite files and waits until each reports SERVING.
     pub async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// Starts all three services on `databases` (SQLite files in a temporary directory
+    /// when `None`) and waits until each reports SERVING.
+    pub async fn start_on(databases: Option<Databases>) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
             trellis_platform::telemetry::init(
                 &trellis_platform::telemetry::TelemetryConfig::default(),
@@ -106,6 +152,7 @@ impl System {
             auth_addr: free_addr(),
             notification_addr: free_addr(),
             dir: tempfile::tempdir().expect("a temporary directory"),
+            databases,
             user: None,
             auth: None,
             notification: None,
@@ -120,15 +167,17 @@ impl System {
     }
 
     fn database(&self, name: &str) -> DatabaseConfig {
-        DatabaseConfig::with_url(format!(
-            "sqlite://{}/{name}.db?mode=rwc",
-            self.dir.path().display()
-        ))
+        DatabaseConfig::with_url(self.database_url(name))
     }
 
-    /// The path of a service's SQLite file.
+    /// The database URL of a service (`user`, `auth` or `notification`).
     pub fn database_url(&self, name: &str) -> String {
-        format!("sqlite://{}/{name}.db?mode=rwc", self.dir.path().display())
+        match (&self.databases, name) {
+            (Some(dbs), "user") => dbs.user.clone(),
+            (Some(dbs), "auth") => dbs.auth.clone(),
+            (Some(dbs), "notification") => dbs.notification.clone(),
+            _ => format!("sqlite://{}/{name}.db?mode=rwc", self.dir.path().display()),
+        }
     }
 
     /// Starts the notification service (again) on its address.
@@ -196,21 +245,6 @@ impl System {
         }));
     }
 
-    /// A channel to the user service.
-    pub fn user_channel(&self) -> Channel {
-        channel(self.user_addr)
-    }
-
-    /// A channel to the auth service.
-    pub fn auth_channel(&self) -> Channel {
-        channel(self.auth_addr)
-    }
-
-    /// A channel to the notification service.
-    pub fn notification_channel(&self) -> Channel {
-        channel(self.notification_addr)
-    }
-
     /// Stops every service gracefully.
     pub async fn stop(mut self) {
         stop(self.user.take()).await;
@@ -232,7 +266,8 @@ async fn stop(running: Option<Running>) {
     }
 }
 
-fn channel(addr: SocketAddr) -> Channel {
+/// A lazy channel to `addr`.
+pub fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("valid uri")
         .connect_lazy()

@@ -3,6 +3,7 @@
 //! xtask depends on no workspace crate, so it builds fast and works even when the
 //! product does not compile.
 
+mod images;
 mod up;
 
 use std::path::PathBuf;
@@ -21,12 +22,19 @@ struct Cli {
 enum Command {
     /// Build and run every service with embedded defaults; Ctrl-C stops them all.
     Up(up::Args),
+    /// Build the service images and a PostgreSQL image (made from Debian's packages when
+    /// no registry is reachable).
+    Images(images::Args),
+    /// Build the images, then run every test (`cargo test --workspace`).
+    Test(images::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(&args),
+        Command::Images(args) => images::run_images(&args).map(|()| ExitCode::SUCCESS),
+        Command::Test(args) => test(&args),
     };
     match result {
         Ok(code) => code,
@@ -43,4 +51,54 @@ fn workspace_root() -> PathBuf {
     manifest_dir
         .parent()
         .map_or_else(|| manifest_dir.clone(), std::path::Path::to_path_buf)
+}
+
+/// `cargo xtask test`: the container suites need the images, so build them first (unless
+/// `TRELLIS_SKIP_DOCKER_TESTS=1`), then run the whole workspace's tests.
+fn test(args: &images::Args) -> anyhow::Result<ExitCode> {
+    if std::env::var("TRELLIS_SKIP_DOCKER_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!(
+            "xtask test: TRELLIS_SKIP_DOCKER_TESTS=1: not building images; container suites will skip"
+        );
+    } else {
+        images::run_images(args)?;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["test", "--workspace"])
+        .env("TRELLIS_IMAGE_PREFIX", &args.prefix)
+        .env("TRELLIS_IMAGE_TAG", &args.tag)
+        .status()?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The `(binary name, path)` pairs of executables in cargo's JSON messages.
+fn executables(stdout: &[u8]) -> Vec<(String, PathBuf)> {
+    let mut binaries = Vec::new();
+    for line in stdout.split(|b| *b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(name), Some(path)) = (
+            message.pointer("/target/name").and_then(|v| v.as_str()),
+            message.get("executable").and_then(|v| v.as_str()),
+        ) {
+            binaries.push((name.to_owned(), PathBuf::from(path)));
+        }
+    }
+    binaries
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

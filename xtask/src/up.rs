@@ -58,6 +58,15 @@ pub(crate) struct Args {
     /// Build with optimisations (`--release`).
     #[arg(long)]
     release: bool,
+    /// Run the container images on PostgreSQL with Compose (deploy/compose.yaml) instead
+    /// of local processes on SQLite; builds the images first when any is missing.
+    #[arg(long)]
+    docker: bool,
+    /// With --docker: rebuild the images even when they exist.
+    #[arg(long, requires = "docker")]
+    build: bool,
+    #[command(flatten)]
+    images: crate::images::Args,
 }
 
 enum Event {
@@ -72,6 +81,9 @@ struct Running {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    if args.docker {
+        return run_compose(args);
+    }
     let root = crate::workspace_root();
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let binaries = build(&root, args.release)?;
@@ -147,19 +159,7 @@ fn build(root: &Path, release: bool) -> anyhow::Result<Vec<(String, PathBuf)>> {
     if !output.status.success() {
         bail!("cargo build failed ({})", output.status);
     }
-    let mut binaries = Vec::new();
-    for line in output.stdout.split(|b| *b == b'\n') {
-        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
-        };
-        if let (Some(name), Some(path)) = (
-            message.pointer("/target/name").and_then(|v| v.as_str()),
-            message.get("executable").and_then(|v| v.as_str()),
-        ) {
-            binaries.push((name.to_owned(), PathBuf::from(path)));
-        }
-    }
-    Ok(binaries)
+    Ok(crate::executables(&output.stdout))
 }
 
 fn start(
@@ -330,4 +330,67 @@ fn print_banner(colour: bool) {
     println!();
     println!("Press Ctrl-C to stop everything.");
     println!();
+}
+
+/// `up --docker`: the images on PostgreSQL under Compose, in the foreground; Ctrl-C stops
+/// the containers, then they are removed (the data volume stays).
+fn run_compose(args: &Args) -> anyhow::Result<ExitCode> {
+    let root = crate::workspace_root();
+    let images = &args.images;
+    let wanted = ["user", "auth", "notification"]
+        .map(|s| images.service_image(s))
+        .into_iter()
+        .chain([images.postgres_image()]);
+    let missing = wanted.clone().any(|image| {
+        !Command::new("docker")
+            .args(["image", "inspect", &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if args.build || missing {
+        crate::images::run_images(images)?;
+    }
+    let (program, prefix): (&str, &[&str]) = if Command::new("docker-compose")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        ("docker-compose", &[])
+    } else {
+        ("docker", &["compose"])
+    };
+    let compose = |verb: &[&str]| {
+        let mut command = Command::new(program);
+        command
+            .current_dir(&root)
+            .args(prefix)
+            .args(["-p", "trellis", "-f", "deploy/compose.yaml"])
+            .args(verb)
+            .env("TRELLIS_IMAGE_PREFIX", &images.prefix)
+            .env("TRELLIS_IMAGE_TAG", &images.tag);
+        command
+    };
+    let secret = random_secret()?;
+    // Compose handles Ctrl-C itself (it stops the containers); xtask only waits.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
+    eprintln!("xtask: starting the system on PostgreSQL with Compose; Ctrl-C stops it");
+    eprintln!(
+        "xtask: the services answer on localhost:50051 (user), 50052 (auth), 50053 (notification)"
+    );
+    let status = compose(&["up", "--remove-orphans"])
+        .env("TRELLIS_USER_CLIENT_SECRET", &secret)
+        .status()
+        .context("running docker compose")?;
+    let down = compose(&["down"])
+        .status()
+        .context("running docker compose down")?;
+    Ok(if status.success() && down.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -1,11 +1,11 @@
 //! Sign-up → login → GetUser, and the internal methods' service identity.
 
-use integration_tests::{ADMIN_EMAIL, System, with_token};
+use integration_tests::{ADMIN_EMAIL, System, Trellis as _, with_token};
 use tonic::Code;
 use trellis_proto::notification_v1 as notification;
 use trellis_proto::user_v1 as user;
 
-use crate::client::{PASSWORD, sign_up, sign_up_and_log_in, users};
+use integration_tests::client::{PASSWORD, sign_up, sign_up_and_log_in, users};
 
 #[tokio::test]
 async fn sign_up_log_in_and_read_only_yourself() {
@@ -62,7 +62,7 @@ async fn wrong_password_and_unknown_email_look_the_same_and_failures_are_throttl
     let system = System::start().await;
     sign_up(&system, "ada@example.com").await;
     sign_up(&system, "grace@example.com").await;
-    let mut auth = crate::client::auth(&system);
+    let mut auth = integration_tests::client::auth(&system);
     let wrong = auth
         .login(LoginRequest {
             email: "ada@example.com".into(),
@@ -166,7 +166,7 @@ async fn internal_methods_need_a_service_identity() {
     assert_eq!(end_user.code(), Code::PermissionDenied);
 
     // A service token is obtained with the client secret only.
-    let mut auth = crate::client::auth(&system);
+    let mut auth = integration_tests::client::auth(&system);
     let wrong_secret = auth
         .issue_service_token(trellis_proto::auth_v1::IssueServiceTokenRequest {
             client_id: "user".into(),

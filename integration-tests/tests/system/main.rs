@@ -4,8 +4,8 @@
 // Tests panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod client;
 mod flows;
 mod notifications;
 mod rfc8725;
+mod scenarios;
 mod tokens;

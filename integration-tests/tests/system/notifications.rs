@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use integration_tests::{System, assert_eventually, with_token};
+use integration_tests::{System, with_token};
 use trellis_proto::notification_v1 as pb;
 
-use crate::client::{log_in, notification_kinds, notifications, sign_up, sign_up_and_log_in};
+use integration_tests::client::{log_in, notifications, sign_up_and_log_in};
 
 /// Waits for the next message of a stream (10 s at most).
 async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
@@ -118,51 +118,6 @@ async fn connect_pushes_and_redelivers_unacknowledged_notifications() {
         "the acknowledged welcome is not redelivered"
     );
     assert!(live.id > sign_in.id);
-    system.stop().await;
-}
-
-#[tokio::test]
-async fn sign_ups_while_notification_is_down_are_welcomed_exactly_once_after() {
-    let mut system = System::start().await;
-    system.stop_notification().await;
-
-    let mut users = Vec::new();
-    for i in 0..5 {
-        users.push(sign_up(&system, &format!("user{i}@example.com")).await);
-    }
-    // Sign-ups succeeded with the notification service down; start it again.
-    system.start_notification().await;
-
-    for (i, user) in users.iter().enumerate() {
-        let tokens = log_in(&system, &format!("user{i}@example.com")).await;
-        let session = crate::client::Session {
-            user: user.clone(),
-            tokens,
-        };
-        assert_eventually(|| {
-            let system = &system;
-            let session = &session;
-            async move {
-                notification_kinds(system, session)
-                    .await
-                    .iter()
-                    .any(|k| k == "welcome")
-            }
-        })
-        .await;
-    }
-    // Let the dispatchers run a few more passes, then count.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for (i, user) in users.iter().enumerate() {
-        let tokens = log_in(&system, &format!("user{i}@example.com")).await;
-        let session = crate::client::Session {
-            user: user.clone(),
-            tokens,
-        };
-        let kinds = notification_kinds(&system, &session).await;
-        let welcomes = kinds.iter().filter(|k| *k == "welcome").count();
-        assert_eq!(welcomes, 1, "user{i}: {kinds:?}");
-    }
     system.stop().await;
 }
 

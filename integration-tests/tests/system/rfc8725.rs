@@ -10,7 +10,7 @@ use tonic::Code;
 use trellis_platform::auth::{Claims, PrincipalKind};
 use trellis_proto::user_v1 as user;
 
-use crate::client::{sign_up_and_log_in, users};
+use integration_tests::client::{sign_up_and_log_in, users};
 
 /// The auth service's current signing key, read from its database.
 async fn signing_key(system: &System) -> (String, Vec<u8>, Vec<u8>) {

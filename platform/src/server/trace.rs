@@ -49,6 +49,15 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
             .get(REQUEST_ID_HEADER)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
+        // Health checks arrive every few seconds from orchestrators: keep them at DEBUG.
+        if service == "grpc.health.v1.Health" {
+            return tracing::debug_span!(
+                "rpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                request_id = %request_id,
+            );
+        }
         tracing::info_span!(
             "rpc",
             rpc.service = %service,
@@ -88,8 +97,13 @@ fn finished(headers: Option<&HeaderMap>, latency: Duration, span: &Span) {
         });
     // Microsecond precision is plenty; it keeps log lines short.
     let latency_ms = (latency.as_micros() as f64) / 1e3;
+    // A DEBUG (or disabled) span is a health check: its outcome is DEBUG too.
+    let quiet = span
+        .metadata()
+        .is_none_or(|m| *m.level() == tracing::Level::DEBUG);
     let _entered = span.enter();
     match code {
+        tonic::Code::Ok if quiet => tracing::debug!(grpc.code = ?code, latency_ms, "rpc finished"),
         tonic::Code::Unknown
         | tonic::Code::Internal
         | tonic::Code::DataLoss

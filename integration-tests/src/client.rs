@@ -1,39 +1,48 @@
 //! Typed helpers over the generated clients.
 
-use integration_tests::{System, with_token};
+// Helpers panic on purpose: a failed expectation is the test failing.
+#![allow(clippy::expect_used)]
+
+use crate::{Trellis, with_token};
 use trellis_proto::auth_v1 as auth;
 use trellis_proto::notification_v1 as notification;
 use trellis_proto::user_v1 as user;
 
 /// The password every test user has.
-pub(crate) const PASSWORD: &str = "correct horse battery";
+pub const PASSWORD: &str = "correct horse battery";
 
 /// A signed-up, signed-in user.
-pub(crate) struct Session {
-    pub(crate) user: user::User,
-    pub(crate) tokens: auth::TokenPair,
+pub struct Session {
+    /// The user.
+    pub user: user::User,
+    /// Their tokens.
+    pub tokens: auth::TokenPair,
 }
 
 impl Session {
-    pub(crate) fn access(&self) -> &str {
+    /// The access token.
+    pub fn access(&self) -> &str {
         &self.tokens.access_token
     }
 }
 
-pub(crate) fn users(
-    system: &System,
+/// A user-service client.
+pub fn users(
+    system: &impl Trellis,
 ) -> user::user_service_client::UserServiceClient<tonic::transport::Channel> {
     user::user_service_client::UserServiceClient::new(system.user_channel())
 }
 
-pub(crate) fn auth(
-    system: &System,
+/// An auth-service client.
+pub fn auth(
+    system: &impl Trellis,
 ) -> auth::auth_service_client::AuthServiceClient<tonic::transport::Channel> {
     auth::auth_service_client::AuthServiceClient::new(system.auth_channel())
 }
 
-pub(crate) fn notifications(
-    system: &System,
+/// A notification-service client.
+pub fn notifications(
+    system: &impl Trellis,
 ) -> notification::notification_service_client::NotificationServiceClient<tonic::transport::Channel>
 {
     notification::notification_service_client::NotificationServiceClient::new(
@@ -41,7 +50,8 @@ pub(crate) fn notifications(
     )
 }
 
-pub(crate) async fn sign_up(system: &System, email: &str) -> user::User {
+/// Signs a user up with [`PASSWORD`].
+pub async fn sign_up(system: &impl Trellis, email: &str) -> user::User {
     users(system)
         .create_user(user::CreateUserRequest {
             email: email.to_owned(),
@@ -55,7 +65,8 @@ pub(crate) async fn sign_up(system: &System, email: &str) -> user::User {
         .expect("user returned")
 }
 
-pub(crate) async fn log_in(system: &System, email: &str) -> auth::TokenPair {
+/// Logs a user in.
+pub async fn log_in(system: &impl Trellis, email: &str) -> auth::TokenPair {
     auth(system)
         .login(auth::LoginRequest {
             email: email.to_owned(),
@@ -68,14 +79,15 @@ pub(crate) async fn log_in(system: &System, email: &str) -> auth::TokenPair {
         .expect("tokens returned")
 }
 
-pub(crate) async fn sign_up_and_log_in(system: &System, email: &str) -> Session {
+/// Signs a user up and in.
+pub async fn sign_up_and_log_in(system: &impl Trellis, email: &str) -> Session {
     let user = sign_up(system, email).await;
     let tokens = log_in(system, email).await;
     Session { user, tokens }
 }
 
 /// The kinds of every notification of the session's user, oldest first.
-pub(crate) async fn notification_kinds(system: &System, session: &Session) -> Vec<String> {
+pub async fn notification_kinds(system: &impl Trellis, session: &Session) -> Vec<String> {
     let mut listed = notifications(system)
         .list_notifications(with_token(
             notification::ListNotificationsRequest {
