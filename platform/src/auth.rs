@@ -137,28 +137,21 @@ pub fn client_side(
     peers: crate::peer::Peers,
     keys: Option<std::sync::Arc<dyn KeySource>>,
 ) -> Result<(TokenVerifier, crate::peer::Peers), crate::peer::PeerError> {
+    // One connection to auth serves both key fetches and credential exchanges.
+    let auth = peers.anonymous_channel(AUTH_PEER)?;
     let verifier = match keys {
         Some(keys) => TokenVerifier::new(config, keys),
-        None => TokenVerifier::new(
-            config,
-            RemoteKeySource::new(peers.anonymous_channel(AUTH_PEER)?),
-        ),
+        None => TokenVerifier::new(config, RemoteKeySource::new(auth.clone())),
     };
+    // Without a secret the service makes no credentialed calls; services that need them
+    // say so themselves.
     let peers = match &config.client_secret {
         Some(secret) => {
-            let credentials = crate::peer::ClientCredentials::new(
-                service.name,
-                secret.clone(),
-                peers.anonymous_channel(AUTH_PEER)?,
-            );
+            let credentials =
+                crate::peer::ClientCredentials::new(service.name, secret.clone(), auth);
             peers.with_credentials(std::sync::Arc::new(credentials))
         }
-        None => {
-            tracing::warn!(
-                "no auth.client_secret: calls to peers' internal methods will be refused"
-            );
-            peers
-        }
+        None => peers,
     };
     Ok((verifier, peers))
 }

@@ -6,10 +6,13 @@
 //! the user service. Values are parsed as numbers and booleans where the target type
 //! wants one.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
+use crate::data::DatabaseConfig;
+use crate::peer::PeerConfig;
 use crate::server::ServerConfig;
 use crate::telemetry::TelemetryConfig;
 
@@ -30,13 +33,32 @@ pub trait ServiceConfig: DeserializeOwned + Default + Send + 'static {
     fn server(&self) -> &ServerConfig;
     /// The `telemetry` section (log format and filter).
     fn telemetry(&self) -> &TelemetryConfig;
-    /// Checks rules the types cannot express; a violation names its key.
+    /// The `database` section.
+    fn database(&self) -> &DatabaseConfig;
+    /// The peers, by name (empty for a service that calls none).
+    fn peers(&self) -> HashMap<String, PeerConfig> {
+        HashMap::new()
+    }
+    /// Checks the service's own sections; the shared ones are checked by
+    /// [`Self::validate`].
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
+    fn validate_own(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// Checks every rule the types cannot express; a violation names its key.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
     fn validate(&self) -> Result<(), ConfigError> {
         self.server().validate()?;
-        self.telemetry().validate()
+        self.telemetry().validate()?;
+        self.database().validate()?;
+        for (name, peer) in self.peers() {
+            peer.validate(&format!("peers.{name}"))?;
+        }
+        self.validate_own()
     }
 }
 

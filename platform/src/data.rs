@@ -77,6 +77,13 @@ impl DatabaseConfig {
     }
 }
 
+/// The current time, truncated to microseconds: what both SQLite and PostgreSQL store,
+/// so a value read back equals the one written.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

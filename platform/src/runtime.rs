@@ -77,13 +77,8 @@ where
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     let err: Box<dyn std::error::Error + Send + Sync> = err.into();
-                    let mut message = err.to_string();
-                    let mut source = err.source();
-                    while let Some(inner) = source {
-                        message.push_str(&format!(": {inner}"));
-                        source = inner.source();
-                    }
-                    tracing::error!(error = %message, "stopped with an error");
+                    let chain = crate::status::ErrorChain(err.as_ref());
+                    tracing::error!(error = %chain, "stopped with an error");
                     ExitCode::FAILURE
                 }
             }

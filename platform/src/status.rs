@@ -50,8 +50,19 @@ pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
     Status::internal("internal error")
 }
 
+/// Parses a UUID request field (RFC 9562 text form).
+///
+/// # Errors
+/// A violation of `field`: `is required` when empty, `is not a valid UUID` otherwise.
+pub fn uuid_field(field: impl Into<String>, raw: &str) -> Result<uuid::Uuid, FieldViolation> {
+    if raw.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    uuid::Uuid::parse_str(raw).map_err(|_| FieldViolation::new(field, "is not a valid UUID"))
+}
+
 /// Displays an error with its sources, `outer: inner: innermost`.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -11,6 +11,7 @@
 pub mod entity;
 pub mod migration;
 
+use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::config::{ConfigError, require_positive};
-use crate::peer::Peers;
+use crate::peer::{PeerChannel, PeerError, Peers};
 use crate::server::request_id;
 use entity::{Column, Entity};
 
@@ -150,6 +151,9 @@ impl OutboxWaker {
 pub struct Dispatcher {
     db: DatabaseConnection,
     peers: Peers,
+    /// One channel per peer, made on first use: a channel is a connection, and making
+    /// one per message would reconnect for every delivery.
+    channels: std::sync::Mutex<HashMap<String, PeerChannel>>,
     config: OutboxConfig,
     waker: OutboxWaker,
 }
@@ -166,6 +170,7 @@ impl Dispatcher {
         Self {
             db,
             peers,
+            channels: std::sync::Mutex::default(),
             config,
             waker: OutboxWaker::default(),
         }
@@ -242,8 +247,21 @@ impl Dispatcher {
         Ok(count)
     }
 
+    fn channel(&self, peer: &str) -> Result<PeerChannel, PeerError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(peer) {
+            return Ok(channel.clone());
+        }
+        let channel = self.peers.channel(peer)?;
+        channels.insert(peer.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
     async fn deliver(&self, message: entity::Model) -> Outcome {
-        let channel = match self.peers.channel(&message.peer) {
+        let channel = match self.channel(&message.peer) {
             Ok(channel) => channel,
             Err(err) => return Outcome::Retry(err.to_string()),
         };

@@ -153,10 +153,15 @@ impl ServiceConfig for Config {
         &self.telemetry
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.server.validate()?;
-        self.telemetry.validate()?;
-        self.database.validate()?;
+    fn database(&self) -> &DatabaseConfig {
+        &self.database
+    }
+
+    fn peers(&self) -> HashMap<String, PeerConfig> {
+        Config::peers(self)
+    }
+
+    fn validate_own(&self) -> Result<(), ConfigError> {
         self.outbox.validate()?;
         let tokens = &self.tokens;
         if tokens.access_token_ttl_secs == 0
@@ -197,9 +202,6 @@ impl ServiceConfig for Config {
                     "must be at least 16 bytes",
                 ));
             }
-        }
-        for (name, config) in self.peers() {
-            config.validate(&format!("peers.{name}"))?;
         }
         Ok(())
     }

@@ -72,14 +72,15 @@ impl ServiceConfig for Config {
         &self.telemetry
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.server.validate()?;
-        self.telemetry.validate()?;
-        self.database.validate()?;
-        self.auth.validate("auth")?;
-        for (name, config) in self.peers() {
-            config.validate(&format!("peers.{name}"))?;
-        }
-        Ok(())
+    fn database(&self) -> &DatabaseConfig {
+        &self.database
+    }
+
+    fn peers(&self) -> HashMap<String, PeerConfig> {
+        Config::peers(self)
+    }
+
+    fn validate_own(&self) -> Result<(), ConfigError> {
+        self.auth.validate("auth")
     }
 }

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use chrono::Utc;
-use prost_types::Timestamp;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageTokenCodec};
-use trellis_platform::status::{FieldViolation, internal, invalid_argument};
+use trellis_platform::status::{FieldViolation, internal, invalid_argument, uuid_field};
 use trellis_proto::notification_v1 as pb;
 use uuid::Uuid;
 
@@ -354,33 +354,22 @@ impl From<NotificationError> for Status {
 }
 
 fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(raw)
-        .map_err(|_| invalid_argument(&[FieldViolation::new(field, "is not a valid UUID")]))
+    uuid_field(field, raw).map_err(|violation| invalid_argument(&[violation]))
 }
 
 fn parse_ids(raw: &[String]) -> Result<Vec<Uuid>, Status> {
     let mut ids = Vec::with_capacity(raw.len());
     let mut violations = Vec::new();
     for (i, id) in raw.iter().enumerate() {
-        match Uuid::parse_str(id) {
+        match uuid_field(format!("ids[{i}]"), id) {
             Ok(id) => ids.push(id),
-            Err(_) => violations.push(FieldViolation::new(
-                format!("ids[{i}]"),
-                "is not a valid UUID",
-            )),
+            Err(violation) => violations.push(violation),
         }
     }
     if violations.is_empty() {
         Ok(ids)
     } else {
         Err(invalid_argument(&violations))
-    }
-}
-
-fn timestamp(instant: chrono::DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: instant.timestamp(),
-        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
 
@@ -392,7 +381,7 @@ pub fn to_proto(n: &Notification) -> pb::Notification {
         kind: n.kind.clone(),
         title: n.title.clone(),
         body: n.body.clone(),
-        create_time: Some(timestamp(n.create_time)),
-        read_time: n.read_time.map(timestamp),
+        create_time: Some(SystemTime::from(n.create_time).into()),
+        read_time: n.read_time.map(|t| SystemTime::from(t).into()),
     }
 }

@@ -86,15 +86,17 @@ impl ServiceConfig for Config {
         &self.telemetry
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.server.validate()?;
-        self.telemetry.validate()?;
-        self.database.validate()?;
+    fn database(&self) -> &DatabaseConfig {
+        &self.database
+    }
+
+    fn peers(&self) -> HashMap<String, PeerConfig> {
+        Config::peers(self)
+    }
+
+    fn validate_own(&self) -> Result<(), ConfigError> {
         self.auth.validate("auth")?;
         self.outbox.validate()?;
-        for (name, config) in self.peers() {
-            config.validate(&format!("peers.{name}"))?;
-        }
         let cost = &self.password_hashing;
         if cost.memory_kib < OWASP_MIN_MEMORY_KIB {
             return Err(ConfigError::invalid(

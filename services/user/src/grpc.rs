@@ -2,12 +2,12 @@
 //! domain errors to `tonic::Status` (in one place: `From<UserError> for Status`).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageError, PageTokenCodec};
-use trellis_platform::status::{FieldViolation, internal, invalid_argument};
+use trellis_platform::status::{FieldViolation, internal, invalid_argument, uuid_field};
 use trellis_proto::user_v1 as pb;
 use uuid::Uuid;
 
@@ -223,14 +223,7 @@ fn page_error(field: &str, err: &PageError) -> Status {
 }
 
 fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
-    if raw.is_empty() {
-        return Err(invalid_argument(&[FieldViolation::new(
-            field,
-            "is required",
-        )]));
-    }
-    Uuid::parse_str(raw)
-        .map_err(|_| invalid_argument(&[FieldViolation::new(field, "is not a valid UUID")]))
+    uuid_field(field, raw).map_err(|violation| invalid_argument(&[violation]))
 }
 
 /// Turns an AIP-134 update into domain changes. An absent or empty mask means every
@@ -295,14 +288,7 @@ pub fn to_proto(user: &User) -> pb::User {
         id: user.id.to_string(),
         email: user.email.as_str().to_owned(),
         display_name: user.display_name.as_str().to_owned(),
-        create_time: Some(timestamp(user.create_time)),
-        update_time: Some(timestamp(user.update_time)),
-    }
-}
-
-fn timestamp(instant: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp {
-        seconds: instant.timestamp(),
-        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
+        create_time: Some(SystemTime::from(user.create_time).into()),
+        update_time: Some(SystemTime::from(user.update_time).into()),
     }
 }

@@ -135,13 +135,14 @@ pub trait AuthRepository: Send + Sync + 'static {
         token: &RefreshRecord,
         event: &SignInEvent,
     ) -> impl Future<Output = Result<(), AuthError>> + Send;
-    /// Atomically marks the token with `hash` used and stores `next` in its family —
-    /// or, if it was already used, revokes the family. Exactly one of two concurrent
-    /// calls with one hash rotates.
+    /// Atomically marks the token with `hash` used and stores its successor, whose hash
+    /// is `next_hash`, in the same family (same user, roles and absolute expiry) — or,
+    /// if it was already used, revokes the family. Exactly one of two concurrent calls
+    /// with one hash rotates.
     fn rotate(
         &self,
         hash: &[u8],
-        next: RefreshRecord,
+        next_hash: &[u8],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Rotation, AuthError>> + Send;
     /// Revokes the family of the token with `hash`, if any.
@@ -368,19 +369,9 @@ impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
         }
         let now = Utc::now();
         let (next_token, next_hash) = new_refresh_token();
-        // user_id, roles, family and expiry are copied from the presented token by storage.
-        let next = RefreshRecord {
-            id: Uuid::now_v7(),
-            family_id: Uuid::nil(),
-            user_id: String::new(),
-            roles: Vec::new(),
-            token_hash: next_hash,
-            create_time: now,
-            expire_time: now,
-        };
         match self
             .repository
-            .rotate(&hash_token(refresh_token), next, now)
+            .rotate(&hash_token(refresh_token), &next_hash, now)
             .await?
         {
             Rotation::Rotated {

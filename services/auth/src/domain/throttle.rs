@@ -8,6 +8,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock as _, DefaultClock};
@@ -17,7 +18,11 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 struct Budget<K: Hash + Eq + Clone> {
     limiter: DefaultKeyedRateLimiter<K>,
     blocked_until: Mutex<HashMap<K, Instant>>,
+    failures: AtomicU64,
 }
+
+/// Expired state is dropped once per this many failures.
+const PRUNE_EVERY: u64 = 256;
 
 impl<K: Hash + Eq + Clone> Budget<K> {
     /// A burst of half the budget plus a steady refill of the other half per hour keeps
@@ -31,6 +36,7 @@ impl<K: Hash + Eq + Clone> Budget<K> {
         Self {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             blocked_until: Mutex::new(HashMap::new()),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -43,15 +49,25 @@ impl<K: Hash + Eq + Clone> Budget<K> {
     }
 
     fn record_failure(&self, key: &K) {
+        let now = Instant::now();
+        // Pruning walks every key: do it now and then, not on each failure, which is
+        // exactly the path an attack makes hot.
+        let prune = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY);
         if let Err(not_until) = self.limiter.check_key(key) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             if let Ok(mut blocked) = self.blocked_until.lock() {
-                let now = Instant::now();
-                blocked.retain(|_, until| *until > now);
                 blocked.insert(key.clone(), now + wait);
             }
         }
-        self.limiter.retain_recent();
+        if prune {
+            self.limiter.retain_recent();
+            if let Ok(mut blocked) = self.blocked_until.lock() {
+                blocked.retain(|_, until| *until > now);
+            }
+        }
     }
 }
 

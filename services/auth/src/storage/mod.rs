@@ -149,7 +149,7 @@ impl AuthRepository for SeaOrmAuthRepository {
     async fn rotate(
         &self,
         hash: &[u8],
-        next: RefreshRecord,
+        next_hash: &[u8],
         now: DateTime<Utc>,
     ) -> Result<Rotation, AuthError> {
         let hash = encode_hash(hash);
@@ -177,11 +177,11 @@ impl AuthRepository for SeaOrmAuthRepository {
         };
         if claimed {
             refresh_token::Entity::insert(refresh_token::ActiveModel {
-                id: Set(next.id),
+                id: Set(Uuid::now_v7()),
                 family_id: Set(row.family_id),
                 user_id: Set(row.user_id.clone()),
                 roles: Set(row.roles.clone()),
-                token_hash: Set(encode_hash(&next.token_hash)),
+                token_hash: Set(encode_hash(next_hash)),
                 create_time: Set(now),
                 expire_time: Set(row.expire_time),
                 used_time: Set(None),

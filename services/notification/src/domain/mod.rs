@@ -179,14 +179,13 @@ impl<R: NotificationRepository> Notifications<R> {
         if !violations.is_empty() {
             return Err(NotificationError::Invalid(violations));
         }
-        let now = Utc::now();
         let notification = Notification {
             id: Uuid::now_v7(),
             user_id: new.user_id.to_owned(),
             kind: new.kind.to_owned(),
             title: new.title.to_owned(),
             body: new.body.to_owned(),
-            create_time: DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now),
+            create_time: trellis_platform::data::now(),
             read_time: None,
         };
         let (stored, created) = self

@@ -8,6 +8,7 @@ pub mod validation;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use trellis_platform::data::now;
 use uuid::Uuid;
 
 pub use password::{PasswordHash, PasswordHasher};
@@ -245,11 +246,4 @@ impl<R: UserRepository> Users<R> {
 /// Keeps `Ok` values and gathers errors, so one call reports every broken field.
 fn collect<T>(result: Result<T, Violation>, violations: &mut Vec<Violation>) -> Option<T> {
     result.map_err(|v| violations.push(v)).ok()
-}
-
-/// The current time, truncated to microseconds: what both SQLite and PostgreSQL store,
-/// so a returned user equals the stored one.
-fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
