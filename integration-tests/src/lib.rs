@@ -12,16 +12,17 @@ pub mod docker;
 pub mod scenarios;
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
 
 use secrecy::SecretString;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use trellis_platform::data::DatabaseConfig;
 use trellis_platform::outbox::OutboxConfig;
 use trellis_platform::peer::PeerConfig;
 use trellis_platform::server::ServerConfig;
+use trellis_platform::service::Launch;
+use trellis_platform::testing::{TEST_DRAIN_MS, TestServer, local_listener};
+
+pub use trellis_platform::testing::{assert_eventually, channel, wait_serving, with_token};
 
 /// The user service's client secret in the harness.
 const USER_CLIENT_SECRET: &str = "user-client-secret-for-tests";
@@ -65,11 +66,6 @@ pub struct Databases {
     pub notification: String,
 }
 
-struct Running {
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), trellis_platform::app::AppError>>,
-}
-
 /// The three services, running.
 pub struct System {
     /// The user service's address.
@@ -80,25 +76,28 @@ pub struct System {
     pub notification_addr: SocketAddr,
     dir: tempfile::TempDir,
     databases: Option<Databases>,
-    user: Option<Running>,
-    auth: Option<Running>,
-    notification: Option<Running>,
-}
-
-/// A free port on 127.0.0.1 (bound, read, released). Ports must be known before the
-/// services start, because each one's config names the others.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("bound address")
+    user: Option<TestServer>,
+    auth: Option<TestServer>,
+    notification: Option<TestServer>,
 }
 
 fn server_config(addr: SocketAddr) -> ServerConfig {
     ServerConfig {
         listen_addr: addr,
-        drain_timeout_ms: 300,
+        drain_timeout_ms: TEST_DRAIN_MS,
         readiness_interval_ms: 50,
         ..ServerConfig::default()
     }
+}
+
+/// A listener on `addr`: the one held since start-up when given, else bound again (a
+/// service restarted on the address it had).
+fn listener_on(held: Option<TcpListener>, addr: SocketAddr) -> TcpListener {
+    held.unwrap_or_else(|| TcpListener::bind(addr).expect("the service's address is free again"))
+}
+
+fn addr_of(listener: &TcpListener) -> SocketAddr {
+    listener.local_addr().expect("a bound address")
 }
 
 fn fast_outbox() -> OutboxConfig {
@@ -122,17 +121,6 @@ fn peers(entries: &[(&str, SocketAddr)]) -> std::collections::HashMap<String, Pe
         .collect()
 }
 
-fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Running
-where
-    F: std::future::Future<Output = Result<(), trellis_platform::app::AppError>> + Send + 'static,
-{
-    let (shutdown, stopped) = oneshot::channel();
-    Running {
-        shutdown,
-        task: tokio::spawn(run(stopped)),
-    }
-}
-
 impl System {
     /// Starts all three services on SQLite files and waits until each reports SERVING.
     pub async fn start() -> Self {
@@ -147,22 +135,26 @@ impl System {
                 &trellis_platform::telemetry::TelemetryConfig::default(),
             );
         }
+        // Every listener is bound before any service starts: each config names the
+        // others' addresses, and nothing can take a port between bind and serve.
+        let (user, auth, notification) = (local_listener(), local_listener(), local_listener());
         let mut system = Self {
-            user_addr: free_addr(),
-            auth_addr: free_addr(),
-            notification_addr: free_addr(),
+            user_addr: addr_of(&user),
+            auth_addr: addr_of(&auth),
+            notification_addr: addr_of(&notification),
             dir: tempfile::tempdir().expect("a temporary directory"),
             databases,
             user: None,
             auth: None,
             notification: None,
         };
-        system.start_notification().await;
-        system.start_auth().await;
-        system.start_user().await;
-        for addr in [system.notification_addr, system.auth_addr, system.user_addr] {
-            wait_serving(addr).await;
-        }
+        system.start_notification_on(Some(notification)).await;
+        // Auth and user call each other: start both before waiting for either.
+        let auth = Launch::new(system.auth_config()).listener(auth);
+        let user = Launch::new(system.user_config()).listener(user);
+        let (auth, user) = tokio::join!(TestServer::start(auth), TestServer::start(user));
+        system.auth = Some(auth);
+        system.user = Some(user);
         system
     }
 
@@ -180,8 +172,12 @@ impl System {
         }
     }
 
-    /// Starts the notification service (again) on its address.
+    /// Starts the notification service again on the address it had.
     pub async fn start_notification(&mut self) {
+        self.start_notification_on(None).await;
+    }
+
+    async fn start_notification_on(&mut self, listener: Option<TcpListener>) {
         let mut config = notification_service::Config {
             server: server_config(self.notification_addr),
             database: self.database("notification"),
@@ -189,44 +185,41 @@ impl System {
             ..notification_service::Config::default()
         };
         config.auth.min_refresh_interval_ms = 200;
-        let app = notification_service::build(config)
-            .await
-            .expect("notification builds");
-        self.notification = Some(spawn(|stopped| {
-            app.run_until(async { drop(stopped.await) })
-        }));
-        wait_serving(self.notification_addr).await;
+        let listener = listener_on(listener, self.notification_addr);
+        self.notification = Some(TestServer::start(Launch::new(config).listener(listener)).await);
     }
 
     /// Stops the notification service gracefully and waits until it has stopped.
     pub async fn stop_notification(&mut self) {
-        stop(self.notification.take()).await;
+        if let Some(server) = self.notification.take() {
+            server.stop().await;
+        }
     }
 
-    async fn start_auth(&mut self) {
-        let config = auth_service::Config {
+    fn auth_config(&self) -> auth_service::Config {
+        auth_service::Config {
             server: server_config(self.auth_addr),
             database: self.database("auth"),
             peers: peers(&[
                 ("user", self.user_addr),
                 ("notification", self.notification_addr),
             ]),
-            service_clients: [("user".to_owned(), SecretString::from(USER_CLIENT_SECRET))].into(),
-            admin_emails: ADMIN_EMAIL.to_owned(),
-            login_throttle: auth_service::config::ThrottleConfig {
-                max_failures_per_account_per_hour: ACCOUNT_FAILURE_BUDGET,
-                max_failures_per_source_per_hour: 10_000,
-            },
             outbox: fast_outbox(),
+            service: auth_service::config::Settings {
+                service_clients: [("user".to_owned(), SecretString::from(USER_CLIENT_SECRET))]
+                    .into(),
+                admin_emails: ADMIN_EMAIL.to_owned(),
+                login_throttle: auth_service::config::ThrottleConfig {
+                    max_failures_per_account_per_hour: ACCOUNT_FAILURE_BUDGET,
+                    max_failures_per_source_per_hour: 10_000,
+                },
+                ..auth_service::config::Settings::default()
+            },
             ..auth_service::Config::default()
-        };
-        let app = auth_service::build(config).await.expect("auth builds");
-        self.auth = Some(spawn(|stopped| {
-            app.run_until(async { drop(stopped.await) })
-        }));
+        }
     }
 
-    async fn start_user(&mut self) {
+    fn user_config(&self) -> user_service::Config {
         let mut config = user_service::Config {
             server: server_config(self.user_addr),
             database: self.database("user"),
@@ -239,79 +232,16 @@ impl System {
         };
         config.auth.client_secret = Some(SecretString::from(USER_CLIENT_SECRET));
         config.auth.min_refresh_interval_ms = 200;
-        let app = user_service::build(config).await.expect("user builds");
-        self.user = Some(spawn(|stopped| {
-            app.run_until(async { drop(stopped.await) })
-        }));
+        config
     }
 
     /// Stops every service gracefully.
     pub async fn stop(mut self) {
-        stop(self.user.take()).await;
-        stop(self.auth.take()).await;
-        stop(self.notification.take()).await;
-    }
-}
-
-async fn stop(running: Option<Running>) {
-    if let Some(running) = running {
-        let _ = running.shutdown.send(());
-        let result = tokio::time::timeout(Duration::from_secs(10), running.task)
-            .await
-            .expect("service stops within 10 s");
-        assert!(
-            matches!(result, Ok(Ok(()))),
-            "service stopped with {result:?}"
-        );
-    }
-}
-
-/// A lazy channel to `addr`.
-pub fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("valid uri")
-        .connect_lazy()
-}
-
-/// Waits until the service at `addr` reports SERVING (10 s at most).
-pub async fn wait_serving(addr: SocketAddr) {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let client = HealthClient::new(channel(addr));
-    assert_eventually(|| {
-        let mut client = client.clone();
-        async move {
-            client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1)
+        for server in [self.user.take(), self.auth.take(), self.notification.take()]
+            .into_iter()
+            .flatten()
+        {
+            server.stop().await;
         }
-    })
-    .await;
-}
-
-/// Retries `condition` every 25 ms until it holds; panics after 15 s.
-pub async fn assert_eventually<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// `message` as a request carrying `token` as its bearer credential.
-pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }

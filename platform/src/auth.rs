@@ -11,11 +11,9 @@
 
 mod layer;
 mod policy;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod verifier;
 
-pub use layer::{AuthLayer, AuthService};
+pub use layer::{AuthLayer, Authenticated};
 pub use policy::{Access, AccessPolicy};
 pub use verifier::{
     AuthConfig, KeySource, MAX_LEEWAY_SECS, PublicKey, RemoteKeySource, TokenVerifier, VerifyError,
@@ -28,6 +26,9 @@ use tonic::Status;
 pub const DEFAULT_ISSUER: &str = "trellis-auth";
 /// The default `aud` of Trellis access tokens.
 pub const DEFAULT_AUDIENCE: &str = "trellis";
+/// The peer that publishes signing keys and issues service tokens, unless `auth.peer`
+/// names another.
+pub const DEFAULT_IDENTITY_PEER: &str = "auth";
 /// The role that may read and list every user.
 pub const ADMIN_ROLE: &str = "admin";
 
@@ -121,37 +122,3 @@ impl Principal {
 
 /// The one message of every authentication failure, so failures cannot be told apart.
 pub const UNAUTHENTICATED_MESSAGE: &str = "missing, invalid or expired access token";
-
-/// The peer name under which services reach the auth service.
-pub const AUTH_PEER: &str = "auth";
-
-/// Sets up the client side of authentication for `service`: a verifier that fetches keys
-/// from the `auth` peer (or from `keys`, when given — tests use a static source), and
-/// `peers` carrying this service's credentials when `config.client_secret` is set.
-///
-/// # Errors
-/// [`crate::peer::PeerError`] when no `auth` peer is configured.
-pub fn client_side(
-    service: &crate::config::ServiceInfo,
-    config: &AuthConfig,
-    peers: crate::peer::Peers,
-    keys: Option<std::sync::Arc<dyn KeySource>>,
-) -> Result<(TokenVerifier, crate::peer::Peers), crate::peer::PeerError> {
-    // One connection to auth serves both key fetches and credential exchanges.
-    let auth = peers.anonymous_channel(AUTH_PEER)?;
-    let verifier = match keys {
-        Some(keys) => TokenVerifier::new(config, keys),
-        None => TokenVerifier::new(config, RemoteKeySource::new(auth.clone())),
-    };
-    // Without a secret the service makes no credentialed calls; services that need them
-    // say so themselves.
-    let peers = match &config.client_secret {
-        Some(secret) => {
-            let credentials =
-                crate::peer::ClientCredentials::new(service.name, secret.clone(), auth);
-            peers.with_credentials(std::sync::Arc::new(credentials))
-        }
-        None => peers,
-    };
-    Ok((verifier, peers))
-}

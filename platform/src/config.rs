@@ -1,65 +1,25 @@
-//! Layered, typed configuration: code defaults, then an optional file, then environment
-//! variables, validated before anything binds a port.
+//! Layered, typed configuration — the leaf every platform section builds on: code
+//! defaults, then an optional file, then environment variables, validated before anything
+//! binds a port.
 //!
 //! Environment variables take the service's prefix and use `__` between nesting levels,
 //! e.g. `TRELLIS_USER__SERVER__LISTEN_ADDR=0.0.0.0:50051` sets `server.listen_addr` of
 //! the user service. Values are parsed as numbers and booleans where the target type
-//! wants one.
+//! wants one. This module knows no section: the sections live with the code they
+//! configure, and [`crate::service::Config`] assembles them.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-use crate::data::DatabaseConfig;
-use crate::peer::PeerConfig;
-use crate::server::ServerConfig;
-use crate::telemetry::TelemetryConfig;
-
-/// Who a service is: its short name (used in logs and file names) and the prefix of its
-/// environment variables.
+/// Who a service is: its short name (used in logs, file names and as its OAuth client
+/// id) and the prefix of its environment variables.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceInfo {
     /// Short name, e.g. `"user"`.
     pub name: &'static str,
     /// Prefix of the service's environment variables, e.g. `"TRELLIS_USER"`.
     pub env_prefix: &'static str,
-}
-
-/// The configuration of one service: a `serde` type whose `Default` holds the code
-/// defaults and which exposes the platform's shared sections.
-pub trait ServiceConfig: DeserializeOwned + Default + Send + 'static {
-    /// The `server` section (listen address, limits, shutdown).
-    fn server(&self) -> &ServerConfig;
-    /// The `telemetry` section (log format and filter).
-    fn telemetry(&self) -> &TelemetryConfig;
-    /// The `database` section.
-    fn database(&self) -> &DatabaseConfig;
-    /// The peers, by name (empty for a service that calls none).
-    fn peers(&self) -> HashMap<String, PeerConfig> {
-        HashMap::new()
-    }
-    /// Checks the service's own sections; the shared ones are checked by
-    /// [`Self::validate`].
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
-    fn validate_own(&self) -> Result<(), ConfigError> {
-        Ok(())
-    }
-    /// Checks every rule the types cannot express; a violation names its key.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.server().validate()?;
-        self.telemetry().validate()?;
-        self.database().validate()?;
-        for (name, peer) in self.peers() {
-            peer.validate(&format!("peers.{name}"))?;
-        }
-        self.validate_own()
-    }
 }
 
 /// Why configuration could not be loaded. Every variant's message names the key or file.
@@ -88,31 +48,31 @@ impl ConfigError {
     }
 }
 
-/// Loads `T`: its `Default`, overlaid by `file` (TOML, YAML or JSON by extension) when
-/// given, overlaid by the environment variables under `service.env_prefix`; then
-/// validates it.
-///
-/// # Errors
-/// [`ConfigError`] when the file is missing or malformed, a value does not fit its type,
-/// or [`ServiceConfig::validate`] rejects a value.
-pub fn load<T: ServiceConfig>(
-    service: &ServiceInfo,
-    file: Option<&Path>,
-) -> Result<T, ConfigError> {
-    load_from(service, file, std::env::vars())
+/// A configuration section with rules its types cannot express.
+pub trait Validate {
+    /// Checks the values; a violation names its dotted key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
+    fn validate(&self) -> Result<(), ConfigError>;
 }
 
-/// [`load`] with the environment given explicitly, so tests need not touch the
-/// process's own.
+/// The top-level table of the layered sources: `defaults` (dotted key, value) under
+/// `file` (TOML, YAML or JSON by extension) when given, under the variables of `env`
+/// that start with `service.env_prefix`.
 ///
 /// # Errors
-/// As [`load`].
-pub fn load_from<T: ServiceConfig>(
+/// [`ConfigError::Load`] when the file is missing or malformed.
+pub fn layered(
     service: &ServiceInfo,
+    defaults: &[(String, String)],
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<T, ConfigError> {
+) -> Result<config::Map<String, config::Value>, ConfigError> {
     let mut builder = config::Config::builder();
+    for (key, value) in defaults {
+        builder = builder.set_default(key.as_str(), value.as_str())?;
+    }
     if let Some(file) = file {
         builder = builder.add_source(config::File::from(file).required(true));
     }
@@ -124,9 +84,19 @@ pub fn load_from<T: ServiceConfig>(
             .try_parsing(true)
             .source(Some(env)),
     );
-    let config: T = builder.build()?.try_deserialize()?;
-    config.validate()?;
-    Ok(config)
+    let built = builder.build()?;
+    Ok(config::Source::collect(&built)?)
+}
+
+/// Deserializes `T` from a table made by [`layered`]; a value of the wrong type gives an
+/// error naming its dotted key.
+///
+/// # Errors
+/// [`ConfigError::Load`] when a value does not fit its key's type or a key is unknown.
+pub fn deserialize<T: DeserializeOwned>(
+    table: config::Map<String, config::Value>,
+) -> Result<T, ConfigError> {
+    Ok(config::Value::new(None, config::ValueKind::Table(table)).try_deserialize()?)
 }
 
 /// Rejects zero for a count or duration key.

@@ -1,29 +1,38 @@
 //! The Trellis platform: everything a production gRPC service needs besides its business
 //! logic — configuration, the server (health, reflection, limits, per-RPC tracing,
-//! graceful shutdown), telemetry, error statuses, pagination tokens and data access.
+//! graceful shutdown), telemetry, error statuses, pagination tokens, data access, peers,
+//! authentication and the outbox.
 //!
-//! A service is a `main.rs` that calls [`run`] with its config type and a closure that
-//! builds and serves its [`server::Server`]:
+//! A service implements [`Service`] (its name, defaults, settings, migrations, access
+//! policy and handlers) and its `main.rs` is one call:
 //!
 //! ```ignore
 //! fn main() -> std::process::ExitCode {
-//!     trellis_platform::run::<Config, _, _, _>(&SERVICE, |config| async move {
-//!         my_service::build(config).await?.run_until_stopped().await
-//!     })
+//!     trellis_platform::run::<my_service::Service>()
 //! }
 //! ```
+//!
+//! Modules form layers with no cycle (a tidy test in xtask checks it): leaves first —
+//! `config` (loading, errors), `context` (request context), `status`, `pagination`,
+//! `telemetry`, `data`; then `server`, `peer`, `auth`, `outbox`; then `app`; then
+//! `service` (the builder), `runtime` and `testing` on top.
 
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod context;
 pub mod data;
 pub mod outbox;
 pub mod pagination;
 pub mod peer;
 pub mod runtime;
 pub mod server;
+pub mod service;
 pub mod status;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
-pub use config::{ConfigError, ServiceConfig, ServiceInfo};
+pub use config::{ConfigError, ServiceInfo};
 pub use runtime::run;
+pub use service::{BuildError, Config, Context, Service};

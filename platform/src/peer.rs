@@ -20,7 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
 
 use crate::config::{ConfigError, require_positive};
-use crate::server::request_id::{REQUEST_ID_HEADER, current_request_id};
+use crate::context::{REQUEST_ID_HEADER, current_request_id};
 
 /// How to reach one peer.
 #[derive(Debug, Clone, Deserialize)]
@@ -88,24 +88,6 @@ impl PeerConfig {
             .filter(|a| !a.is_empty())
             .collect()
     }
-}
-
-/// `configured` peers over `defaults` (name, address): a configured peer replaces its
-/// default entirely; unconfigured defaults stay.
-pub fn with_defaults(
-    configured: &HashMap<String, PeerConfig>,
-    defaults: &[(&str, &str)],
-) -> HashMap<String, PeerConfig> {
-    let mut peers: HashMap<String, PeerConfig> = defaults
-        .iter()
-        .map(|(name, address)| ((*name).to_owned(), PeerConfig::with_address(*address)))
-        .collect();
-    peers.extend(
-        configured
-            .iter()
-            .map(|(name, config)| (name.clone(), config.clone())),
-    );
-    peers
 }
 
 /// Why a peer channel could not be made.

@@ -10,7 +10,8 @@ use clap::Parser;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::config::{self, ServiceConfig, ServiceInfo};
+use crate::config::ServiceInfo;
+use crate::service::{Config, Service};
 
 /// Exit code for an unusable configuration (sysexits' `EX_CONFIG`).
 const EXIT_CONFIG: u8 = 78;
@@ -36,18 +37,33 @@ enum Command {
     Healthcheck,
 }
 
-/// Runs a service binary: `serve` receives the validated config and serves until a
-/// signal. Returns the process's exit code: 0 on a clean stop, 1 when serving failed, 78
-/// when the config is unusable (its message names the key).
-pub fn run<C, F, Fut, E>(service: &ServiceInfo, serve: F) -> ExitCode
+/// The whole `main` of a service binary: `fn main() -> ExitCode { run::<my::Service>() }`.
+///
+/// Parses the command line, loads and validates the config, installs telemetry, builds
+/// the service ([`crate::service::build`]) and serves until SIGINT/SIGTERM. Returns the
+/// process's exit code: 0 on a clean stop, 1 when building or serving failed, 78 when the
+/// config is unusable (its message names the key).
+pub fn run<S: Service>() -> ExitCode {
+    serve_config::<S, _, _, _>(|config| async move {
+        crate::service::build(config)
+            .await?
+            .run_until_stopped()
+            .await
+            .map_err(crate::service::BuildError::from)
+    })
+}
+
+/// [`run`] with `serve` receiving the validated config and serving until a signal.
+fn serve_config<S, F, Fut, E>(serve: F) -> ExitCode
 where
-    C: ServiceConfig,
-    F: FnOnce(C) -> Fut,
+    S: Service,
+    F: FnOnce(Config<S>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
 {
+    let service = &S::INFO;
     let cli = Cli::parse();
-    let config: C = match config::load(service, cli.config.as_deref()) {
+    let config = match Config::<S>::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("{}: configuration error: {err}", service.name);
@@ -65,9 +81,9 @@ where
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck => runtime.block_on(healthcheck(service, config.server())),
+        Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server)),
         Command::Serve => {
-            crate::telemetry::init(config.telemetry());
+            crate::telemetry::init(&config.telemetry);
             tracing::info!(
                 service = service.name,
                 version = env!("CARGO_PKG_VERSION"),

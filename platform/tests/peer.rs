@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+use trellis_platform::context as request_id;
 use trellis_platform::peer::{CredentialSource, PeerConfig, Peers};
-use trellis_platform::server::request_id;
 
 struct FixedToken;
 

@@ -20,6 +20,15 @@ pub mod trellis {
             tonic::include_proto!("trellis.auth.v1");
         }
     }
+    /// `trellis.greeter.*`
+    pub mod greeter {
+        /// `trellis.greeter.v1`: the example service's contract.
+        #[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+        pub mod v1 {
+            tonic::include_proto!("trellis.greeter.v1");
+        }
+    }
+
     /// `trellis.notification.*`
     pub mod notification {
         /// `trellis.notification.v1`: the notification service's contract.
@@ -31,8 +40,46 @@ pub mod trellis {
 }
 
 pub use trellis::auth::v1 as auth_v1;
+pub use trellis::greeter::v1 as greeter_v1;
 pub use trellis::notification::v1 as notification_v1;
 pub use trellis::user::v1 as user_v1;
+
+/// A generated tonic server whose message-size limits can be set.
+///
+/// tonic generates `max_decoding_message_size`/`max_encoding_message_size` as inherent
+/// methods of each `*Server<T>`, with no trait to call them through; this is that trait,
+/// so the platform's server builder can apply the configured limit to *every* service it
+/// is given (and refuse, at compile time, a server it cannot limit). Implement it for a
+/// generated server with [`impl_message_limits!`].
+pub trait MessageLimits {
+    /// Sets both the largest accepted and the largest sent message to `max_bytes` bytes.
+    #[must_use]
+    fn limit_messages(self, max_bytes: usize) -> Self;
+}
+
+/// Implements [`MessageLimits`] for generated tonic servers, e.g.
+/// `impl_message_limits!(greeter_v1::greeter_service_server::GreeterServiceServer<T>);`
+/// (the `T` is the handler type parameter the macro binds).
+#[macro_export]
+macro_rules! impl_message_limits {
+    ($($server:path),+ $(,)?) => {$(
+        impl<T> $crate::MessageLimits for $server {
+            fn limit_messages(self, max_bytes: usize) -> Self {
+                self.max_decoding_message_size(max_bytes)
+                    .max_encoding_message_size(max_bytes)
+            }
+        }
+    )+};
+}
+
+impl_message_limits!(
+    user_v1::user_service_server::UserServiceServer<T>,
+    user_v1::user_internal_service_server::UserInternalServiceServer<T>,
+    auth_v1::auth_service_server::AuthServiceServer<T>,
+    greeter_v1::greeter_service_server::GreeterServiceServer<T>,
+    notification_v1::notification_service_server::NotificationServiceServer<T>,
+    notification_v1::notification_internal_service_server::NotificationInternalServiceServer<T>,
+);
 
 /// Full gRPC method paths, for code that calls methods by path (the platform's outbox).
 pub mod paths {

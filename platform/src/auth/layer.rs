@@ -32,10 +32,10 @@ impl AuthLayer {
 }
 
 impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+    type Service = Authenticated<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
+        Authenticated {
             inner,
             auth: self.inner.clone(),
         }
@@ -44,12 +44,12 @@ impl<S> Layer<S> for AuthLayer {
 
 /// The service made by [`AuthLayer`].
 #[derive(Debug, Clone)]
-pub struct AuthService<S> {
+pub struct Authenticated<S> {
     inner: S,
     auth: Option<Arc<(TokenVerifier, AccessPolicy)>>,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Authenticated<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,

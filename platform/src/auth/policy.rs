@@ -58,6 +58,11 @@ impl AccessPolicy {
         self
     }
 
+    /// Whether any method needs a token (if none does, no verifier is needed).
+    pub fn requires_token(&self) -> bool {
+        self.default != Access::Public || self.rules.values().any(|a| *a != Access::Public)
+    }
+
     /// The rule for a request path `/package.Service/Method`.
     pub fn access(&self, path: &str) -> Access {
         let method = path.trim_start_matches('/');
@@ -86,6 +91,17 @@ mod tests {
         assert_eq!(
             policy.access("/grpc.health.v1.Health/Watch"),
             Access::Public
+        );
+    }
+
+    #[test]
+    fn only_an_all_public_policy_needs_no_token() {
+        assert!(!AccessPolicy::new(Access::Public).requires_token());
+        assert!(AccessPolicy::default().requires_token());
+        assert!(
+            AccessPolicy::new(Access::Public)
+                .service("a.B", Access::Internal)
+                .requires_token()
         );
     }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use trellis_proto::auth_v1::{ListSigningKeysRequest, auth_service_client::AuthServiceClient};
 
-use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, Principal};
+use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_IDENTITY_PEER, DEFAULT_ISSUER, Principal};
 use crate::config::{ConfigError, require_positive};
 use crate::peer::PeerChannel;
 
@@ -29,6 +29,9 @@ pub struct AuthConfig {
     /// service's name). Without one, calls to peers' internal methods fail with
     /// UNAVAILABLE and are retried where an outbox carries them. Secret: never printed.
     pub client_secret: Option<SecretString>,
+    /// The peer that publishes signing keys and exchanges client secrets for service
+    /// tokens (an entry of `peers`). Default `auth`.
+    pub peer: String,
     /// Required `iss`. Default `trellis-auth`.
     pub issuer: String,
     /// Required `aud`. Default `trellis`.
@@ -45,6 +48,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             client_secret: None,
+            peer: DEFAULT_IDENTITY_PEER.to_owned(),
             issuer: DEFAULT_ISSUER.to_owned(),
             audience: DEFAULT_AUDIENCE.to_owned(),
             leeway_secs: MAX_LEEWAY_SECS,
@@ -66,6 +70,9 @@ impl AuthConfig {
                 key("leeway_secs"),
                 format!("must be at most {MAX_LEEWAY_SECS}"),
             ));
+        }
+        if self.peer.is_empty() {
+            return Err(ConfigError::invalid(key("peer"), "must not be empty"));
         }
         if self.issuer.is_empty() {
             return Err(ConfigError::invalid(key("issuer"), "must not be empty"));

@@ -31,8 +31,8 @@ use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::config::{ConfigError, require_positive};
+use crate::context;
 use crate::peer::{PeerChannel, PeerError, Peers};
-use crate::server::request_id;
 use entity::{Column, Entity};
 
 /// Settings of the outbox dispatcher.
@@ -123,7 +123,7 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, entry: OutboxEntry) -> Result
         peer: Set(entry.peer),
         method: Set(entry.method),
         payload: Set(entry.payload),
-        request_id: Set(request_id::current_request_id()),
+        request_id: Set(context::current_request_id()),
         create_time: Set(now),
         attempts: Set(0),
         next_attempt_time: Set(now),
@@ -165,14 +165,20 @@ enum Outcome {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `db` (migrated with [`migration::CreateOutbox`]) calling `peers`.
-    pub fn new(db: DatabaseConnection, peers: Peers, config: OutboxConfig) -> Self {
+    /// A dispatcher over `db` (migrated with [`migration::CreateOutbox`]) calling `peers`,
+    /// woken early by `waker`.
+    pub fn new(
+        db: DatabaseConnection,
+        peers: Peers,
+        config: OutboxConfig,
+        waker: OutboxWaker,
+    ) -> Self {
         Self {
             db,
             peers,
             channels: std::sync::Mutex::default(),
             config,
-            waker: OutboxWaker::default(),
+            waker,
         }
     }
 
@@ -279,7 +285,7 @@ impl Dispatcher {
             grpc.unary(tonic::Request::new(message.payload), path, RawCodec)
                 .await
         };
-        match request_id::scope(request_id, call).await {
+        match context::scope(request_id, call).await {
             Ok(_) => Outcome::Delivered,
             // Someone delivered it before us: the effect exists.
             Err(status) if status.code() == Code::AlreadyExists => Outcome::Delivered,

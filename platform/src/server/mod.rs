@@ -30,8 +30,8 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use trellis_proto::MessageLimits;
 
-use crate::auth::AuthLayer;
 use crate::config::{ConfigError, require_positive};
 
 /// How long connections may stay open after the drain bound, before they are dropped.
@@ -140,6 +140,38 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// A generated gRPC server the builder accepts: routable by name, and limitable
+/// ([`MessageLimits`], so the configured message size applies to every service).
+pub trait GrpcService:
+    MessageLimits
+    + tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> GrpcService for T where
+    T: MessageLimits
+        + tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A check of whether the service can serve (e.g. its database answers). `true` means
 /// SERVING.
 pub type ReadinessProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -151,9 +183,13 @@ pub struct Server {
     service_names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     readiness: Option<ReadinessProbe>,
-    auth: AuthLayer,
+    route_layers: Vec<RouteLayer>,
+    listener: Option<std::net::TcpListener>,
     shutdown: CancellationToken,
 }
+
+/// A layer applied to the service's routes, type-erased so the builder stays one type.
+type RouteLayer = Box<dyn FnOnce(axum::Router) -> axum::Router + Send>;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,16 +209,39 @@ impl Server {
             service_names: Vec::new(),
             descriptor_sets: Vec::new(),
             readiness: None,
-            auth: AuthLayer::disabled(),
+            route_layers: Vec::new(),
+            listener: None,
             shutdown: CancellationToken::new(),
         }
     }
 
-    /// Authenticates requests with `layer` (see [`crate::auth`]). Without it every
-    /// method is public.
+    /// Wraps every service added so far *and later* — but not health or reflection,
+    /// which stay open to probes and tools — in `layer`, e.g. the platform's
+    /// authentication layer. Any tower layer over the router's services fits; layers
+    /// given later wrap the earlier ones.
     #[must_use]
-    pub fn authenticate(mut self, layer: AuthLayer) -> Self {
-        self.auth = layer;
+    pub fn route_layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+        L::Service: tower::Service<http::Request<axum::body::Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Response:
+            axum::response::IntoResponse + 'static,
+        <L::Service as tower::Service<http::Request<axum::body::Body>>>::Future: Send + 'static,
+    {
+        self.route_layers
+            .push(Box::new(move |router| router.layer(layer)));
+        self
+    }
+
+    /// Serves on `listener`, already bound (e.g. by a test that must know the port
+    /// before the server starts), instead of binding `server.listen_addr`.
+    #[must_use]
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
         self
     }
 
@@ -192,24 +251,12 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Adds a generated gRPC server; its name gets its own health status. Apply the
-    /// message-size limits to it first, e.g.
-    /// `FooServer::new(h).max_decoding_message_size(config.max_message_bytes)`.
+    /// Adds a generated gRPC server, with `server.max_message_bytes` applied as both its
+    /// decoding and encoding limit; its name gets its own health status.
     #[must_use]
-    pub fn add_service<S>(mut self, service: S) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn add_service<S: GrpcService>(mut self, service: S) -> Self {
         self.service_names.push(S::NAME);
+        let service = service.limit_messages(self.config.max_message_bytes);
         self.routes = self.routes.add_service(service);
         self
     }
@@ -255,9 +302,21 @@ impl Server {
             service_names,
             descriptor_sets,
             readiness,
-            auth,
+            route_layers,
+            listener,
             shutdown,
         } = self;
+
+        // Route layers (authentication) wrap the service's own routes only.
+        let routes = if route_layers.is_empty() {
+            routes
+        } else {
+            let mut router = routes.into_axum_router();
+            for layer in route_layers {
+                router = layer(router);
+            }
+            Routes::from(router)
+        };
 
         // Reflection lists exactly the services this server runs: the descriptor sets
         // may describe other services too (the shared proto crate holds every contract).
@@ -292,16 +351,20 @@ impl Server {
         health.set_all(ServingStatus::NotServing).await;
         let routes = routes.add_service(health_service);
 
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen_addr,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        let bind_error = |source| ServerError::Bind {
             addr: config.listen_addr,
             source,
-        })?;
+        };
+        let listener = match listener {
+            Some(listener) => {
+                listener.set_nonblocking(true).map_err(bind_error)?;
+                TcpListener::from_std(listener).map_err(bind_error)?
+            }
+            None => TcpListener::bind(config.listen_addr)
+                .await
+                .map_err(bind_error)?,
+        };
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(BoundServer {
             config,
             listener,
@@ -309,7 +372,6 @@ impl Server {
             routes,
             health,
             readiness,
-            auth,
             shutdown,
         })
     }
@@ -323,7 +385,6 @@ pub struct BoundServer {
     routes: Routes,
     health: Health,
     readiness: Option<ReadinessProbe>,
-    auth: AuthLayer,
     shutdown: CancellationToken,
 }
 
@@ -362,7 +423,6 @@ impl BoundServer {
             routes,
             health,
             readiness,
-            auth,
             shutdown: shutdown_started,
         } = self;
         let health = Arc::new(health);
@@ -384,7 +444,6 @@ impl BoundServer {
                 config.max_concurrent_requests,
             ))
             .layer(drain::DrainLayer::new(drained.clone()))
-            .layer(auth)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),

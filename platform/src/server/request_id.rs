@@ -1,34 +1,15 @@
-//! The request id: taken from the caller's `x-request-id` header or generated, written
-//! back onto the request (so the tracing span and handlers see it), and kept in a
-//! task-local while the handler runs so [`crate::peer`] clients forward it on every
-//! call they make for this request.
+//! The server side of the request id: taken from the caller's `x-request-id` header or
+//! generated, written back onto the request (so the tracing span and handlers see it),
+//! and installed as [`crate::context`] while the handler runs so peer clients forward it
+//! on every call they make for this request.
 
-use std::future::Future;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
-/// The header that carries a request id between services.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Longest request id accepted from a caller, in bytes; longer ones are replaced.
-const MAX_LEN: usize = 128;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being handled, when called from inside a handler.
-pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
-}
-
-/// Runs `future` as part of the request `id` (for background work that continues a
-/// request, e.g. an outbox delivery).
-pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
-    REQUEST_ID.scope(id, future).await
-}
+use crate::context::{self, MAX_REQUEST_ID_LEN};
+pub use crate::context::{REQUEST_ID_HEADER, current_request_id};
 
 /// Installs the request id on every request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,7 +46,7 @@ where
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|value| value.to_str().ok())
-            .filter(|id| !id.is_empty() && id.len() <= MAX_LEN)
+            .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN)
             .map(str::to_owned);
         let id = given.unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().to_string();
@@ -74,6 +55,6 @@ where
             }
             id
         });
-        REQUEST_ID.scope(id, self.inner.call(request))
+        context::in_scope(id, self.inner.call(request))
     }
 }

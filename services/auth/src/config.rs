@@ -1,28 +1,14 @@
-//! The auth service's configuration: defaults in code, then an optional file, then
-//! `TRELLIS_AUTH__*` environment variables.
+//! The auth service's own settings, beside the platform's sections: defaults in code,
+//! then an optional file, then `TRELLIS_AUTH__*` environment variables.
 
 use std::collections::HashMap;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 use trellis_platform::auth::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
-use trellis_platform::config::{ConfigError, ServiceConfig, ServiceInfo, require_positive};
-use trellis_platform::data::DatabaseConfig;
-use trellis_platform::outbox::OutboxConfig;
-use trellis_platform::peer::PeerConfig;
-use trellis_platform::server::ServerConfig;
-use trellis_platform::telemetry::TelemetryConfig;
+use trellis_platform::config::{ConfigError, Validate, require_positive};
 
 use crate::domain::MAX_ACCESS_TOKEN_TTL;
-
-/// The auth service's identity: name `auth`, environment prefix `TRELLIS_AUTH`.
-pub const SERVICE: ServiceInfo = ServiceInfo {
-    name: "auth",
-    env_prefix: "TRELLIS_AUTH",
-};
-
-/// The default gRPC port of the auth service.
-pub const DEFAULT_PORT: u16 = 50052;
 
 /// Token lifetimes and claims.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,16 +64,10 @@ impl Default for ThrottleConfig {
     }
 }
 
-/// Every setting of the auth service.
-#[derive(Debug, Clone, Deserialize)]
+/// The auth service's own keys.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Listen address, limits, shutdown. Default port 50052.
-    pub server: ServerConfig,
-    /// Log format and filter.
-    pub telemetry: TelemetryConfig,
-    /// Default `sqlite://.data/auth.db?mode=rwc`.
-    pub database: DatabaseConfig,
+pub struct Settings {
     /// Token lifetimes and claims.
     pub tokens: TokenConfig,
     /// Failed sign-in budgets.
@@ -97,42 +77,9 @@ pub struct Config {
     pub service_clients: HashMap<String, SecretString>,
     /// Comma-separated emails whose sign-ins get the `admin` role.
     pub admin_emails: String,
-    /// Peers: `user` (credential checks, default `http://127.0.0.1:50051`) and
-    /// `notification` (sign-in notices, default `http://127.0.0.1:50053`). A peer set
-    /// here replaces its default; see [`Config::peers`].
-    pub peers: HashMap<String, PeerConfig>,
-    /// Delivery of sign-in notifications.
-    pub outbox: OutboxConfig,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            telemetry: TelemetryConfig::default(),
-            database: DatabaseConfig::with_url("sqlite://.data/auth.db?mode=rwc"),
-            tokens: TokenConfig::default(),
-            login_throttle: ThrottleConfig::default(),
-            service_clients: HashMap::new(),
-            admin_emails: String::new(),
-            peers: HashMap::new(),
-            outbox: OutboxConfig::default(),
-        }
-    }
-}
-
-/// The peers of the auth service and their default addresses.
-const DEFAULT_PEERS: [(&str, &str); 2] = [
-    ("user", "http://127.0.0.1:50051"),
-    ("notification", "http://127.0.0.1:50053"),
-];
-
-impl Config {
-    /// The configured peers over their defaults.
-    pub fn peers(&self) -> HashMap<String, PeerConfig> {
-        trellis_platform::peer::with_defaults(&self.peers, &DEFAULT_PEERS)
-    }
-
+impl Settings {
     /// The admin emails as a list.
     pub fn admin_email_list(&self) -> Vec<String> {
         self.admin_emails
@@ -144,25 +91,8 @@ impl Config {
     }
 }
 
-impl ServiceConfig for Config {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-
-    fn peers(&self) -> HashMap<String, PeerConfig> {
-        Config::peers(self)
-    }
-
-    fn validate_own(&self) -> Result<(), ConfigError> {
-        self.outbox.validate()?;
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
         let tokens = &self.tokens;
         if tokens.access_token_ttl_secs == 0
             || tokens.access_token_ttl_secs > MAX_ACCESS_TOKEN_TTL.as_secs()

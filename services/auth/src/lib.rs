@@ -3,7 +3,7 @@
 //! identities by OAuth 2.0 client credentials.
 //!
 //! Layers: [`grpc`] (wire types, statuses, the user-service adapter), [`domain`] (rules,
-//! no gRPC, no SQL), [`storage`] (sea-orm). [`build`] wires them onto the platform.
+//! no gRPC, no SQL), [`storage`] (sea-orm). [`Service`] wires them onto the platform.
 
 pub mod config;
 pub mod domain;
@@ -18,13 +18,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use trellis_platform::app::App;
-use trellis_platform::outbox::Dispatcher;
-use trellis_platform::peer::{CredentialSource, Peers};
-use trellis_platform::server::Server;
+use trellis_platform::auth::{Access, AccessPolicy};
+use trellis_platform::peer::CredentialSource;
+use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::auth_v1::auth_service_server::AuthServiceServer;
-
-pub use config::{Config, SERVICE};
 
 use domain::keys::{KeyRing, RotationPolicy};
 use domain::throttle::LoginThrottle;
@@ -34,6 +31,15 @@ use storage::SeaOrmAuthRepository;
 
 /// How often signing keys are reloaded, rotated and retired.
 const KEY_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The auth service, as the platform runs it: `trellis_platform::run::<Service>()`.
+#[derive(Debug)]
+pub struct Service;
+
+/// Every setting of the auth service: the platform's sections (default port 50052,
+/// database `sqlite://.data/auth.db?mode=rwc`, peers `user` and `notification`) and
+/// [`config::Settings`], from `TRELLIS_AUTH__*`.
+pub type Config = trellis_platform::Config<Service>;
 
 /// The auth service's own credentials for calling peers: it signs its service tokens
 /// itself instead of asking itself over the network.
@@ -45,42 +51,44 @@ impl CredentialSource for LocalCredentials {
     fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>> {
         Box::pin(async move {
             self.issuer
-                .sign_service(SERVICE.name)
+                .sign_service(<Service as trellis_platform::Service>::INFO.name)
                 .map(|(token, _)| token)
                 .map_err(|err| Status::internal(err.to_string()))
         })
     }
 }
 
-/// Opens and migrates the database, makes sure a signing key exists, assembles the
-/// handlers, binds the listener and starts the outbox dispatcher and key maintenance.
-///
-/// # Errors
-/// When the database, the keys or the listener cannot be set up.
-pub async fn build(config: Config) -> anyhow::Result<App> {
-    {
-        let peers_config = config.peers();
-        let admin_emails = config.admin_email_list();
-        let Config {
-            server,
-            database,
-            tokens,
-            login_throttle,
-            service_clients,
-            outbox,
-            ..
-        } = config;
-        let db = trellis_platform::data::connect::<storage::migration::Migrator>(&database)
-            .await
-            .context("database")?;
-        let settings = TokenSettings {
+impl trellis_platform::Service for Service {
+    const INFO: ServiceInfo = ServiceInfo {
+        name: "auth",
+        env_prefix: "TRELLIS_AUTH",
+    };
+    const DEFAULT_PORT: u16 = 50052;
+    /// `user` (credential checks), `notification` (sign-in notices, through the outbox).
+    const DEFAULT_PEERS: &'static [(&'static str, &'static str)] = &[
+        ("user", "http://127.0.0.1:50051"),
+        ("notification", "http://127.0.0.1:50053"),
+    ];
+    type Settings = config::Settings;
+    type Migrator = storage::migration::Migrator;
+
+    /// Every AuthService method is public: each authenticates by what it carries.
+    fn access_policy() -> AccessPolicy {
+        AccessPolicy::new(Access::Public)
+    }
+
+    /// Makes sure a signing key exists, then adds the handlers and key maintenance.
+    async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
+        let settings = ctx.settings().clone();
+        let tokens = &settings.tokens;
+        let token_settings = TokenSettings {
             issuer: tokens.issuer.clone(),
             audience: tokens.audience.clone(),
             access_ttl: Duration::from_secs(tokens.access_token_ttl_secs),
             service_ttl: Duration::from_secs(tokens.service_token_ttl_secs),
             refresh_ttl: Duration::from_secs(tokens.refresh_token_ttl_secs),
         };
-        let longest_token = settings.access_ttl.max(settings.service_ttl);
+        let longest_token = token_settings.access_ttl.max(token_settings.service_ttl);
         let policy = RotationPolicy {
             rotation_interval: seconds(tokens.key_rotation_interval_secs),
             publish_lead: seconds(tokens.key_publish_lead_secs),
@@ -90,47 +98,32 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         };
 
         let keys = KeyRing::default();
-        let issuer = TokenIssuer::new(keys.clone(), settings);
-        let peers = Peers::new(peers_config).with_credentials(Arc::new(LocalCredentials {
+        let issuer = TokenIssuer::new(keys.clone(), token_settings);
+        ctx.use_credentials(Arc::new(LocalCredentials {
             issuer: issuer.clone(),
         }));
-        let dispatcher = Dispatcher::new(db.clone(), peers.clone(), outbox);
-        let repository = SeaOrmAuthRepository::new(db.clone(), dispatcher.waker());
+        let repository = SeaOrmAuthRepository::new(ctx.db().clone(), ctx.outbox());
         maintain_keys(&repository, &policy, &keys)
             .await
             .context("signing keys")?;
 
-        let checker = UserServiceChecker::new(peers.channel("user")?);
+        let checker = UserServiceChecker::new(ctx.peer("user")?);
         let throttle = LoginThrottle::new(
-            login_throttle.max_failures_per_account_per_hour,
-            login_throttle.max_failures_per_source_per_hour,
+            settings.login_throttle.max_failures_per_account_per_hour,
+            settings.login_throttle.max_failures_per_source_per_hour,
         );
+        let admin_emails = settings.admin_email_list();
         let auth = Arc::new(Auth::new(
             repository.clone(),
             checker,
             issuer,
             throttle,
-            service_clients,
+            settings.service_clients,
             admin_emails,
         ));
-        let limit = server.max_message_bytes;
-        // Every AuthService method is public: each authenticates by what it carries.
-        let builder = Server::builder(server)
-            .add_service(
-                AuthServiceServer::new(AuthHandlers::new(auth))
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit),
-            )
-            .file_descriptor_set(trellis_proto::FILE_DESCRIPTOR_SET)
-            .database_readiness(db.clone());
-        let shutdown = builder.shutdown_token();
-        let server = builder.bind().await?;
-
-        let background = vec![
-            tokio::spawn(dispatcher.run(shutdown.clone())),
-            tokio::spawn(run_key_maintenance(repository, policy, keys, shutdown)),
-        ];
-        Ok(App::new(server, db, background))
+        ctx.add_service(AuthServiceServer::new(AuthHandlers::new(auth)));
+        ctx.spawn(move |stop| run_key_maintenance(repository, policy, keys, stop));
+        Ok(())
     }
 }
 

@@ -1,15 +1,6 @@
-//! The auth service binary: load and validate config, build, serve until a signal.
+//! The auth service binary: the platform loads the config, builds the service and
+//! serves until a signal.
 
-use std::process::ExitCode;
-
-use auth_service::{Config, SERVICE};
-
-fn main() -> ExitCode {
-    trellis_platform::run::<Config, _, _, _>(&SERVICE, |config| async move {
-        auth_service::build(config)
-            .await?
-            .run_until_stopped()
-            .await?;
-        Ok::<_, anyhow::Error>(())
-    })
+fn main() -> std::process::ExitCode {
+    trellis_platform::run::<auth_service::Service>()
 }

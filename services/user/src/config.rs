@@ -1,102 +1,22 @@
-//! The user service's configuration: defaults in code, then an optional file, then
-//! `TRELLIS_USER__*` environment variables (see the README's configuration reference).
+//! The user service's own settings, beside the platform's sections: defaults in code,
+//! then an optional file, then `TRELLIS_USER__*` environment variables (see the README's
+//! configuration reference).
 
-use std::collections::HashMap;
-
-use secrecy::SecretString;
 use serde::Deserialize;
-use trellis_platform::auth::AuthConfig;
-use trellis_platform::config::{ConfigError, ServiceConfig, ServiceInfo};
-use trellis_platform::data::DatabaseConfig;
-use trellis_platform::outbox::OutboxConfig;
-use trellis_platform::peer::PeerConfig;
-use trellis_platform::server::ServerConfig;
-use trellis_platform::telemetry::TelemetryConfig;
+use trellis_platform::config::{ConfigError, Validate, require_positive};
 
 use crate::domain::password::{HashCost, OWASP_MIN_ITERATIONS, OWASP_MIN_MEMORY_KIB};
 
-/// The user service's identity: name `user`, environment prefix `TRELLIS_USER`.
-pub const SERVICE: ServiceInfo = ServiceInfo {
-    name: "user",
-    env_prefix: "TRELLIS_USER",
-};
-
-/// The default gRPC port of the user service.
-pub const DEFAULT_PORT: u16 = 50051;
-
-/// The peers of the user service and their default addresses.
-const DEFAULT_PEERS: [(&str, &str); 2] = [
-    ("auth", "http://127.0.0.1:50052"),
-    ("notification", "http://127.0.0.1:50053"),
-];
-
-/// Every setting of the user service.
-#[derive(Debug, Clone, Deserialize)]
+/// The user service's own keys.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Listen address, limits, shutdown. Default port 50051.
-    pub server: ServerConfig,
-    /// Log format and filter.
-    pub telemetry: TelemetryConfig,
-    /// Default `sqlite://.data/user.db?mode=rwc`.
-    pub database: DatabaseConfig,
+pub struct Settings {
     /// argon2id cost and concurrency.
     pub password_hashing: HashCost,
-    /// Key that signs ListUsers page tokens. Unset: a random key per process, so tokens
-    /// do not survive a restart or cross replicas; set it when running more than one.
-    pub page_token_secret: Option<SecretString>,
-    /// Token verification and this service's client secret.
-    pub auth: AuthConfig,
-    /// Peers: `auth` (keys, credentials; default `http://127.0.0.1:50052`) and
-    /// `notification` (welcome notices; default `http://127.0.0.1:50053`). A peer set
-    /// here replaces its default.
-    pub peers: HashMap<String, PeerConfig>,
-    /// Delivery of welcome notifications.
-    pub outbox: OutboxConfig,
 }
 
-impl Config {
-    /// The configured peers over their defaults.
-    pub fn peers(&self) -> HashMap<String, PeerConfig> {
-        trellis_platform::peer::with_defaults(&self.peers, &DEFAULT_PEERS)
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::with_port(DEFAULT_PORT),
-            telemetry: TelemetryConfig::default(),
-            database: DatabaseConfig::with_url("sqlite://.data/user.db?mode=rwc"),
-            password_hashing: HashCost::default(),
-            page_token_secret: None,
-            auth: AuthConfig::default(),
-            peers: HashMap::new(),
-            outbox: OutboxConfig::default(),
-        }
-    }
-}
-
-impl ServiceConfig for Config {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn telemetry(&self) -> &TelemetryConfig {
-        &self.telemetry
-    }
-
-    fn database(&self) -> &DatabaseConfig {
-        &self.database
-    }
-
-    fn peers(&self) -> HashMap<String, PeerConfig> {
-        Config::peers(self)
-    }
-
-    fn validate_own(&self) -> Result<(), ConfigError> {
-        self.auth.validate("auth")?;
-        self.outbox.validate()?;
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
         let cost = &self.password_hashing;
         if cost.memory_kib < OWASP_MIN_MEMORY_KIB {
             return Err(ConfigError::invalid(
@@ -110,23 +30,11 @@ impl ServiceConfig for Config {
                 format!("must be at least {OWASP_MIN_ITERATIONS} (OWASP's argon2id minimum)"),
             ));
         }
-        trellis_platform::config::require_positive(
-            "password_hashing.parallelism",
-            u64::from(cost.parallelism),
-        )?;
-        trellis_platform::config::require_positive(
+        require_positive("password_hashing.parallelism", u64::from(cost.parallelism))?;
+        require_positive(
             "password_hashing.max_concurrent",
             cost.max_concurrent as u64,
-        )?;
-        if let Some(secret) = &self.page_token_secret
-            && secrecy::ExposeSecret::expose_secret(secret).len() < 32
-        {
-            return Err(ConfigError::invalid(
-                "page_token_secret",
-                "must be at least 32 bytes",
-            ));
-        }
-        Ok(())
+        )
     }
 }
 
@@ -134,9 +42,10 @@ impl ServiceConfig for Config {
 mod tests {
     use super::*;
 
+    use crate::Config;
+
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        trellis_platform::config::load_from(
-            &SERVICE,
+        Config::load_from(
             None,
             env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         )
@@ -146,7 +55,7 @@ mod tests {
     fn defaults_listen_on_50051_with_a_sqlite_file() -> Result<(), ConfigError> {
         let config = load(&[])?;
         assert_eq!(config.server.listen_addr.port(), 50051);
-        assert_eq!(config.password_hashing, HashCost::default());
+        assert_eq!(config.service.password_hashing, HashCost::default());
         Ok(())
     }
 
@@ -178,5 +87,32 @@ mod tests {
         let err = load(&[("TRELLIS_USER__SERVER__LISTEN_PORT", "1")]).map(drop);
         let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
         assert!(message.contains("listen_port"), "{message}");
+    }
+
+    #[test]
+    fn a_partly_set_section_keeps_the_services_defaults() -> Result<(), ConfigError> {
+        let config = load(&[
+            ("TRELLIS_USER__SERVER__DRAIN_TIMEOUT_MS", "250"),
+            ("TRELLIS_USER__PEERS__AUTH__TIMEOUT_MS", "700"),
+        ])?;
+        assert_eq!(config.server.listen_addr.port(), 50051);
+        assert_eq!(config.peers["auth"].addresses, "http://127.0.0.1:50052");
+        assert_eq!(config.peers["auth"].timeout_ms, 700);
+        assert_eq!(
+            config.peers["notification"].addresses,
+            "http://127.0.0.1:50053"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_and_mistyped_top_level_keys_are_rejected_by_name() {
+        let err = load(&[("TRELLIS_USER__LISTEN_PORT", "1")]).map(drop);
+        let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(message.contains("listen_port"), "{message}");
+
+        let err = load(&[("TRELLIS_USER__PASSWORD_HASHING__MEMORY_KIB", "lots")]).map(drop);
+        let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(message.contains("password_hashing.memory_kib"), "{message}");
     }
 }

@@ -1,15 +1,6 @@
-//! The user service binary: load and validate config, build, serve until a signal.
+//! The user service binary: the platform loads the config, builds the service and
+//! serves until a signal.
 
-use std::process::ExitCode;
-
-use user_service::{Config, SERVICE};
-
-fn main() -> ExitCode {
-    trellis_platform::run::<Config, _, _, _>(&SERVICE, |config| async move {
-        user_service::build(config)
-            .await?
-            .run_until_stopped()
-            .await?;
-        Ok::<_, anyhow::Error>(())
-    })
+fn main() -> std::process::ExitCode {
+    trellis_platform::run::<user_service::Service>()
 }

@@ -22,7 +22,7 @@ async fn user_methods_need_a_valid_token() {
     assert_eq!(code(garbage), Err(Code::Unauthenticated));
 
     // A token signed by a key the service does not know.
-    let stranger = trellis_platform::auth::testing::TestIssuer::new();
+    let stranger = trellis_platform::testing::TestIssuer::new();
     let foreign = app
         .users
         .get_user(with_token(get(), &stranger.user_token(&ada.id, &[])))

@@ -1,20 +1,10 @@
-//! Schema migrations of the auth service, applied at start-up.
+//! Creates `signing_keys` and `refresh_tokens`. sea-orm names a migration after its file, so each lives in a
+//! file named `mYYYYMMDD_NNNNNN_what.rs`.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
     binary, string, string_len, timestamp_with_time_zone, timestamp_with_time_zone_null, uuid,
 };
-use trellis_platform::outbox::migration::CreateOutbox;
-
-/// Every migration, in order.
-#[derive(Debug)]
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateAuthTables), Box::new(CreateOutbox)]
-    }
-}
 
 #[derive(DeriveIden)]
 enum SigningKeys {
@@ -40,22 +30,12 @@ enum RefreshTokens {
     RevokedTime,
 }
 
-/// Creates `signing_keys` and `refresh_tokens`.
-#[derive(Debug)]
-struct CreateAuthTables;
+/// The migration.
+#[derive(Debug, DeriveMigrationName)]
+pub(super) struct Migration;
 
-// Named explicitly: derived names come from the file name, and every migration file
-// here is called migration.rs.
-impl MigrationName for CreateAuthTables {
-    fn name(&self) -> &str {
-        "m20261121_000001_create_auth_tables"
-    }
-}
-
-// The trait is declared with an elided lifetime under async_trait; naming it breaks the match.
-#[allow(elided_lifetimes_in_paths)]
 #[async_trait::async_trait]
-impl MigrationTrait for CreateAuthTables {
+impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -1,18 +1,8 @@
-//! Schema migrations of the user service, applied at start-up.
+//! Creates `users` with a unique index on `email`. sea-orm names a migration after its file, so each lives in a
+//! file named `mYYYYMMDD_NNNNNN_what.rs`.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{string, string_len, text, timestamp_with_time_zone, uuid};
-use trellis_platform::outbox::migration::CreateOutbox;
-
-/// Every migration, in order.
-#[derive(Debug)]
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateUsers), Box::new(CreateOutbox)]
-    }
-}
 
 #[derive(DeriveIden)]
 enum Users {
@@ -25,22 +15,12 @@ enum Users {
     UpdateTime,
 }
 
-/// Creates `users` with a unique index on `email`.
-#[derive(Debug)]
-struct CreateUsers;
+/// The migration.
+#[derive(Debug, DeriveMigrationName)]
+pub(super) struct Migration;
 
-// Named explicitly: derived names come from the file name, and every migration file
-// here is called migration.rs.
-impl MigrationName for CreateUsers {
-    fn name(&self) -> &str {
-        "m20261121_000001_create_users"
-    }
-}
-
-// The trait is declared with an elided lifetime under async_trait; naming it breaks the match.
-#[allow(elided_lifetimes_in_paths)]
 #[async_trait::async_trait]
-impl MigrationTrait for CreateUsers {
+impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -1,4 +1,5 @@
-//! The migration that creates `outbox_messages`; add it to a service's migrator.
+//! Creates `outbox_messages` and the index the dispatcher scans. sea-orm names a
+//! migration after its file, so each lives in a file named `mYYYYMMDD_NNNNNN_what.rs`.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
@@ -22,22 +23,12 @@ enum OutboxMessages {
     LastError,
 }
 
-/// Creates `outbox_messages` and the index the dispatcher scans.
-#[derive(Debug)]
-pub struct CreateOutbox;
+/// The migration.
+#[derive(Debug, DeriveMigrationName)]
+pub struct Migration;
 
-// Named explicitly: derived names come from the file name, and every migration file
-// here is called migration.rs.
-impl MigrationName for CreateOutbox {
-    fn name(&self) -> &str {
-        "m20261121_000100_create_outbox_messages"
-    }
-}
-
-// The trait is declared with an elided lifetime under async_trait; naming it breaks the match.
-#[allow(elided_lifetimes_in_paths)]
 #[async_trait::async_trait]
-impl MigrationTrait for CreateOutbox {
+impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -1,5 +1,5 @@
-//! Test support (feature `testing`): a token issuer with its own Ed25519 key and the
-//! static key source that publishes it, so a service's tests need no auth service.
+//! A token issuer with its own Ed25519 key, and the static key source that publishes it,
+//! so a service's tests need no auth service.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,7 +11,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngCore as _;
 
-use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeySource, PrincipalKind, PublicKey};
+use crate::auth::{Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, KeySource, PrincipalKind, PublicKey};
 
 /// Signs test tokens the way the auth service does.
 #[derive(Clone)]
@@ -54,6 +54,11 @@ impl TestIssuer {
             kid,
             encoding: EncodingKey::from_ed_der(&der),
         }
+    }
+
+    /// This issuer's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public.clone()
     }
 
     /// The key source that publishes this issuer's key.

@@ -1,19 +1,10 @@
-//! Schema migrations of the notification service, applied at start-up.
+//! Creates `notifications`. sea-orm names a migration after its file, so each lives in a
+//! file named `mYYYYMMDD_NNNNNN_what.rs`.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{
     string, string_len, text, timestamp_with_time_zone, timestamp_with_time_zone_null, uuid,
 };
-
-/// Every migration, in order.
-#[derive(Debug)]
-pub struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateNotifications)]
-    }
-}
 
 #[derive(DeriveIden)]
 enum Notifications {
@@ -29,22 +20,12 @@ enum Notifications {
     AckTime,
 }
 
-/// Creates `notifications`.
-#[derive(Debug)]
-struct CreateNotifications;
+/// The migration.
+#[derive(Debug, DeriveMigrationName)]
+pub(super) struct Migration;
 
-// Named explicitly: derived names come from the file name, and every migration file
-// here is called migration.rs.
-impl MigrationName for CreateNotifications {
-    fn name(&self) -> &str {
-        "m20261121_000001_create_notifications"
-    }
-}
-
-// The trait is declared with an elided lifetime under async_trait; naming it breaks the match.
-#[allow(elided_lifetimes_in_paths)]
 #[async_trait::async_trait]
-impl MigrationTrait for CreateNotifications {
+impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

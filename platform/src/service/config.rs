@@ -1,0 +1,235 @@
+//! The whole configuration of a service: the sections every service has, declared once
+//! here, with the service's own keys ([`Service::Settings`]) flattened beside them.
+//!
+//! | key | section |
+//! |---|---|
+//! | `server.*` | [`ServerConfig`]: listen address (default port: the service's), limits, shutdown |
+//! | `telemetry.*` | [`TelemetryConfig`]: log format and filter |
+//! | `database.*` | [`DatabaseConfig`]: default `sqlite://.data/<name>.db?mode=rwc` |
+//! | `auth.*` | [`AuthConfig`]: token verification and this service's client secret |
+//! | `peers.<name>.*` | [`PeerConfig`]: the service's peers, with its default addresses |
+//! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
+//! | `page_token_secret` | the key that signs page tokens (random per process when unset) |
+//! | anything else | the service's own [`Service::Settings`] |
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize;
+
+use super::Service;
+use crate::auth::AuthConfig;
+use crate::config::{self, ConfigError, Validate as _};
+use crate::data::DatabaseConfig;
+use crate::outbox::OutboxConfig;
+use crate::pagination::PageTokenCodec;
+use crate::peer::PeerConfig;
+use crate::server::ServerConfig;
+use crate::telemetry::TelemetryConfig;
+
+/// The top-level keys of the platform's sections; every other key is the service's.
+const PLATFORM_KEYS: [&str; 7] = [
+    "server",
+    "telemetry",
+    "database",
+    "auth",
+    "peers",
+    "outbox",
+    "page_token_secret",
+];
+
+/// Shortest accepted `page_token_secret`, in bytes (a 256-bit HMAC key).
+pub const MIN_PAGE_TOKEN_SECRET_BYTES: usize = 32;
+
+/// Every setting of service `S`. Built from [`Default`] in code (tests) or loaded with
+/// [`Config::load`] (binaries).
+pub struct Config<S: Service> {
+    /// Listen address, limits, shutdown. Default port [`Service::DEFAULT_PORT`].
+    pub server: ServerConfig,
+    /// Log format and filter.
+    pub telemetry: TelemetryConfig,
+    /// Default `sqlite://.data/<name>.db?mode=rwc`.
+    pub database: DatabaseConfig,
+    /// Token verification and this service's client secret.
+    pub auth: AuthConfig,
+    /// Peers by name, over [`Service::DEFAULT_PEERS`].
+    pub peers: HashMap<String, PeerConfig>,
+    /// Delivery of outbox messages (services that use the outbox).
+    pub outbox: OutboxConfig,
+    /// Key that signs page tokens. Unset: a random key per process, so tokens do not
+    /// survive a restart or cross replicas; set it when running more than one. Secret.
+    pub page_token_secret: Option<SecretString>,
+    /// The service's own keys.
+    pub service: S::Settings,
+}
+
+/// The platform's sections, deserialized on their own so a wrongly typed value still
+/// names its key (serde's `flatten` would lose the key path).
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct Sections {
+    server: ServerConfig,
+    telemetry: TelemetryConfig,
+    database: DatabaseConfig,
+    auth: AuthConfig,
+    peers: HashMap<String, PeerConfig>,
+    outbox: OutboxConfig,
+    page_token_secret: Option<SecretString>,
+}
+
+impl<S: Service> Default for Config<S> {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::with_port(S::DEFAULT_PORT),
+            telemetry: TelemetryConfig::default(),
+            database: DatabaseConfig::with_url(default_database_url::<S>()),
+            auth: AuthConfig::default(),
+            peers: S::DEFAULT_PEERS
+                .iter()
+                .map(|(name, address)| ((*name).to_owned(), PeerConfig::with_address(*address)))
+                .collect(),
+            outbox: OutboxConfig::default(),
+            page_token_secret: None,
+            service: S::Settings::default(),
+        }
+    }
+}
+
+impl<S: Service> Clone for Config<S> {
+    fn clone(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+            telemetry: self.telemetry.clone(),
+            database: self.database.clone(),
+            auth: self.auth.clone(),
+            peers: self.peers.clone(),
+            outbox: self.outbox.clone(),
+            page_token_secret: self.page_token_secret.clone(),
+            service: self.service.clone(),
+        }
+    }
+}
+
+impl<S: Service> std::fmt::Debug for Config<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("service", &S::INFO.name)
+            .field("server", &self.server)
+            .field("telemetry", &self.telemetry)
+            .field("database", &self.database)
+            .field("auth", &self.auth)
+            .field("peers", &self.peers)
+            .field("outbox", &self.outbox)
+            .field("settings", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_database_url<S: Service>() -> String {
+    format!("sqlite://.data/{}.db?mode=rwc", S::INFO.name)
+}
+
+impl<S: Service> Config<S> {
+    /// Loads the config from the process's environment: the defaults, overlaid by `file`
+    /// when given, overlaid by the variables under `S::INFO.env_prefix`; then validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key or file: a missing or malformed file, a value that
+    /// does not fit its type, an unknown key, or a value [`Self::validate`] rejects.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// [`Self::load`] with the environment given explicitly, so tests need not touch the
+    /// process's own.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        // Per-service defaults go in as the lowest layer, so a partly set section keeps
+        // them (setting only `server.drain_timeout_ms` keeps the service's port).
+        let mut defaults = vec![
+            (
+                "server.listen_addr".to_owned(),
+                ServerConfig::with_port(S::DEFAULT_PORT)
+                    .listen_addr
+                    .to_string(),
+            ),
+            ("database.url".to_owned(), default_database_url::<S>()),
+        ];
+        defaults.extend(
+            S::DEFAULT_PEERS
+                .iter()
+                .map(|(name, address)| (format!("peers.{name}.addresses"), (*address).to_owned())),
+        );
+        let mut own = config::layered(&S::INFO, &defaults, file, env)?;
+        let platform: ::config::Map<_, _> = PLATFORM_KEYS
+            .iter()
+            .filter_map(|key| own.remove_entry(*key))
+            .collect();
+        let sections: Sections = config::deserialize(platform)?;
+        let settings: S::Settings = config::deserialize(own)?;
+        let config = Self {
+            server: sections.server,
+            telemetry: sections.telemetry,
+            database: sections.database,
+            auth: sections.auth,
+            peers: sections.peers,
+            outbox: sections.outbox,
+            page_token_secret: sections.page_token_secret,
+            service: settings,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule the types cannot express, the platform's sections first, then
+    /// the service's own.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.telemetry.validate()?;
+        self.database.validate()?;
+        self.auth.validate("auth")?;
+        let mut names: Vec<_> = self.peers.keys().collect();
+        names.sort();
+        for name in names {
+            self.peers[name].validate(&format!("peers.{name}"))?;
+        }
+        self.outbox.validate()?;
+        if let Some(secret) = &self.page_token_secret
+            && secret.expose_secret().len() < MIN_PAGE_TOKEN_SECRET_BYTES
+        {
+            return Err(ConfigError::invalid(
+                "page_token_secret",
+                format!("must be at least {MIN_PAGE_TOKEN_SECRET_BYTES} bytes"),
+            ));
+        }
+        self.service.validate()
+    }
+
+    /// The page-token codec: keyed by `page_token_secret`, or random when it is unset.
+    pub fn page_tokens(&self) -> PageTokenCodec {
+        self.page_token_secret
+            .as_ref()
+            .map_or_else(PageTokenCodec::random, PageTokenCodec::new)
+    }
+}
+
+/// Settings for a service with no keys of its own: any key outside the platform's
+/// sections is rejected.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl config::Validate for NoSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}

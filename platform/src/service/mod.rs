@@ -1,0 +1,331 @@
+//! The service builder: everything a service needs that is not its own, wired once.
+//!
+//! A service implements [`Service`] — its name and defaults, its own settings, its
+//! migrations, its access policy, and [`Service::build`], which adds its handlers (and
+//! any background task) to a [`Context`]. The platform does the rest, in this order:
+//!
+//! 1. opens the database and applies the service's migrations ([`crate::data`]);
+//! 2. makes peer channels from `peers` ([`crate::peer`]), with this service's credentials
+//!    (OAuth 2.0 client credentials, RFC 6749 §4.4) when `auth.client_secret` is set;
+//! 3. when the access policy needs tokens, a verifier of the identity peer's published
+//!    keys ([`crate::auth`]);
+//! 4. calls [`Service::build`];
+//! 5. adds the access policy, the message limits of every gRPC service, readiness (a
+//!    database ping), health and reflection, binds the listener, and starts the outbox
+//!    dispatcher (if the service enqueued through [`Context::outbox`]) and every
+//!    background task, all stopped by graceful shutdown ([`crate::app::App`]).
+
+mod config;
+
+pub use config::{Config, MIN_PAGE_TOKEN_SECRET_BYTES, NoSettings};
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use sea_orm_migration::MigratorTrait;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::auth::{Access, AccessPolicy, AuthLayer, KeySource, RemoteKeySource, TokenVerifier};
+use crate::config::{ServiceInfo, Validate};
+use crate::outbox::{Dispatcher, OutboxWaker};
+use crate::pagination::PageTokenCodec;
+use crate::peer::{ClientCredentials, CredentialSource, PeerChannel, PeerError, Peers};
+use crate::server::{GrpcService, Server};
+
+/// Why a service could not be built. Services' own [`Service::build`] errors (anything
+/// convertible, `anyhow::Error` included) pass through with their source chain.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What makes a service a service: its identity and defaults, its settings, its
+/// migrations, its access policy, and its handlers.
+pub trait Service: Sized + Send + Sync + 'static {
+    /// Name (logs, the SQLite file, the OAuth client id) and environment prefix.
+    const INFO: ServiceInfo;
+    /// The default gRPC port, e.g. 50051.
+    const DEFAULT_PORT: u16;
+    /// Peers and their default addresses, e.g. `[("auth", "http://127.0.0.1:50052")]`;
+    /// `peers.<name>.*` overrides them.
+    const DEFAULT_PEERS: &'static [(&'static str, &'static str)] = &[];
+    /// The encoded descriptor set reflection serves (it may describe more services than
+    /// this one: reflection lists only those added).
+    const FILE_DESCRIPTOR_SET: &'static [u8] = trellis_proto::FILE_DESCRIPTOR_SET;
+
+    /// The service's own config keys, beside the platform's sections. Declare it
+    /// `#[serde(default, deny_unknown_fields)]` so a misspelt key stops the process;
+    /// [`NoSettings`] for none.
+    type Settings: DeserializeOwned
+        + Default
+        + Validate
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static;
+    /// The service's migrations (include `crate::outbox::migration::CreateOutbox` when
+    /// it uses the outbox).
+    type Migrator: MigratorTrait;
+
+    /// Who may call what (see [`AccessPolicy`]). Default: every method needs a valid
+    /// access token.
+    fn access_policy() -> AccessPolicy {
+        AccessPolicy::new(Access::Authenticated)
+    }
+
+    /// Adds the service's handlers and background tasks to `ctx`.
+    ///
+    /// # Errors
+    /// Whatever keeps the service from starting; the process exits 1 with the chain.
+    fn build(ctx: &mut Context<Self>) -> impl Future<Output = Result<(), BuildError>> + Send;
+}
+
+/// Builds service `S` from `config` (see the module docs).
+///
+/// # Errors
+/// [`BuildError`] when the database, a peer, the service's own build or the listener
+/// cannot be set up.
+pub async fn build<S: Service>(config: Config<S>) -> Result<App, BuildError> {
+    Launch::new(config).build().await
+}
+
+/// [`build`] with the choices tests make: a pre-bound listener, a static key source.
+pub struct Launch<S: Service> {
+    config: Config<S>,
+    keys: Option<Arc<dyn KeySource>>,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl<S: Service> std::fmt::Debug for Launch<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("config", &self.config)
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Service> Launch<S> {
+    /// A launch of `config` with the production choices.
+    pub fn new(config: Config<S>) -> Self {
+        Self {
+            config,
+            keys: None,
+            listener: None,
+        }
+    }
+
+    /// Verifies tokens against `keys` instead of the identity peer's published keys.
+    #[must_use]
+    pub fn key_source(mut self, keys: Arc<dyn KeySource>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Serves on `listener` instead of binding `server.listen_addr`.
+    #[must_use]
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Builds the service (see the module docs).
+    ///
+    /// # Errors
+    /// As [`build`].
+    pub async fn build(self) -> Result<App, BuildError> {
+        let Self {
+            config,
+            keys,
+            listener,
+        } = self;
+        let db = crate::data::connect::<S::Migrator>(&config.database).await?;
+        let peers = Peers::new(config.peers.clone());
+        let identity = config.auth.peer.clone();
+        let policy = S::access_policy();
+        let verifier = if policy.requires_token() {
+            let keys = match keys {
+                Some(keys) => keys,
+                None => Arc::new(RemoteKeySource::new(peers.anonymous_channel(&identity)?)),
+            };
+            Some(TokenVerifier::new(&config.auth, keys))
+        } else {
+            None
+        };
+        let credentials: Option<Arc<dyn CredentialSource>> = match &config.auth.client_secret {
+            Some(secret) => Some(Arc::new(ClientCredentials::new(
+                S::INFO.name,
+                secret.clone(),
+                peers.anonymous_channel(&identity)?,
+            ))),
+            None => None,
+        };
+        let mut server = Server::builder(config.server.clone());
+        if let Some(listener) = listener {
+            server = server.listener(listener);
+        }
+        let mut ctx = Context {
+            page_tokens: config.page_tokens(),
+            config,
+            db,
+            peers,
+            credentials,
+            server: Some(server),
+            background: Vec::new(),
+            outbox: None,
+        };
+        S::build(&mut ctx).await?;
+        ctx.finish(verifier, policy).await
+    }
+}
+
+/// A task started once the server is bound; it must end when the token is cancelled
+/// (graceful shutdown).
+type Background = Box<dyn FnOnce(CancellationToken) -> JoinHandle<()> + Send>;
+
+/// What [`Service::build`] builds with: the config, the database, peers, the outbox,
+/// and the server that its handlers are added to.
+pub struct Context<S: Service> {
+    config: Config<S>,
+    db: DatabaseConnection,
+    peers: Peers,
+    credentials: Option<Arc<dyn CredentialSource>>,
+    page_tokens: PageTokenCodec,
+    // Taken out while a service is added (the builder is by value).
+    server: Option<Server>,
+    background: Vec<Background>,
+    outbox: Option<OutboxWaker>,
+}
+
+impl<S: Service> std::fmt::Debug for Context<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Service> Context<S> {
+    /// The whole config.
+    pub fn config(&self) -> &Config<S> {
+        &self.config
+    }
+
+    /// The service's own settings.
+    pub fn settings(&self) -> &S::Settings {
+        &self.config.service
+    }
+
+    /// The database, migrated.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// The page-token codec (keyed by `page_token_secret`, else random per process).
+    pub fn page_tokens(&self) -> PageTokenCodec {
+        self.page_tokens.clone()
+    }
+
+    /// Cancelled when graceful shutdown begins: long-lived streams watch it to end
+    /// promptly (with UNAVAILABLE, so clients reconnect).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.server
+            .as_ref()
+            .map(Server::shutdown_token)
+            .unwrap_or_default()
+    }
+
+    /// Replaces the credentials peer calls carry (e.g. the identity provider signs its
+    /// own service tokens). Affects channels made after this call.
+    pub fn use_credentials(&mut self, credentials: Arc<dyn CredentialSource>) {
+        self.credentials = Some(credentials);
+    }
+
+    /// The peers, carrying this service's credentials when it has any.
+    pub fn peers(&self) -> Peers {
+        match &self.credentials {
+            Some(credentials) => self.peers.clone().with_credentials(Arc::clone(credentials)),
+            None => self.peers.clone(),
+        }
+    }
+
+    /// A channel to `peer` carrying this service's credentials when it has any.
+    ///
+    /// # Errors
+    /// [`PeerError`] when no `peers.<peer>` is configured or its address is invalid.
+    pub fn peer(&self, peer: &str) -> Result<PeerChannel, PeerError> {
+        self.peers().channel(peer)
+    }
+
+    /// The waker of this service's outbox: enqueue with [`crate::outbox::enqueue`] in the
+    /// transaction that makes a change, then wake. The dispatcher starts with the server
+    /// and delivers through [`Self::peers`].
+    pub fn outbox(&mut self) -> OutboxWaker {
+        self.outbox.get_or_insert_with(OutboxWaker::default).clone()
+    }
+
+    /// Adds a generated gRPC server; the server's message limits
+    /// (`server.max_message_bytes`) are applied to it.
+    pub fn add_service<T: GrpcService>(&mut self, service: T) {
+        self.server = self.server.take().map(|server| server.add_service(service));
+    }
+
+    /// Runs `task` once the server is bound; the future it makes must end when its
+    /// token is cancelled (graceful shutdown waits for it).
+    pub fn spawn<F, Fut>(&mut self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.background
+            .push(Box::new(move |stop| tokio::spawn(task(stop))));
+    }
+
+    async fn finish(
+        self,
+        verifier: Option<TokenVerifier>,
+        policy: AccessPolicy,
+    ) -> Result<App, BuildError> {
+        let Self {
+            config,
+            db,
+            peers,
+            credentials,
+            server,
+            background,
+            outbox,
+            ..
+        } = self;
+        let mut server = server.ok_or("the server builder was lost while adding a service")?;
+        if let Some(verifier) = verifier {
+            server = server.route_layer(AuthLayer::new(verifier, policy));
+        }
+        let shutdown = server.shutdown_token();
+        let server = server
+            .file_descriptor_set(S::FILE_DESCRIPTOR_SET)
+            .database_readiness(db.clone())
+            .bind()
+            .await?;
+        let mut tasks: Vec<JoinHandle<()>> = background
+            .into_iter()
+            .map(|start| start(shutdown.clone()))
+            .collect();
+        if let Some(waker) = outbox {
+            let peers = match credentials {
+                Some(credentials) => peers.with_credentials(credentials),
+                None => {
+                    tracing::warn!(
+                        "auth.client_secret is not set: outbox messages wait until it is"
+                    );
+                    peers
+                }
+            };
+            let dispatcher = Dispatcher::new(db.clone(), peers, config.outbox.clone(), waker);
+            tasks.push(tokio::spawn(dispatcher.run(shutdown)));
+        }
+        Ok(App::new(server, db, tasks))
+    }
+}

@@ -1,0 +1,120 @@
+//! A fake identity peer: `trellis.auth.v1.AuthService` serving a [`TestIssuer`]'s key
+//! (`ListSigningKeys`) and service tokens (`IssueServiceToken`, any secret accepted), so
+//! a service under test fetches keys and credentials over gRPC as in production.
+
+use std::net::SocketAddr;
+
+use tonic::{Request, Response, Status};
+use trellis_proto::auth_v1 as pb;
+use trellis_proto::auth_v1::auth_service_server::{AuthService, AuthServiceServer};
+
+use super::TestIssuer;
+
+/// A running fake identity peer.
+#[derive(Debug)]
+pub struct FakeAuth {
+    /// Where it serves.
+    pub addr: SocketAddr,
+    /// The issuer whose key it publishes.
+    pub issuer: TestIssuer,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAuth {
+    /// Starts serving `issuer`'s key on 127.0.0.1 (a port the system chose).
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start(issuer: TestIssuer) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port on 127.0.0.1");
+        let addr = listener.local_addr().expect("a bound address");
+        let service = AuthServiceServer::new(Handlers {
+            issuer: issuer.clone(),
+        });
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            drop(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await,
+            );
+        });
+        Self { addr, issuer, task }
+    }
+
+    /// The base URI to configure as the `auth` peer.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FakeAuth {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Handlers {
+    issuer: TestIssuer,
+}
+
+#[tonic::async_trait]
+impl AuthService for Handlers {
+    async fn login(
+        &self,
+        _: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake identity peer signs no users in",
+        ))
+    }
+
+    async fn refresh_token(
+        &self,
+        _: Request<pb::RefreshTokenRequest>,
+    ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake identity peer refreshes nothing",
+        ))
+    }
+
+    async fn logout(
+        &self,
+        _: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        Err(Status::unimplemented(
+            "the fake identity peer has no sessions",
+        ))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        _: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        let key = self.issuer.public_key();
+        Ok(Response::new(pb::ListSigningKeysResponse {
+            keys: vec![pb::SigningKey {
+                kid: key.kid,
+                kty: "OKP".to_owned(),
+                crv: "Ed25519".to_owned(),
+                x: key.x,
+                alg: "EdDSA".to_owned(),
+                ..Default::default()
+            }],
+        }))
+    }
+
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let client_id = request.into_inner().client_id;
+        Ok(Response::new(pb::IssueServiceTokenResponse {
+            access_token: self.issuer.service_token(&client_id),
+            expires_in: 300,
+        }))
+    }
+}

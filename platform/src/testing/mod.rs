@@ -1,0 +1,194 @@
+//! The testkit (feature `testing`), one for every suite: start any service in-process
+//! ([`TestServer`]), sign tokens for users, admins and services ([`TestIssuer`]), serve
+//! those keys as a fake identity peer ([`FakeAuth`]), and wait on observable state
+//! instead of sleeping ([`assert_eventually`]).
+//!
+//! Helpers panic on failure: a failed expectation is the test failing.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod fake_auth;
+mod issuer;
+
+pub use fake_auth::FakeAuth;
+pub use issuer::{StaticKeySource, TestIssuer};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::app::AppError;
+use crate::service::{Config, Launch, Service};
+
+/// A password every Trellis service's rules accept.
+pub const TEST_PASSWORD: &str = "correct horse battery";
+
+/// How long [`assert_eventually`] waits before failing.
+pub const EVENTUALLY: Duration = Duration::from_secs(15);
+
+/// The drain bound of test servers, in ms: short, so stopping a test is quick.
+pub const TEST_DRAIN_MS: u64 = 300;
+
+/// Retries `condition` every 20 ms until it holds.
+///
+/// # Panics
+/// When it does not hold within [`EVENTUALLY`] (15 s).
+pub async fn assert_eventually<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {} s",
+            EVENTUALLY.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `message` as a request carrying `token` as its bearer credential (no header at all
+/// when `token` cannot be a header value).
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// A lazy channel to `addr` (connects on first use).
+///
+/// # Panics
+/// Never for a socket address.
+pub fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("a socket address is a valid URI")
+        .connect_lazy()
+}
+
+/// A listener on 127.0.0.1 with a port the system chose, held until a server takes it
+/// (so the port is known before the server starts, with no bind-release-rebind race).
+///
+/// # Panics
+/// When no port can be bound.
+pub fn local_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a port on 127.0.0.1")
+}
+
+/// The status `Check` reports for `service` (`""` is the server), `None` on an error
+/// status.
+pub async fn health_status(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+) -> Option<ServingStatus> {
+    client
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().status())
+}
+
+/// Waits until the server at `addr` reports SERVING.
+///
+/// # Panics
+/// When it does not within [`EVENTUALLY`].
+pub async fn wait_serving(addr: SocketAddr) {
+    let client = HealthClient::new(channel(addr));
+    assert_eventually(|| {
+        let mut client = client.clone();
+        async move { health_status(&mut client, "").await == Some(ServingStatus::Serving) }
+    })
+    .await;
+}
+
+/// The config tests start from: `S`'s defaults on 127.0.0.1 (port chosen by the system),
+/// in-memory SQLite, a short drain and readiness interval, every default peer pointed at
+/// the discard port (nothing listens there, so no other process is reached).
+pub fn test_config<S: Service>() -> Config<S> {
+    let mut config = Config::<S>::default();
+    config.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.server.drain_timeout_ms = TEST_DRAIN_MS;
+    config.server.readiness_interval_ms = 50;
+    config.database = crate::data::DatabaseConfig::with_url("sqlite::memory:");
+    for peer in config.peers.values_mut() {
+        peer.addresses = "http://127.0.0.1:9".to_owned();
+    }
+    config
+}
+
+/// A service running in this process until [`Self::stop`].
+#[derive(Debug)]
+pub struct TestServer {
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// A channel to it, for generated clients.
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), AppError>>>,
+}
+
+impl TestServer {
+    /// Builds and starts `launch`, and waits until it reports SERVING.
+    ///
+    /// # Panics
+    /// When the service does not build or become SERVING.
+    pub async fn start<S: Service>(launch: Launch<S>) -> Self {
+        let app = launch
+            .build()
+            .await
+            .unwrap_or_else(|err| panic!("{} does not build: {err}", S::INFO.name));
+        let addr = app.local_addr();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async {
+            drop(stopped.await);
+        }));
+        wait_serving(addr).await;
+        Self {
+            addr,
+            channel: channel(addr),
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// Starts shutdown without waiting for it; [`Self::stopped`] waits.
+    pub fn begin_stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Starts shutdown and returns the server's task, to await its result.
+    ///
+    /// # Panics
+    /// When called twice.
+    pub fn stopped(&mut self) -> JoinHandle<Result<(), AppError>> {
+        self.begin_stop();
+        self.task.take().expect("the server is still running")
+    }
+
+    /// Shuts down gracefully and waits, asserting a clean stop within 10 s.
+    ///
+    /// # Panics
+    /// When the stop is not clean or takes longer.
+    pub async fn stop(mut self) {
+        let result = tokio::time::timeout(Duration::from_secs(10), self.stopped())
+            .await
+            .expect("the service stops within 10 s");
+        assert!(
+            matches!(result, Ok(Ok(()))),
+            "service stopped with {result:?}"
+        );
+    }
+}
