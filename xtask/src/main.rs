@@ -4,6 +4,8 @@
 //! product does not compile.
 
 mod images;
+#[cfg(test)]
+mod tidy;
 mod up;
 
 use std::path::PathBuf;

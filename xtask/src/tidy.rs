@@ -1,0 +1,762 @@
+//! Repository rules as tests, in the manner of rust-analyzer's `xtask/src/tidy.rs`: each
+//! test reads the source tree under [`workspace_root`] and fails naming every offender.
+//!
+//! The rules come from DESIGN.md: every module says what it is; services meet only over
+//! gRPC, never as crate dependencies; the platform's modules form layers with no cycle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::workspace_root;
+
+/// Module names mapped to the module names they refer to.
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+#[test]
+fn every_source_file_opens_with_a_module_doc_comment() {
+    let root = workspace_root();
+    let mut source_dirs = vec![
+        root.join("platform/src"),
+        root.join("proto/src"),
+        root.join("xtask/src"),
+        root.join("integration-tests/src"),
+    ];
+    for parent in ["services", "examples"] {
+        source_dirs.extend(
+            subdirs(&root.join(parent))
+                .into_iter()
+                .map(|d| d.join("src")),
+        );
+    }
+    let files: Vec<PathBuf> = source_dirs.iter().flat_map(|d| rust_files(d)).collect();
+    assert!(
+        files.contains(&root.join("platform/src/lib.rs")),
+        "the walk found no platform source: {files:?}"
+    );
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|file| {
+            let text = read(file);
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
+            !first.is_some_and(|l| l.starts_with("//!"))
+        })
+        .map(|file| relative(&root, file))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "these files do not open with a `//!` module doc comment:\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+#[test]
+fn no_service_crate_depends_on_another_service_crate() {
+    let root = workspace_root();
+    let workspace = manifest(&root.join("Cargo.toml"));
+    let workspace_deps = workspace
+        .get("workspace")
+        .and_then(|w| w.get("dependencies"))
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    // Every package under services/, by name, with its directory.
+    let services: Vec<(String, PathBuf, toml::Table)> = subdirs(&root.join("services"))
+        .into_iter()
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .map(|dir| {
+            let manifest = manifest(&dir.join("Cargo.toml"));
+            let name = manifest
+                .get("package")
+                .and_then(|p| p.get("name"))
+                .and_then(toml::Value::as_str)
+                .unwrap_or_else(|| panic!("{} names its package", dir.display()))
+                .to_owned();
+            (name, canonical(&dir), manifest)
+        })
+        .collect();
+    assert!(
+        services.len() >= 2,
+        "found fewer than two service crates under services/: {:?}",
+        services.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+
+    let mut offenders = Vec::new();
+    for (name, dir, manifest) in &services {
+        for (section, deps) in dependency_tables(manifest) {
+            for (key, spec) in deps {
+                let (package, path) = dependency_target(key, spec, dir, &workspace_deps, &root);
+                let other = services.iter().find(|(other, other_dir, _)| {
+                    other != name && (*other == package || path.as_ref() == Some(other_dir))
+                });
+                if let Some((other, _, _)) = other {
+                    offenders.push(format!(
+                        "{} [{section}] {key} (the service crate {other})",
+                        relative(&root, &dir.join("Cargo.toml"))
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "service crates must meet only over gRPC, but:\n  {}",
+        offenders.join("\n  ")
+    );
+}
+
+#[test]
+#[ignore = "enabled once the platform refactor lands"]
+fn platform_modules_form_no_cycle() {
+    let graph = platform_module_graph(&workspace_root());
+    assert!(
+        graph.len() >= 2,
+        "found fewer than two platform modules: {graph:?}"
+    );
+    let found = cycles(&graph);
+    assert!(
+        found.is_empty(),
+        "the platform's modules must form layers, but these cycles exist:\n  {}",
+        found
+            .iter()
+            .map(|c| c.join(" -> "))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    );
+}
+
+#[test]
+fn cycle_detector_reports_every_cycle_with_its_path() {
+    let graph = graph(&[
+        ("a", "b"),
+        ("b", "c"),
+        ("c", "a"),
+        ("c", "d"),
+        ("d", "e"),
+        ("e", "d"),
+    ]);
+    assert_eq!(
+        cycles(&graph),
+        [vec!["a", "b", "c", "a"], vec!["d", "e", "d"]]
+    );
+}
+
+#[test]
+fn cycle_detector_passes_a_dag() {
+    let graph = graph(&[("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"), ("a", "d")]);
+    assert!(cycles(&graph).is_empty(), "{:?}", cycles(&graph));
+}
+
+#[test]
+fn references_follow_crate_and_super_paths_but_not_comments_or_strings() {
+    let source = r##"
+        //! Mentions crate::doc in a comment.
+        use crate::{alpha, beta::{B1, B2}, gamma::Gamma as G};
+        use crate::delta::Delta;
+        use super::epsilon;
+        /* crate::block /* nested crate::nested */ */
+        fn f<'a>(x: &'a str) -> char {
+            let _ = "crate::string";
+            let _ = r#"crate::raw"#;
+            crate::zeta::call();
+            $crate::eta::run!();
+            pub(crate) fn g() {}
+            '{'
+        }
+        mod tests {
+            use super::*;
+            use super::super::theta;
+        }
+    "##;
+    // In platform/src/m.rs: `super` from the file is the crate root, from `tests` it is `m`.
+    let names = references(source, &["m".to_owned()]);
+    assert_eq!(
+        names,
+        [
+            "alpha", "beta", "delta", "epsilon", "eta", "gamma", "theta", "zeta"
+        ]
+        .map(String::from)
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+    );
+    // In platform/src/m/n.rs, `super` is `m` itself: only `super::super` leaves it.
+    let names = references(source, &["m".to_owned(), "n".to_owned()]);
+    assert!(
+        !names.contains("epsilon") && !names.contains("theta"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn dependency_targets_follow_renames_and_workspace_inheritance() {
+    let manifest: toml::Table = r#"
+        [dependencies]
+        plain = "1"
+        renamed = { package = "user-service", version = "1" }
+        by-path = { path = "../user" }
+        inherited.workspace = true
+    "#
+    .parse()
+    .expect("a manifest");
+    let workspace: toml::Table =
+        r#"inherited = { package = "auth-service", path = "services/auth" }"#
+            .parse()
+            .expect("workspace dependencies");
+    let root = Path::new("/nonexistent/root");
+    let dir = root.join("services/notification");
+    let deps = manifest["dependencies"].as_table().expect("a table");
+    let target = |key: &str| dependency_target(key, &deps[key], &dir, &workspace, root);
+    assert_eq!(target("plain"), ("plain".to_owned(), None));
+    assert_eq!(target("renamed").0, "user-service");
+    assert_eq!(
+        target("by-path"),
+        ("by-path".to_owned(), Some(dir.join("../user")))
+    );
+    assert_eq!(
+        target("inherited"),
+        ("auth-service".to_owned(), Some(root.join("services/auth")))
+    );
+}
+
+#[test]
+fn root_reexports_map_names_to_their_modules() {
+    let lib = "pub mod config;\npub use config::{ConfigError, inner::Deep as Renamed};\npub use runtime::run;\nuse std::fmt;";
+    let modules: BTreeSet<String> = ["config", "runtime"].map(String::from).into();
+    let reexports = root_reexports(lib, &modules);
+    assert_eq!(
+        reexports,
+        [
+            ("ConfigError", "config"),
+            ("Renamed", "config"),
+            ("run", "runtime")
+        ]
+        .map(|(n, m)| (n.to_owned(), m.to_owned()))
+        .into()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The source tree.
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+}
+
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The directories directly in `dir` (none when it does not exist), sorted.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Every `.rs` file under `dir`, recursively (none when it does not exist), sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+// ---------------------------------------------------------------------------------------
+// Cargo manifests.
+
+fn manifest(path: &Path) -> toml::Table {
+    read(path)
+        .parse()
+        .unwrap_or_else(|err| panic!("parse {}: {err}", path.display()))
+}
+
+/// The dependency tables of a manifest with their section names: `[dependencies]`,
+/// `[dev-dependencies]`, `[build-dependencies]` and their `[target.'…'.*]` forms.
+fn dependency_tables(manifest: &toml::Table) -> Vec<(String, &toml::Table)> {
+    const KINDS: [&str; 3] = ["dependencies", "dev-dependencies", "build-dependencies"];
+    let mut tables = Vec::new();
+    for kind in KINDS {
+        if let Some(table) = manifest.get(kind).and_then(toml::Value::as_table) {
+            tables.push((kind.to_owned(), table));
+        }
+    }
+    if let Some(targets) = manifest.get("target").and_then(toml::Value::as_table) {
+        for (target, sections) in targets {
+            for kind in KINDS {
+                if let Some(table) = sections.get(kind).and_then(toml::Value::as_table) {
+                    tables.push((format!("target.{target}.{kind}"), table));
+                }
+            }
+        }
+    }
+    tables
+}
+
+/// The package a dependency entry names (its `package` key, else its own key) and the
+/// directory of its `path`, following `workspace = true` to `[workspace.dependencies]`.
+fn dependency_target(
+    key: &str,
+    spec: &toml::Value,
+    manifest_dir: &Path,
+    workspace_deps: &toml::Table,
+    root: &Path,
+) -> (String, Option<PathBuf>) {
+    let inherited = spec.get("workspace").and_then(toml::Value::as_bool) == Some(true);
+    let (spec, base) = match workspace_deps.get(key) {
+        Some(workspace_spec) if inherited => (workspace_spec, root),
+        _ => (spec, manifest_dir),
+    };
+    let package = spec
+        .get("package")
+        .and_then(toml::Value::as_str)
+        .unwrap_or(key)
+        .to_owned();
+    let path = spec
+        .get("path")
+        .and_then(toml::Value::as_str)
+        .map(|p| canonical(&base.join(p)));
+    (package, path)
+}
+
+// ---------------------------------------------------------------------------------------
+// The platform's module graph.
+
+/// The top-level modules of `platform/src` (`X.rs` and `X/`), each with the top-level
+/// modules its files refer to through `crate::` or `super::` paths (itself excluded).
+fn platform_module_graph(root: &Path) -> Graph {
+    let src = root.join("platform/src");
+    let mut files: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for file in rust_files(&src) {
+        let Ok(rel) = file.strip_prefix(&src) else {
+            continue;
+        };
+        let path = module_path(rel);
+        if matches!(path.as_slice(), [only] if only == "lib" || only == "main") {
+            continue;
+        }
+        if let Some(top) = path.first() {
+            files.entry(top.clone()).or_default().push(file);
+        }
+    }
+    let modules: BTreeSet<String> = files.keys().cloned().collect();
+    let reexports = root_reexports(&read(&src.join("lib.rs")), &modules);
+
+    let mut graph = Graph::new();
+    for (module, module_files) in &files {
+        let edges = graph.entry(module.clone()).or_default();
+        for file in module_files {
+            let path = module_path(file.strip_prefix(&src).unwrap_or(file));
+            for name in references(&read(file), &path) {
+                let target = if modules.contains(&name) {
+                    Some(&name)
+                } else {
+                    reexports.get(&name)
+                };
+                if let Some(target) = target.filter(|t| *t != module) {
+                    edges.insert(target.clone());
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// The module path of a file from its path relative to `src/`: `["server"]` for
+/// `server.rs` and `server/mod.rs`, `["server", "trace"]` for `server/trace.rs`.
+fn module_path(relative: &Path) -> Vec<String> {
+    let mut path: Vec<String> = relative
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if path.last().is_some_and(|last| last == "mod") {
+        path.pop();
+    }
+    path
+}
+
+/// Every elementary cycle of `graph`, each as its path from its least node back to that
+/// node (`["a", "b", "a"]`), in order.
+fn cycles(graph: &Graph) -> Vec<Vec<String>> {
+    fn walk(graph: &Graph, start: &str, path: &mut Vec<String>, found: &mut Vec<Vec<String>>) {
+        let Some(node) = path.last().cloned() else {
+            return;
+        };
+        for next in graph.get(&node).into_iter().flatten() {
+            if next == start {
+                let mut cycle = path.clone();
+                cycle.push(next.clone());
+                found.push(cycle);
+            } else if next.as_str() > start && !path.contains(next) {
+                path.push(next.clone());
+                walk(graph, start, path, found);
+                path.pop();
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for start in graph.keys() {
+        walk(graph, start, &mut vec![start.clone()], &mut found);
+    }
+    found.sort();
+    found
+}
+
+/// A graph from its edges.
+fn graph(edges: &[(&str, &str)]) -> Graph {
+    let mut graph = Graph::new();
+    for (from, to) in edges {
+        graph
+            .entry((*from).to_owned())
+            .or_default()
+            .insert((*to).to_owned());
+        graph.entry((*to).to_owned()).or_default();
+    }
+    graph
+}
+
+/// The names at the crate root that `source` refers to, for a file whose module path in
+/// the crate is `file_module` (`["server"]` for `server.rs` or `server/mod.rs`,
+/// `["server", "trace"]` for `server/trace.rs`): the first segment after `crate::` (or
+/// `$crate::`), and after a `super::` chain that climbs to the crate root, counting inline
+/// `mod x { … }` blocks. Grouped imports (`use crate::{a, b::C}`) give every group member.
+fn references(source: &str, file_module: &[String]) -> BTreeSet<String> {
+    let tokens = lex(source);
+    let mut names = BTreeSet::new();
+    // Inline modules open at a brace depth: (depth inside them, name).
+    let mut inline: Vec<(usize, String)> = Vec::new();
+    let mut depth: usize = 0;
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Open => {
+                depth += 1;
+                if let (Some(Token::Ident(name)), Some(Token::Ident(keyword))) = (
+                    i.checked_sub(1).and_then(|j| tokens.get(j)),
+                    i.checked_sub(2).and_then(|j| tokens.get(j)),
+                ) && keyword == "mod"
+                {
+                    inline.push((depth, name.clone()));
+                }
+            }
+            Token::Close => {
+                if inline.last().is_some_and(|(d, _)| *d == depth) {
+                    inline.pop();
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Token::Ident(word) if word == "crate" && tokens.get(i + 1) == Some(&Token::PathSep) => {
+                let mut at = i + 2;
+                let mut paths = Vec::new();
+                use_tree(&tokens, &mut at, &[], &mut paths);
+                names.extend(paths.into_iter().filter_map(|(p, _)| p.into_iter().next()));
+            }
+            Token::Ident(word)
+                if word == "super"
+                    && tokens.get(i + 1) == Some(&Token::PathSep)
+                    && i.checked_sub(1).and_then(|j| tokens.get(j)) != Some(&Token::PathSep) =>
+            {
+                let mut climbs = 0;
+                let mut at = i;
+                while matches!(tokens.get(at), Some(Token::Ident(w)) if w == "super")
+                    && tokens.get(at + 1) == Some(&Token::PathSep)
+                {
+                    climbs += 1;
+                    at += 2;
+                }
+                let module_depth = file_module.len() + inline.len();
+                if module_depth == climbs {
+                    let mut paths = Vec::new();
+                    use_tree(&tokens, &mut at, &[], &mut paths);
+                    names.extend(paths.into_iter().filter_map(|(p, _)| p.into_iter().next()));
+                }
+                i = at.max(i + 1);
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    names
+}
+
+/// The names a crate root (`lib.rs`) imports from its own `modules`, mapped to the module:
+/// `pub use config::{ConfigError, X as Y};` maps `ConfigError` and `Y` to `config`, so that
+/// `crate::ConfigError` counts as a reference to `config`. Globs are not followed.
+fn root_reexports(lib: &str, modules: &BTreeSet<String>) -> BTreeMap<String, String> {
+    let tokens = lex(lib);
+    let mut reexports = BTreeMap::new();
+    let mut depth: usize = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            Token::Open => depth += 1,
+            Token::Close => depth = depth.saturating_sub(1),
+            Token::Ident(word) if word == "use" && depth == 0 => {
+                let mut at = i + 1;
+                let mut paths = Vec::new();
+                use_tree(&tokens, &mut at, &[], &mut paths);
+                for (path, binding) in paths {
+                    let mut segments = path.iter().skip_while(|s| *s == "crate" || *s == "self");
+                    if let (Some(module), Some(_), Some(binding)) =
+                        (segments.next(), segments.next(), binding)
+                        && modules.contains(module)
+                    {
+                        reexports.insert(binding, module.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    reexports
+}
+
+/// Parses the use tree (or plain path) at `tokens[*at..]` below `prefix`, pushing each path
+/// it names with the name it binds (`None` for a glob), and leaves `*at` after it.
+fn use_tree(
+    tokens: &[Token],
+    at: &mut usize,
+    prefix: &[String],
+    out: &mut Vec<(Vec<String>, Option<String>)>,
+) {
+    let mut path = prefix.to_vec();
+    loop {
+        match tokens.get(*at) {
+            Some(Token::Ident(segment)) if segment != "as" => {
+                path.push(segment.clone());
+                *at += 1;
+                if tokens.get(*at) == Some(&Token::PathSep) {
+                    *at += 1;
+                    continue;
+                }
+                let binding = match (tokens.get(*at), tokens.get(*at + 1)) {
+                    (Some(Token::Ident(word)), Some(Token::Ident(alias))) if word == "as" => {
+                        *at += 2;
+                        alias.clone()
+                    }
+                    _ if segment == "self" => {
+                        path.pop();
+                        path.last().cloned().unwrap_or_default()
+                    }
+                    _ => segment.clone(),
+                };
+                out.push((path, Some(binding)));
+                return;
+            }
+            Some(Token::Star) => {
+                *at += 1;
+                out.push((path, None));
+                return;
+            }
+            Some(Token::Open) => {
+                *at += 1;
+                loop {
+                    match tokens.get(*at) {
+                        None => return,
+                        Some(Token::Close) => {
+                            *at += 1;
+                            return;
+                        }
+                        Some(Token::Comma) => *at += 1,
+                        Some(_) => {
+                            let before = *at;
+                            use_tree(tokens, at, &path, out);
+                            if *at == before {
+                                *at += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                if path.len() > prefix.len() {
+                    let binding = path.last().cloned();
+                    out.push((path, binding));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// What [`references`] needs of Rust's tokens; comments, literals and lifetimes are dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Ident(String),
+    /// `::`
+    PathSep,
+    /// `{`
+    Open,
+    /// `}`
+    Close,
+    Comma,
+    Star,
+    Other,
+}
+
+fn lex(source: &str) -> Vec<Token> {
+    let chars: Vec<char> = source.chars().collect();
+    let at = |i: usize| chars.get(i).copied().unwrap_or('\0');
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '/' && at(i + 1) == '/' {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && at(i + 1) == '*' {
+            let mut nesting = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && at(i + 1) == '*' {
+                    nesting += 1;
+                    i += 2;
+                } else if chars[i] == '*' && at(i + 1) == '/' {
+                    nesting -= 1;
+                    i += 2;
+                    if nesting == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == '"' {
+            i = skip_string(&chars, i + 1);
+        } else if c == '\'' {
+            if at(i + 1) == '\\' {
+                // An escaped character literal: '\n', '\'', '\u{7f}'.
+                i += 3;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            } else if at(i + 2) == '\'' {
+                i += 3;
+            } else {
+                // A lifetime or label.
+                i += 1;
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+            }
+        } else if c.is_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            match (word.as_str(), at(i)) {
+                ("r" | "br" | "cr", '"' | '#') if raw_string_start(&chars, i) => {
+                    i = skip_raw_string(&chars, i);
+                }
+                ("r", '#') => {
+                    // A raw identifier: r#type.
+                    let start = i + 1;
+                    i = start;
+                    while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                        i += 1;
+                    }
+                    tokens.push(Token::Ident(chars[start..i].iter().collect()));
+                }
+                ("b" | "c", '"') => i = skip_string(&chars, i + 1),
+                ("b", '\'') => {
+                    i += 1;
+                    if at(i + 1) == '\\' {
+                        i += 3;
+                    } else {
+                        i += 2;
+                    }
+                    while i < chars.len() && chars[i] != '\'' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                _ => tokens.push(Token::Ident(word)),
+            }
+        } else if c.is_ascii_digit() {
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+        } else {
+            tokens.push(match c {
+                ':' if at(i + 1) == ':' => {
+                    i += 1;
+                    Token::PathSep
+                }
+                '{' => Token::Open,
+                '}' => Token::Close,
+                ',' => Token::Comma,
+                '*' => Token::Star,
+                _ => Token::Other,
+            });
+            i += 1;
+        }
+    }
+    tokens
+}
+
+/// The index after the string literal whose body starts at `i`.
+fn skip_string(chars: &[char], mut i: usize) -> usize {
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 2,
+            '"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+/// Whether `chars[i..]` is `#…#"` or `"`: the rest of a raw string's opening.
+fn raw_string_start(chars: &[char], mut i: usize) -> bool {
+    while chars.get(i) == Some(&'#') {
+        i += 1;
+    }
+    chars.get(i) == Some(&'"')
+}
+
+/// The index after the raw string whose `#…#"` opening starts at `i`.
+fn skip_raw_string(chars: &[char], mut i: usize) -> usize {
+    let mut hashes = 0;
+    while chars.get(i) == Some(&'#') {
+        hashes += 1;
+        i += 1;
+    }
+    i += 1;
+    while i < chars.len() {
+        if chars[i] == '"' && (1..=hashes).all(|k| chars.get(i + k) == Some(&'#')) {
+            return i + 1 + hashes;
+        }
+        i += 1;
+    }
+    i
+}
