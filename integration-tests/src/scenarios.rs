@@ -5,8 +5,8 @@
 #![allow(clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::time::Duration;
 
+use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::Code;
 use trellis_proto::auth_v1::RefreshTokenRequest;
 use trellis_proto::user_v1 as user;
@@ -121,8 +121,9 @@ pub async fn welcome_exactly_once_across_an_outage(system: &mut System) {
         })
         .await;
     }
-    // Let the dispatchers make further passes; a duplicate would show now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the user service's outbox has nothing pending, no further delivery will come:
+    // a duplicate would show now.
+    wait_outbox_drained(&system.database_url("user")).await;
     for session in &sessions {
         let kinds = notification_kinds(system, session).await;
         assert_eq!(
@@ -131,6 +132,37 @@ pub async fn welcome_exactly_once_across_an_outage(system: &mut System) {
             "{kinds:?}"
         );
     }
+}
+
+/// Waits until the outbox in the database at `database_url` has nothing pending: no row
+/// of `outbox_messages` is still to deliver (`delivered_time` and `failed_time` both NULL).
+/// From then on the sender's dispatcher delivers nothing more, so what the receiver holds
+/// is final. Panics when the database cannot be read or after [`assert_eventually`]'s 15 s.
+pub async fn wait_outbox_drained(database_url: &str) {
+    let db = Database::connect(database_url)
+        .await
+        .expect("connect to the sender's database");
+    let pending = Statement::from_string(
+        db.get_database_backend(),
+        "SELECT COUNT(*) AS pending FROM outbox_messages \
+         WHERE delivered_time IS NULL AND failed_time IS NULL",
+    );
+    assert_eventually(|| {
+        let (db, pending) = (&db, pending.clone());
+        async move {
+            let row = db
+                .query_one_raw(pending)
+                .await
+                .expect("count pending outbox messages")
+                .expect("a row with the count");
+            row.try_get::<i64>("", "pending")
+                .expect("the count as an integer")
+                == 0
+        }
+    })
+    .await;
+    // Best effort: the pool's connections end when it drops anyway.
+    let _ = db.close().await;
 }
 
 /// Refresh tokens rotate, reuse revokes the family, and of two concurrent refreshes with

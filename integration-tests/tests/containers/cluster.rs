@@ -7,6 +7,7 @@ use std::time::Duration;
 use integration_tests::client::{
     log_in, notification_kinds, notifications, sign_up, sign_up_and_log_in, users,
 };
+use integration_tests::scenarios::wait_outbox_drained;
 use integration_tests::{Trellis, assert_eventually, channel, docker, wait_serving, with_token};
 use testcontainers::core::{IntoContainerPort as _, WaitFor};
 use testcontainers::runners::AsyncRunner as _;
@@ -27,6 +28,8 @@ struct Cluster {
     auth: ContainerAsync<GenericImage>,
     notification: ContainerAsync<GenericImage>,
     addrs: [SocketAddr; 3],
+    /// The user service's database as the test reaches it (the host's mapped port).
+    user_database: String,
 }
 
 impl Trellis for Cluster {
@@ -87,6 +90,12 @@ impl Cluster {
             .start()
             .await
             .expect("the PostgreSQL container starts");
+        let postgres_port = postgres
+            .get_host_port_ipv4(5432)
+            .await
+            .expect("mapped port");
+        let user_database =
+            format!("postgres://postgres:postgres@127.0.0.1:{postgres_port}/trellis_user");
         let db =
             |name: &str| format!("postgres://postgres:postgres@postgres-{id}:5432/trellis_{name}");
         let peer = |name: &str, port: u16| format!("http://{name}-{id}:{port}");
@@ -156,6 +165,7 @@ impl Cluster {
             auth,
             notification,
             addrs,
+            user_database,
         }
     }
 
@@ -259,7 +269,9 @@ async fn notification_outage_and_user_restart_lose_nothing() {
                 .any(|k| k == "welcome")
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the user service's outbox has nothing pending, no further delivery will
+        // come: a duplicate would show now.
+        wait_outbox_drained(&cluster.user_database).await;
         let kinds = notification_kinds(cluster, &session).await;
         assert_eq!(
             kinds.iter().filter(|k| *k == "welcome").count(),
