@@ -106,7 +106,6 @@ fn no_service_crate_depends_on_another_service_crate() {
 }
 
 #[test]
-#[ignore = "enabled once the platform refactor lands"]
 fn platform_modules_form_no_cycle() {
     let graph = platform_module_graph(&workspace_root());
     assert!(
