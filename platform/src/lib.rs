@@ -13,8 +13,8 @@
 //! ```
 //!
 //! Modules form layers with no cycle (a tidy test in xtask checks it): leaves first —
-//! `config` (loading, errors), `context` (request context), `status`, `pagination`,
-//! `telemetry`, `data`; then `server`, `peer`, `auth`, `outbox`; then `app`; then
+//! `config` (loading, errors), `context` (request context), `validation`, `status`,
+//! `pagination`, `telemetry`, `data`; then `server`, `peer`, `auth`, `outbox`; then `app`; then
 //! `service` (the builder), `runtime` and `testing` on top.
 
 pub mod app;
@@ -32,6 +32,7 @@ pub mod status;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod validation;
 
 pub use config::{ConfigError, ServiceInfo};
 pub use runtime::run;

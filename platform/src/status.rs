@@ -4,25 +4,11 @@
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
+use uuid::Uuid;
 
-/// One invalid field of a request (`google.rpc.BadRequest.FieldViolation`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// The field's path in the request, e.g. `user.email` (AIP-193).
-    pub field: String,
-    /// What is wrong with it, for a person to read.
-    pub description: String,
-}
-
-impl FieldViolation {
-    /// A violation of `field`.
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
+// Defined in the gRPC-free `validation` module so domains can use them; re-exported here
+// because every INVALID_ARGUMENT is built from them.
+pub use crate::validation::{FieldViolation, uuid_field};
 
 /// INVALID_ARGUMENT with a `google.rpc.BadRequest` detail listing `violations`.
 ///
@@ -50,15 +36,35 @@ pub fn internal(error: &(dyn std::error::Error + 'static)) -> Status {
     Status::internal("internal error")
 }
 
-/// Parses a UUID request field (RFC 9562 text form).
+/// Parses the UUID request field `field` (RFC 9562 text form).
 ///
 /// # Errors
-/// A violation of `field`: `is required` when empty, `is not a valid UUID` otherwise.
-pub fn uuid_field(field: impl Into<String>, raw: &str) -> Result<uuid::Uuid, FieldViolation> {
-    if raw.is_empty() {
-        return Err(FieldViolation::new(field, "is required"));
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` violation of `field` (see
+/// [`uuid_field`] for its descriptions).
+pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    uuid_field(field, raw).map_err(|violation| invalid_argument(&[violation]))
+}
+
+/// Parses a repeated UUID request field, in order. Elements are named
+/// `{field_prefix}[{index}]` (AIP-193), e.g. `ids[0]`.
+///
+/// # Errors
+/// INVALID_ARGUMENT listing a violation for every element that is not a UUID, not only
+/// the first.
+pub fn parse_ids(field_prefix: &str, raw: &[String]) -> Result<Vec<Uuid>, Status> {
+    let mut ids = Vec::with_capacity(raw.len());
+    let mut violations = Vec::new();
+    for (i, id) in raw.iter().enumerate() {
+        match uuid_field(format!("{field_prefix}[{i}]"), id) {
+            Ok(id) => ids.push(id),
+            Err(violation) => violations.push(violation),
+        }
     }
-    uuid::Uuid::parse_str(raw).map_err(|_| FieldViolation::new(field, "is not a valid UUID"))
+    if violations.is_empty() {
+        Ok(ids)
+    } else {
+        Err(invalid_argument(&violations))
+    }
 }
 
 /// Displays an error with its sources, `outer: inner: innermost`.
@@ -92,6 +98,34 @@ mod tests {
             .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
             .unwrap_or_default();
         assert_eq!(fields, ["email", "password"]);
+    }
+
+    #[test]
+    fn parse_id_answers_invalid_argument_naming_the_field() {
+        let status = parse_id("user.id", "nope").err();
+        assert_eq!(
+            status.as_ref().map(Status::code),
+            Some(Code::InvalidArgument)
+        );
+        assert_eq!(
+            status.as_ref().map(Status::message),
+            Some("invalid user.id: is not a valid UUID")
+        );
+    }
+
+    #[test]
+    fn parse_ids_keeps_order_and_names_every_bad_element() {
+        let good = [Uuid::now_v7(), Uuid::now_v7()];
+        let raw: Vec<String> = good.iter().map(Uuid::to_string).collect();
+        assert_eq!(parse_ids("ids", &raw).ok(), Some(good.to_vec()));
+
+        let raw = ["x".to_owned(), good[0].to_string(), String::new()];
+        let fields: Vec<_> = parse_ids("ids", &raw)
+            .err()
+            .and_then(|status| status.get_details_bad_request())
+            .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["ids[0]", "ids[2]"]);
     }
 
     #[test]

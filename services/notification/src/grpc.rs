@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageTokenCodec};
-use trellis_platform::status::{FieldViolation, internal, invalid_argument, uuid_field};
+use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id, parse_ids};
 use trellis_proto::notification_v1 as pb;
 use uuid::Uuid;
 
@@ -123,7 +123,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
         request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let user_id = Principal::user_of(&request)?.to_owned();
-        let ids = parse_ids(&request.get_ref().ids)?;
+        let ids = parse_ids("ids", &request.get_ref().ids)?;
         let updated = self
             .notifications
             .repository()
@@ -342,34 +342,9 @@ impl<R: NotificationRepository>
 impl From<NotificationError> for Status {
     fn from(err: NotificationError) -> Self {
         match err {
-            NotificationError::Invalid(violations) => invalid_argument(
-                &violations
-                    .into_iter()
-                    .map(|v| FieldViolation::new(v.field, v.message))
-                    .collect::<Vec<_>>(),
-            ),
+            NotificationError::Invalid(violations) => invalid_argument(&violations),
             NotificationError::Unexpected(err) => internal(err.as_ref()),
         }
-    }
-}
-
-fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
-    uuid_field(field, raw).map_err(|violation| invalid_argument(&[violation]))
-}
-
-fn parse_ids(raw: &[String]) -> Result<Vec<Uuid>, Status> {
-    let mut ids = Vec::with_capacity(raw.len());
-    let mut violations = Vec::new();
-    for (i, id) in raw.iter().enumerate() {
-        match uuid_field(format!("ids[{i}]"), id) {
-            Ok(id) => ids.push(id),
-            Err(violation) => violations.push(violation),
-        }
-    }
-    if violations.is_empty() {
-        Ok(ids)
-    } else {
-        Err(invalid_argument(&violations))
     }
 }
 

@@ -7,13 +7,11 @@ use std::time::SystemTime;
 use tonic::{Request, Response, Status};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageError, PageTokenCodec};
-use trellis_platform::status::{FieldViolation, internal, invalid_argument, uuid_field};
+use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id};
 use trellis_proto::user_v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::{
-    DisplayName, Email, User, UserChanges, UserError, UserRepository, Users, Violation,
-};
+use crate::domain::{DisplayName, Email, User, UserChanges, UserError, UserRepository, Users};
 
 /// ListUsers page size when the request says 0 (AIP-158).
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -202,7 +200,7 @@ fn check(caller: &Principal, id: Uuid, permission: Permission) -> Result<(), Sta
 impl From<UserError> for Status {
     fn from(err: UserError) -> Self {
         match err {
-            UserError::Invalid(violations) => invalid_argument(&to_field_violations(&violations)),
+            UserError::Invalid(violations) => invalid_argument(&violations),
             UserError::NotFound => Status::not_found("user not found"),
             UserError::EmailTaken => Status::already_exists("email address is already registered"),
             UserError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
@@ -211,19 +209,8 @@ impl From<UserError> for Status {
     }
 }
 
-fn to_field_violations(violations: &[Violation]) -> Vec<FieldViolation> {
-    violations
-        .iter()
-        .map(|v| FieldViolation::new(v.field, v.message.clone()))
-        .collect()
-}
-
 fn page_error(field: &str, err: &PageError) -> Status {
     invalid_argument(&[FieldViolation::new(field, err.to_string())])
-}
-
-fn parse_id(field: &str, raw: &str) -> Result<Uuid, Status> {
-    uuid_field(field, raw).map_err(|violation| invalid_argument(&[violation]))
 }
 
 /// Turns an AIP-134 update into domain changes. An absent or empty mask means every
@@ -265,20 +252,20 @@ fn changes_from_mask(
                     }),
                 );
             }
-            "id" | "create_time" | "update_time" => violations.push(Violation {
-                field: "update_mask",
-                message: format!("{path} is output only and cannot be updated"),
-            }),
-            other => violations.push(Violation {
-                field: "update_mask",
-                message: format!("unknown or immutable field {other:?}"),
-            }),
+            "id" | "create_time" | "update_time" => violations.push(FieldViolation::new(
+                "update_mask",
+                format!("{path} is output only and cannot be updated"),
+            )),
+            other => violations.push(FieldViolation::new(
+                "update_mask",
+                format!("unknown or immutable field {other:?}"),
+            )),
         }
     }
     if violations.is_empty() {
         Ok(changes)
     } else {
-        Err(invalid_argument(&to_field_violations(&violations)))
+        Err(invalid_argument(&violations))
     }
 }
 

@@ -7,6 +7,7 @@ pub mod hub;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
 use hub::Hub;
@@ -30,21 +31,12 @@ pub struct Notification {
     pub read_time: Option<DateTime<Utc>>,
 }
 
-/// A broken field rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// The request field.
-    pub field: &'static str,
-    /// What is wrong.
-    pub message: String,
-}
-
 /// Everything that can go wrong in a notification operation.
 #[derive(Debug, thiserror::Error)]
 pub enum NotificationError {
     /// Input broke field rules.
     #[error("invalid input")]
-    Invalid(Vec<Violation>),
+    Invalid(Vec<FieldViolation>),
     /// Anything the caller cannot act on.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -115,23 +107,23 @@ pub struct NewNotification<'a> {
 }
 
 impl NewNotification<'_> {
-    fn validate(&self) -> Vec<Violation> {
+    fn validate(&self) -> Vec<FieldViolation> {
         let mut violations = Vec::new();
         let mut check = |field: &'static str, value: &str, max: usize, allow_newlines: bool| {
             let chars = value.chars().count();
             if chars == 0 || chars > max {
-                violations.push(Violation {
+                violations.push(FieldViolation::new(
                     field,
-                    message: format!("must be 1 to {max} characters"),
-                });
+                    format!("must be 1 to {max} characters"),
+                ));
             } else if value
                 .chars()
                 .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
             {
-                violations.push(Violation {
+                violations.push(FieldViolation::new(
                     field,
-                    message: "must not contain control characters".to_owned(),
-                });
+                    "must not contain control characters",
+                ));
             }
         };
         check("user_id", self.user_id, 64, false);

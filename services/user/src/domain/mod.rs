@@ -9,10 +9,11 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use trellis_platform::data::now;
+use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
 pub use password::{PasswordHash, PasswordHasher};
-pub use validation::{DisplayName, Email, Password, Violation};
+pub use validation::{DisplayName, Email, Password};
 
 /// A user as the domain sees it. Holds no password material.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +62,7 @@ pub struct UserPage {
 pub enum UserError {
     /// Input broke one or more field rules.
     #[error("invalid input")]
-    Invalid(Vec<Violation>),
+    Invalid(Vec<FieldViolation>),
     /// No user has this id.
     #[error("user not found")]
     NotFound,
@@ -244,6 +245,9 @@ impl<R: UserRepository> Users<R> {
 }
 
 /// Keeps `Ok` values and gathers errors, so one call reports every broken field.
-fn collect<T>(result: Result<T, Violation>, violations: &mut Vec<Violation>) -> Option<T> {
+fn collect<T>(
+    result: Result<T, FieldViolation>,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<T> {
     result.map_err(|v| violations.push(v)).ok()
 }

@@ -1,6 +1,7 @@
 //! Field rules for user input. Each type can only hold a valid value.
 
 use email_address::{EmailAddress, Options};
+use trellis_platform::validation::FieldViolation;
 
 /// Most characters in a display name.
 pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
@@ -10,24 +11,6 @@ pub const PASSWORD_MIN_BYTES: usize = 12;
 pub const PASSWORD_MAX_BYTES: usize = 1024;
 /// Most bytes in an email address (RFC 5321 §4.5.3.1.3 path limit).
 pub const EMAIL_MAX_BYTES: usize = 254;
-
-/// A broken field rule: the field's name in the request and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// The field, e.g. `email`.
-    pub field: &'static str,
-    /// What is wrong, lowercase, e.g. `must be 1 to 100 characters`.
-    pub message: String,
-}
-
-impl Violation {
-    fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
 
 /// An email address: surrounding whitespace trimmed, domain lower-cased (domains are
 /// case-insensitive, RFC 5321 §2.4; the local part is kept as given), syntax per RFC 5322
@@ -39,14 +22,14 @@ impl Email {
     /// Validates and normalises `raw`; errors name `field`.
     ///
     /// # Errors
-    /// A [`Violation`] when `raw` is not an address.
-    pub fn parse(field: &'static str, raw: &str) -> Result<Self, Violation> {
+    /// A [`FieldViolation`] when `raw` is not an address.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldViolation> {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
-            return Err(Violation::new(field, "is required"));
+            return Err(FieldViolation::new(field, "is required"));
         }
         if trimmed.len() > EMAIL_MAX_BYTES {
-            return Err(Violation::new(
+            return Err(FieldViolation::new(
                 field,
                 format!("must be at most {EMAIL_MAX_BYTES} bytes"),
             ));
@@ -55,7 +38,7 @@ impl Email {
             .without_display_text()
             .without_domain_literal();
         let parsed = EmailAddress::parse_with_options(trimmed, options)
-            .map_err(|_| Violation::new(field, "is not a valid email address"))?;
+            .map_err(|_| FieldViolation::new(field, "is not a valid email address"))?;
         Ok(Self(format!(
             "{}@{}",
             parsed.local_part(),
@@ -83,18 +66,21 @@ impl DisplayName {
     /// Validates `raw`; errors name `field`.
     ///
     /// # Errors
-    /// A [`Violation`] when `raw` breaks a rule.
-    pub fn parse(field: &'static str, raw: &str) -> Result<Self, Violation> {
+    /// A [`FieldViolation`] when `raw` breaks a rule.
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldViolation> {
         let trimmed = raw.trim();
         let chars = trimmed.chars().count();
         if chars == 0 || chars > DISPLAY_NAME_MAX_CHARS {
-            return Err(Violation::new(
+            return Err(FieldViolation::new(
                 field,
                 format!("must be 1 to {DISPLAY_NAME_MAX_CHARS} characters"),
             ));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(Violation::new(field, "must not contain control characters"));
+            return Err(FieldViolation::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -124,10 +110,10 @@ impl<'a> Password<'a> {
     /// Validates `raw`; errors name `field`.
     ///
     /// # Errors
-    /// A [`Violation`] when `raw` is too short or too long.
-    pub fn parse(field: &'static str, raw: &'a str) -> Result<Self, Violation> {
+    /// A [`FieldViolation`] when `raw` is too short or too long.
+    pub fn parse(field: &'static str, raw: &'a str) -> Result<Self, FieldViolation> {
         if raw.len() < PASSWORD_MIN_BYTES || raw.len() > PASSWORD_MAX_BYTES {
-            return Err(Violation::new(
+            return Err(FieldViolation::new(
                 field,
                 format!("must be {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes"),
             ));
@@ -183,7 +169,7 @@ mod tests {
         for raw in ["Ada\0", "Ada\nLovelace", "Ada\u{7f}", "\u{9b}x"] {
             let err = DisplayName::parse("display_name", raw);
             assert_eq!(
-                err.map_err(|v| v.message),
+                err.map_err(|v| v.description),
                 Err("must not contain control characters".to_owned()),
                 "{raw:?}"
             );
