@@ -153,7 +153,7 @@ pub struct Dispatcher {
     peers: Peers,
     /// One channel per peer, made on first use: a channel is a connection, and making
     /// one per message would reconnect for every delivery.
-    channels: std::sync::Mutex<HashMap<String, PeerChannel>>,
+    channels: parking_lot::Mutex<HashMap<String, PeerChannel>>,
     config: OutboxConfig,
     waker: OutboxWaker,
 }
@@ -176,7 +176,7 @@ impl Dispatcher {
         Self {
             db,
             peers,
-            channels: std::sync::Mutex::default(),
+            channels: parking_lot::Mutex::default(),
             config,
             waker,
         }
@@ -254,10 +254,7 @@ impl Dispatcher {
     }
 
     fn channel(&self, peer: &str) -> Result<PeerChannel, PeerError> {
-        let mut channels = self
-            .channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut channels = self.channels.lock();
         if let Some(channel) = channels.get(peer) {
             return Ok(channel.clone());
         }

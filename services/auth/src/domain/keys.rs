@@ -4,13 +4,14 @@
 //! signing, so verifiers that refresh their cache in that time never see an unknown
 //! `kid`. A key stays published until every token it signed has expired.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey as DalekKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+use parking_lot::RwLock;
 use rand::RngCore as _;
 
 /// One signing key as stored.
@@ -128,15 +129,14 @@ pub struct KeyRing {
 impl KeyRing {
     /// Replaces the keys (after loading them from storage).
     pub fn replace(&self, keys: Vec<KeyRecord>) {
-        if let Ok(mut guard) = self.keys.write() {
-            *guard = keys;
-        }
+        *self.keys.write() = keys;
     }
 
     /// The key that signs at `now`: the newest already active.
     pub fn signing_key(&self, now: DateTime<Utc>) -> Option<KeyRecord> {
-        let keys = self.keys.read().ok()?;
-        keys.iter()
+        self.keys
+            .read()
+            .iter()
             .filter(|k| k.activate_time <= now)
             .max_by_key(|k| k.activate_time)
             .cloned()
@@ -144,7 +144,7 @@ impl KeyRing {
 
     /// Every published key, oldest first.
     pub fn published(&self) -> Vec<KeyRecord> {
-        let mut keys = self.keys.read().map(|k| k.clone()).unwrap_or_default();
+        let mut keys = self.keys.read().clone();
         keys.sort_by_key(|k| k.activate_time);
         keys
     }

@@ -2,17 +2,20 @@
 //! V6.3.1 / 4.0 V2.2.1: at most 100 failed attempts per hour per account), with
 //! governor's GCRA limiter. Capacity comes back steadily, so a victim is never locked
 //! out for good.
+//!
+//! The state is behind `parking_lot` locks, which cannot be poisoned: a panic elsewhere
+//! while a lock was held never turns the throttle off (fail open) or wedges it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use parking_lot::Mutex;
 
 /// One failure budget: at most `max_per_hour` failures in any one-hour window.
 struct Budget<K: Hash + Eq + Clone> {
@@ -42,8 +45,8 @@ impl<K: Hash + Eq + Clone> Budget<K> {
 
     fn retry_after(&self, key: &K) -> Option<Duration> {
         let now = Instant::now();
-        let blocked = self.blocked_until.lock().ok()?;
-        blocked
+        self.blocked_until
+            .lock()
             .get(key)
             .and_then(|until| until.checked_duration_since(now))
     }
@@ -58,15 +61,11 @@ impl<K: Hash + Eq + Clone> Budget<K> {
             .is_multiple_of(PRUNE_EVERY);
         if let Err(not_until) = self.limiter.check_key(key) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            if let Ok(mut blocked) = self.blocked_until.lock() {
-                blocked.insert(key.clone(), now + wait);
-            }
+            self.blocked_until.lock().insert(key.clone(), now + wait);
         }
         if prune {
             self.limiter.retain_recent();
-            if let Ok(mut blocked) = self.blocked_until.lock() {
-                blocked.retain(|_, until| *until > now);
-            }
+            self.blocked_until.lock().retain(|_, until| *until > now);
         }
     }
 }
@@ -133,6 +132,25 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(throttle.retry_after("grace@example.com", None), None);
+    }
+
+    #[test]
+    fn a_panic_while_a_lock_is_held_does_not_turn_the_throttle_off() {
+        let throttle = LoginThrottle::new(2, 1000);
+        // A budget of 2 per hour is a burst of 1: the second failure trips it.
+        throttle.record_failure("ada@example.com", None);
+        throttle.record_failure("ada@example.com", None);
+        assert!(throttle.retry_after("ada@example.com", None).is_some());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _held = throttle.accounts.blocked_until.lock();
+            panic!("a bug while the lock is held");
+        }));
+        assert!(panicked.is_err());
+        // A std mutex would now be poisoned, and the throttle used to fail open here.
+        assert!(throttle.retry_after("ada@example.com", None).is_some());
+        throttle.record_failure("grace@example.com", None);
+        throttle.record_failure("grace@example.com", None);
+        assert!(throttle.retry_after("grace@example.com", None).is_some());
     }
 
     #[test]

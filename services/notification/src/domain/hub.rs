@@ -1,8 +1,9 @@
 //! Live fan-out: every open stream of a user receives each new notification.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::Notification;
@@ -21,10 +22,8 @@ impl Hub {
     /// A receiver of `user_id`'s new notifications. Subscribe *before* replaying from
     /// storage, so nothing stored in between is missed.
     pub fn subscribe(&self, user_id: &str) -> broadcast::Receiver<Notification> {
-        let Ok(mut channels) = self.channels.lock() else {
-            return broadcast::channel(1).1;
-        };
-        channels
+        self.channels
+            .lock()
             .entry(user_id.to_owned())
             .or_insert_with(|| broadcast::channel(BUFFER).0)
             .subscribe()
@@ -32,9 +31,7 @@ impl Hub {
 
     /// Sends `notification` to its user's open streams, if any.
     pub fn publish(&self, notification: &Notification) {
-        let Ok(mut channels) = self.channels.lock() else {
-            return;
-        };
+        let mut channels = self.channels.lock();
         if let Some(sender) = channels.get(&notification.user_id)
             && sender.send(notification.clone()).is_err()
         {
