@@ -176,18 +176,124 @@ impl CredentialChecker for UserServiceChecker {
             })
             .await;
         match result {
-            Ok(response) => {
-                let user = response.into_inner().user.unwrap_or_default();
-                Ok(Some(VerifiedUser {
+            Ok(response) => match response.into_inner().user {
+                Some(user) if !user.id.trim().is_empty() => Ok(Some(VerifiedUser {
                     id: user.id,
                     email: user.email,
-                }))
-            }
+                })),
+                // The peer broke its contract. Going on would sign a token whose `sub` is
+                // empty; a retry will not help, so this is INTERNAL (logged with the
+                // request's trace id where it becomes a status), not UNAVAILABLE.
+                user => Err(AuthError::Unexpected(anyhow::anyhow!(
+                    "user service accepted the credentials but answered {}",
+                    if user.is_some() {
+                        "a user with an empty id"
+                    } else {
+                        "no user"
+                    }
+                ))),
+            },
             Err(status) if status.code() == Code::Unauthenticated => Ok(None),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "user service call failed");
                 Err(AuthError::UserServiceUnavailable)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tokio_stream::wrappers::TcpListenerStream;
+    use trellis_platform::peer::{PeerConfig, Peers};
+    use trellis_proto::user_v1 as user_pb;
+    use user_pb::user_internal_service_server::{UserInternalService, UserInternalServiceServer};
+
+    use super::*;
+
+    /// A user service whose `VerifyCredentials` accepts anything and answers `user`.
+    struct FixedReply(Option<user_pb::User>);
+
+    #[tonic::async_trait]
+    impl UserInternalService for FixedReply {
+        async fn verify_credentials(
+            &self,
+            _request: Request<VerifyCredentialsRequest>,
+        ) -> Result<Response<user_pb::VerifyCredentialsResponse>, Status> {
+            Ok(Response::new(user_pb::VerifyCredentialsResponse {
+                user: self.0.clone(),
+            }))
+        }
+    }
+
+    /// A checker calling an in-process user service on 127.0.0.1 that answers `user`.
+    async fn checker_answered_with(
+        user: Option<user_pb::User>,
+    ) -> anyhow::Result<UserServiceChecker> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(UserInternalServiceServer::new(FixedReply(user)))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let peers = Peers::new(HashMap::from([(
+            "user".to_owned(),
+            PeerConfig::with_address(format!("http://{address}")),
+        )]));
+        Ok(UserServiceChecker::new(peers.channel("user")?))
+    }
+
+    fn user(id: &str) -> user_pb::User {
+        user_pb::User {
+            id: id.to_owned(),
+            email: "ada@example.com".to_owned(),
+            ..user_pb::User::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_with_a_user_gives_that_user() -> anyhow::Result<()> {
+        let checker =
+            checker_answered_with(Some(user("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"))).await?;
+        let verified = checker.check("ada@example.com", "correct horse").await?;
+        assert_eq!(
+            verified.map(|u| (u.id, u.email)),
+            Some((
+                "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".to_owned(),
+                "ada@example.com".to_owned()
+            ))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_reply_without_a_user_is_an_internal_error_not_an_empty_user_id() -> anyhow::Result<()>
+    {
+        let checker = checker_answered_with(None).await?;
+        let result = checker.check("ada@example.com", "correct horse").await;
+        assert!(
+            matches!(result, Err(AuthError::Unexpected(_))),
+            "{result:?}"
+        );
+        let status = result.err().map(Status::from);
+        assert_eq!(status.as_ref().map(Status::code), Some(Code::Internal));
+        assert_eq!(status.as_ref().map(Status::message), Some("internal error"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_reply_with_an_empty_user_id_is_an_error() -> anyhow::Result<()> {
+        for id in ["", "  "] {
+            let checker = checker_answered_with(Some(user(id))).await?;
+            let result = checker.check("ada@example.com", "correct horse").await;
+            assert!(
+                matches!(result, Err(AuthError::Unexpected(_))),
+                "{id:?}: {result:?}"
+            );
+        }
+        Ok(())
     }
 }

@@ -67,10 +67,12 @@ pub enum AuthError {
 
 /// Checks an email and password with the user service.
 pub trait CredentialChecker: Send + Sync + 'static {
-    /// `Ok(None)` when the credentials are wrong.
+    /// `Ok(None)` when the credentials are wrong; a returned [`VerifiedUser`] always has
+    /// a non-empty id (it becomes the token's `sub`).
     ///
     /// # Errors
-    /// [`AuthError::UserServiceUnavailable`] when the check could not be made.
+    /// [`AuthError::UserServiceUnavailable`] when the check could not be made;
+    /// [`AuthError::Unexpected`] when the answer accepts the credentials but names no user.
     fn check(
         &self,
         email: &str,
@@ -312,7 +314,8 @@ impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
     ///
     /// # Errors
     /// [`AuthError::Throttled`] over budget; [`AuthError::InvalidCredentials`];
-    /// [`AuthError::UserServiceUnavailable`].
+    /// [`AuthError::UserServiceUnavailable`]; [`AuthError::Unexpected`] when the user
+    /// service's answer names no user.
     pub async fn login(
         &self,
         email: &str,
