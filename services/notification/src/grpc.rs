@@ -6,28 +6,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_platform::auth::Principal;
-use trellis_platform::pagination::{self, PageTokenCodec};
+use trellis_platform::pagination::PageTokenCodec;
 use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id, parse_ids};
 use trellis_proto::notification_v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::{
     NewNotification, Notification, NotificationError, NotificationRepository, Notifications,
+    PageSize, ReplayFilter,
 };
 
-/// ListNotifications page size when the request says 0.
-pub const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest ListNotifications page.
-pub const MAX_PAGE_SIZE: u32 = 500;
-/// Rows read per query when replaying to a stream.
-const REPLAY_BATCH: u64 = 100;
 /// Messages buffered per open stream.
 const STREAM_BUFFER: usize = 64;
 
@@ -64,6 +58,7 @@ impl<R: NotificationRepository> NotificationHandlers<R> {
     }
 }
 
+/// The cursor inside a ListNotifications page token: the last id of the previous page.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ListCursor {
     before: Uuid,
@@ -81,10 +76,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let user_id = Principal::user_of(&request)?.to_owned();
         let request = request.into_inner();
-        let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            .map_err(|err| {
-                invalid_argument(&[FieldViolation::new("page_size", err.to_string())])
-            })?;
+        let page_size = PageSize::parse(request.page_size)?;
         // The filter is part of the scope: a token is only good for the same filter.
         let scope = format!("ListNotifications?unread_only={}", request.unread_only);
         let before = if request.page_token.is_empty() {
@@ -98,22 +90,16 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
                 })?;
             Some(cursor.before)
         };
-        let limit = u64::from(page_size);
-        let mut rows = self
+        let page = self
             .notifications
-            .repository()
-            .list(&user_id, request.unread_only, before, limit + 1)
+            .list(&user_id, request.unread_only, before, page_size)
             .await?;
-        let more = rows.len() as u64 > limit;
-        rows.truncate(page_size as usize);
-        let next_page_token = match rows.last() {
-            Some(last) if more => self
-                .page_tokens
-                .encode(&scope, &ListCursor { before: last.id }),
-            _ => String::new(),
-        };
+        let next_page_token = page
+            .next_before
+            .map(|before| self.page_tokens.encode(&scope, &ListCursor { before }))
+            .unwrap_or_default();
         Ok(Response::new(pb::ListNotificationsResponse {
-            notifications: rows.iter().map(to_proto).collect(),
+            notifications: page.notifications.iter().map(to_proto).collect(),
             next_page_token,
         }))
     }
@@ -124,11 +110,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let user_id = Principal::user_of(&request)?.to_owned();
         let ids = parse_ids("ids", &request.get_ref().ids)?;
-        let updated = self
-            .notifications
-            .repository()
-            .mark_read(&user_id, &ids, Utc::now())
-            .await?;
+        let updated = self.notifications.mark_read(&user_id, &ids).await?;
         Ok(Response::new(pb::MarkReadResponse {
             updated_count: i32::try_from(updated).unwrap_or(i32::MAX),
         }))
@@ -146,11 +128,11 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             raw => Some(parse_id("after", raw)?),
         };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let live = self.notifications.hub().subscribe(&user_id);
+        let live = self.notifications.subscribe(&user_id);
         let feed = Feed {
             notifications: Arc::clone(&self.notifications),
             user_id,
-            unacked_only: false,
+            filter: ReplayFilter::All,
             tx,
             wrap: |n| pb::SubscribeResponse {
                 notification: Some(to_proto(&n)),
@@ -170,11 +152,11 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
         let user_id = Principal::user_of(&request)?.to_owned();
         let acks = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let live = self.notifications.hub().subscribe(&user_id);
+        let live = self.notifications.subscribe(&user_id);
         let feed = Feed {
             notifications: Arc::clone(&self.notifications),
             user_id,
-            unacked_only: true,
+            filter: ReplayFilter::Unacknowledged,
             tx,
             wrap: |n| pb::ConnectResponse {
                 notification: Some(to_proto(&n)),
@@ -191,8 +173,8 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
 struct Feed<R, T> {
     notifications: Arc<Notifications<R>>,
     user_id: String,
-    /// Connect replays only unacknowledged notifications.
-    unacked_only: bool,
+    /// What to replay from storage: Connect replays only unacknowledged notifications.
+    filter: ReplayFilter,
     tx: mpsc::Sender<Result<T, Status>>,
     wrap: fn(Notification) -> T,
 }
@@ -224,7 +206,7 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                 }
                 ack = next_ack(&mut acks) => match ack {
                     Some(id) => {
-                        if let Err(err) = self.notifications.repository().acknowledge(&self.user_id, id, Utc::now()).await {
+                        if let Err(err) = self.notifications.acknowledge(&self.user_id, id).await {
                             drop(self.tx.send(Err(Status::from(err))).await);
                             return;
                         }
@@ -256,8 +238,7 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
         loop {
             let batch = match self
                 .notifications
-                .repository()
-                .after(&self.user_id, cursor, self.unacked_only, REPLAY_BATCH)
+                .replay_batch(&self.user_id, cursor, self.filter)
                 .await
             {
                 Ok(batch) => batch,
@@ -266,15 +247,14 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                     return Err(Closed);
                 }
             };
-            let full = batch.len() as u64 == REPLAY_BATCH;
-            for notification in batch {
-                cursor = Some(notification.id);
+            for notification in batch.notifications {
                 if sent.insert(notification.id) {
                     self.send(notification).await?;
                 }
             }
-            if !full {
-                return Ok(());
+            match batch.next_after {
+                Some(next) => cursor = Some(next),
+                None => return Ok(()),
             }
         }
     }

@@ -1,5 +1,6 @@
-//! The notification domain: what a notification is, the rules of sending one, and live
-//! fan-out to a user's open streams ([`hub`]). Storage is reached through
+//! The notification domain: what a notification is, the rules of sending, listing
+//! (pages), reading and acknowledging them, replaying them to a stream, and live fan-out
+//! to a user's open streams ([`hub`]). Storage is reached through
 //! [`NotificationRepository`].
 
 pub mod hub;
@@ -7,6 +8,8 @@ pub mod hub;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use trellis_platform::pagination;
 use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
@@ -29,6 +32,66 @@ pub struct Notification {
     pub create_time: DateTime<Utc>,
     /// When the user marked it read.
     pub read_time: Option<DateTime<Utc>>,
+}
+
+/// ListNotifications page size when the request says 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest ListNotifications page; larger requests are coerced to it (AIP-158).
+pub const MAX_PAGE_SIZE: u32 = 500;
+/// Most notifications read from storage per replay batch.
+pub const REPLAY_BATCH: u64 = 100;
+
+/// A ListNotifications page size that follows AIP-158's rules: at least 1, at most
+/// [`MAX_PAGE_SIZE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    /// Applies [`pagination::page_size`]: 0 means [`DEFAULT_PAGE_SIZE`], above
+    /// [`MAX_PAGE_SIZE`] is coerced to it.
+    ///
+    /// # Errors
+    /// [`NotificationError::Invalid`] naming `page_size` when `requested` is negative.
+    pub fn parse(requested: i32) -> Result<Self, NotificationError> {
+        pagination::page_size(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            .map(|size| Self(size.max(1)))
+            .map_err(|err| {
+                NotificationError::Invalid(vec![FieldViolation::new("page_size", err.to_string())])
+            })
+    }
+
+    /// The size, in notifications.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// One page of a user's notifications, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationPage {
+    /// The notifications of this page.
+    pub notifications: Vec<Notification>,
+    /// The id to continue before, when more notifications follow.
+    pub next_before: Option<Uuid>,
+}
+
+/// Which stored notifications a stream replays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFilter {
+    /// Every notification (Subscribe).
+    All,
+    /// Only those not yet acknowledged (Connect).
+    Unacknowledged,
+}
+
+/// One batch of a replay, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayBatch {
+    /// At most [`REPLAY_BATCH`] notifications.
+    pub notifications: Vec<Notification>,
+    /// The id to continue after when the batch was full (more may follow); `None` when
+    /// the replay is complete.
+    pub next_after: Option<Uuid>,
 }
 
 /// Everything that can go wrong in a notification operation.
@@ -148,14 +211,87 @@ impl<R: NotificationRepository> Notifications<R> {
         Self { repository, hub }
     }
 
-    /// The repository.
-    pub fn repository(&self) -> &R {
-        &self.repository
+    /// A receiver of `user_id`'s new notifications. Subscribe *before* replaying, so
+    /// nothing stored in between is missed.
+    pub fn subscribe(&self, user_id: &str) -> broadcast::Receiver<Notification> {
+        self.hub.subscribe(user_id)
     }
 
-    /// The fan-out hub.
-    pub fn hub(&self) -> &Hub {
-        &self.hub
+    /// One page of `user_id`'s notifications with an id below `before` (from the newest
+    /// when `None`), newest first; only unread ones when `unread_only`.
+    ///
+    /// # Errors
+    /// [`NotificationError::Unexpected`] when storage fails.
+    pub async fn list(
+        &self,
+        user_id: &str,
+        unread_only: bool,
+        before: Option<Uuid>,
+        page_size: PageSize,
+    ) -> Result<NotificationPage, NotificationError> {
+        let limit = u64::from(page_size.get());
+        // One extra row tells whether another page follows without a second query.
+        let mut notifications = self
+            .repository
+            .list(user_id, unread_only, before, limit + 1)
+            .await?;
+        let more = notifications.len() as u64 > limit;
+        notifications.truncate(page_size.get() as usize);
+        let next_before = if more {
+            notifications.last().map(|n| n.id)
+        } else {
+            None
+        };
+        Ok(NotificationPage {
+            notifications,
+            next_before,
+        })
+    }
+
+    /// Marks `user_id`'s notifications among `ids` read; ids of other users' or unknown
+    /// notifications are ignored. Returns how many changed.
+    ///
+    /// # Errors
+    /// [`NotificationError::Unexpected`] when storage fails.
+    pub async fn mark_read(&self, user_id: &str, ids: &[Uuid]) -> Result<u64, NotificationError> {
+        self.repository.mark_read(user_id, ids, Utc::now()).await
+    }
+
+    /// Records that `user_id` received notification `id` (acknowledged over Connect), so
+    /// it is not replayed to them again.
+    ///
+    /// # Errors
+    /// [`NotificationError::Unexpected`] when storage fails.
+    pub async fn acknowledge(&self, user_id: &str, id: Uuid) -> Result<(), NotificationError> {
+        self.repository.acknowledge(user_id, id, Utc::now()).await
+    }
+
+    /// The next batch of `user_id`'s stored notifications with an id above `after` (from
+    /// the oldest when `None`), oldest first. Continue with [`ReplayBatch::next_after`]
+    /// until it is `None`.
+    ///
+    /// # Errors
+    /// [`NotificationError::Unexpected`] when storage fails.
+    pub async fn replay_batch(
+        &self,
+        user_id: &str,
+        after: Option<Uuid>,
+        filter: ReplayFilter,
+    ) -> Result<ReplayBatch, NotificationError> {
+        let unacked_only = filter == ReplayFilter::Unacknowledged;
+        let notifications = self
+            .repository
+            .after(user_id, after, unacked_only, REPLAY_BATCH)
+            .await?;
+        let next_after = if notifications.len() as u64 == REPLAY_BATCH {
+            notifications.last().map(|n| n.id)
+        } else {
+            None
+        };
+        Ok(ReplayBatch {
+            notifications,
+            next_after,
+        })
     }
 
     /// Stores a notification (once per idempotency key) and pushes a new one to the
@@ -195,7 +331,187 @@ impl<R: NotificationRepository> Notifications<R> {
 
 #[cfg(test)]
 mod tests {
+    use parking_lot::Mutex;
+
     use super::*;
+
+    /// Notifications in memory, with the storage layer's ordering and filters.
+    #[derive(Default)]
+    struct InMemory(Mutex<Vec<Notification>>);
+
+    impl NotificationRepository for InMemory {
+        async fn insert_once(
+            &self,
+            notification: &Notification,
+            _idempotency_key: &str,
+        ) -> Result<(Notification, bool), NotificationError> {
+            self.0.lock().push(notification.clone());
+            Ok((notification.clone(), true))
+        }
+
+        async fn list(
+            &self,
+            user_id: &str,
+            unread_only: bool,
+            before: Option<Uuid>,
+            limit: u64,
+        ) -> Result<Vec<Notification>, NotificationError> {
+            let mut rows: Vec<_> = self
+                .0
+                .lock()
+                .iter()
+                .filter(|n| n.user_id == user_id && before.is_none_or(|b| n.id < b))
+                .filter(|n| !unread_only || n.read_time.is_none())
+                .cloned()
+                .collect();
+            rows.sort_by_key(|n| std::cmp::Reverse(n.id));
+            rows.truncate(limit as usize);
+            Ok(rows)
+        }
+
+        async fn after(
+            &self,
+            user_id: &str,
+            after: Option<Uuid>,
+            _unacked_only: bool,
+            limit: u64,
+        ) -> Result<Vec<Notification>, NotificationError> {
+            let mut rows: Vec<_> = self
+                .0
+                .lock()
+                .iter()
+                .filter(|n| n.user_id == user_id && after.is_none_or(|a| n.id > a))
+                .cloned()
+                .collect();
+            rows.sort_by_key(|n| n.id);
+            rows.truncate(limit as usize);
+            Ok(rows)
+        }
+
+        async fn acknowledge(
+            &self,
+            _user_id: &str,
+            _id: Uuid,
+            _now: DateTime<Utc>,
+        ) -> Result<(), NotificationError> {
+            Ok(())
+        }
+
+        async fn mark_read(
+            &self,
+            user_id: &str,
+            ids: &[Uuid],
+            now: DateTime<Utc>,
+        ) -> Result<u64, NotificationError> {
+            let mut changed = 0;
+            for n in self.0.lock().iter_mut() {
+                if n.user_id == user_id && ids.contains(&n.id) && n.read_time.is_none() {
+                    n.read_time = Some(now);
+                    changed += 1;
+                }
+            }
+            Ok(changed)
+        }
+    }
+
+    /// `count` notifications of `ada`, sent oldest first.
+    async fn sent(count: usize) -> Result<(Notifications<InMemory>, Vec<Uuid>), NotificationError> {
+        let notifications = Notifications::new(InMemory::default(), Hub::default());
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let key = format!("k{i}");
+            let new = NewNotification {
+                user_id: "ada",
+                kind: "welcome",
+                title: "Hi",
+                body: "Hello",
+                idempotency_key: &key,
+            };
+            ids.push(notifications.send(new).await?.0.id);
+        }
+        Ok((notifications, ids))
+    }
+
+    #[test]
+    fn page_size_follows_aip_158_and_rejects_negative_sizes_naming_the_field() {
+        assert_eq!(
+            PageSize::parse(0).map(PageSize::get).ok(),
+            Some(DEFAULT_PAGE_SIZE)
+        );
+        assert_eq!(PageSize::parse(7).map(PageSize::get).ok(), Some(7));
+        assert_eq!(
+            PageSize::parse(i32::MAX).map(PageSize::get).ok(),
+            Some(MAX_PAGE_SIZE)
+        );
+        let fields = match PageSize::parse(-1) {
+            Err(NotificationError::Invalid(violations)) => violations,
+            other => panic!("expected a violation, got {other:?}"),
+        };
+        assert_eq!(
+            fields,
+            [FieldViolation::new(
+                "page_size",
+                "page size must not be negative"
+            )]
+        );
+    }
+
+    #[tokio::test]
+    async fn pages_are_newest_first_and_only_a_page_with_more_after_it_has_a_cursor()
+    -> Result<(), NotificationError> {
+        let (notifications, ids) = sent(4).await?;
+        let size = PageSize::parse(2)?;
+
+        let first = notifications.list("ada", false, None, size).await?;
+        let first_ids: Vec<_> = first.notifications.iter().map(|n| n.id).collect();
+        assert_eq!(first_ids, [ids[3], ids[2]]);
+        assert_eq!(first.next_before, Some(ids[2]));
+
+        // Exactly a page left: no cursor to an empty page.
+        let last = notifications
+            .list("ada", false, first.next_before, size)
+            .await?;
+        let last_ids: Vec<_> = last.notifications.iter().map(|n| n.id).collect();
+        assert_eq!(last_ids, [ids[1], ids[0]]);
+        assert_eq!(last.next_before, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn mark_read_changes_only_the_users_unread_notifications() -> Result<(), NotificationError>
+    {
+        let (notifications, ids) = sent(3).await?;
+        assert_eq!(notifications.mark_read("grace", &ids).await?, 0);
+        assert_eq!(notifications.mark_read("ada", &ids[..2]).await?, 2);
+        assert_eq!(notifications.mark_read("ada", &ids).await?, 1);
+        let unread = notifications
+            .list("ada", true, None, PageSize::parse(0)?)
+            .await?;
+        assert!(unread.notifications.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn replay_continues_while_batches_are_full_and_ends_on_a_short_one()
+    -> Result<(), NotificationError> {
+        let batch = usize::try_from(REPLAY_BATCH).unwrap_or(usize::MAX);
+        let (notifications, ids) = sent(batch + 3).await?;
+
+        let first = notifications
+            .replay_batch("ada", None, ReplayFilter::All)
+            .await?;
+        assert_eq!(first.notifications.len(), batch);
+        assert_eq!(first.notifications.first().map(|n| n.id), Some(ids[0]));
+        assert_eq!(first.next_after, Some(ids[batch - 1]));
+
+        let rest = notifications
+            .replay_batch("ada", first.next_after, ReplayFilter::All)
+            .await?;
+        let rest_ids: Vec<_> = rest.notifications.iter().map(|n| n.id).collect();
+        assert_eq!(rest_ids, ids[batch..]);
+        assert_eq!(rest.next_after, None);
+        Ok(())
+    }
 
     #[test]
     fn fields_are_validated_with_their_names() {
