@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::server::{BoundServer, ServerError};
 
 /// A service ready to serve. Background tasks must stop when the server's shutdown token
-/// ([`crate::server::Server::shutdown_token`]) is cancelled.
+/// ([`crate::server::ServerBuilder::shutdown_token`]) is cancelled.
 #[derive(Debug)]
 pub struct App {
     server: BoundServer,

@@ -1,6 +1,6 @@
 //! The one gRPC server builder every Trellis service uses.
 //!
-//! [`Server`] collects the service's gRPC services and descriptor sets; [`Server::bind`]
+//! [`ServerBuilder`] collects the service's gRPC services and descriptor sets; [`ServerBuilder::bind`]
 //! adds health (`grpc.health.v1`, Check and Watch, for `""` and each service), reflection
 //! (`grpc.reflection.v1` and `v1alpha`), per-RPC tracing, limits and the drain layer, and
 //! binds the listener; [`BoundServer::run_until`] serves until a shutdown future completes,
@@ -176,8 +176,8 @@ impl<T> GrpcService for T where
 /// SERVING.
 pub type ReadinessProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
-/// Collects a service's parts; [`Server::bind`] turns them into a [`BoundServer`].
-pub struct Server {
+/// Collects a service's parts; [`ServerBuilder::bind`] turns them into a [`BoundServer`].
+pub struct ServerBuilder {
     config: ServerConfig,
     routes: Routes,
     service_names: Vec<&'static str>,
@@ -191,18 +191,18 @@ pub struct Server {
 /// A layer applied to the service's routes, type-erased so the builder stays one type.
 type RouteLayer = Box<dyn FnOnce(axum::Router) -> axum::Router + Send>;
 
-impl std::fmt::Debug for Server {
+impl std::fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
+        f.debug_struct("ServerBuilder")
             .field("config", &self.config)
             .field("service_names", &self.service_names)
             .finish_non_exhaustive()
     }
 }
 
-impl Server {
+impl ServerBuilder {
     /// A server with `config` and no services yet.
-    pub fn builder(config: ServerConfig) -> Self {
+    pub fn new(config: ServerConfig) -> Self {
         Self {
             config,
             routes: Routes::default(),

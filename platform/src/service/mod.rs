@@ -34,7 +34,7 @@ use crate::config::{ServiceInfo, Validate};
 use crate::outbox::{Dispatcher, OutboxWaker};
 use crate::pagination::PageTokenCodec;
 use crate::peer::{ClientCredentials, CredentialSource, PeerChannel, PeerError, Peers};
-use crate::server::{GrpcService, Server};
+use crate::server::{GrpcService, ServerBuilder};
 
 /// Why a service could not be built. Services' own [`Service::build`] errors (anything
 /// convertible, `anyhow::Error` included) pass through with their source chain.
@@ -162,7 +162,7 @@ impl<S: Service> Launch<S> {
             ))),
             None => None,
         };
-        let mut server = Server::builder(config.server.clone());
+        let mut server = ServerBuilder::new(config.server.clone());
         if let Some(listener) = listener {
             server = server.listener(listener);
         }
@@ -194,7 +194,7 @@ pub struct Context<S: Service> {
     credentials: Option<Arc<dyn CredentialSource>>,
     page_tokens: PageTokenCodec,
     // Taken out while a service is added (the builder is by value).
-    server: Option<Server>,
+    server: Option<ServerBuilder>,
     background: Vec<Background>,
     outbox: Option<OutboxWaker>,
 }
@@ -234,7 +234,7 @@ impl<S: Service> Context<S> {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.server
             .as_ref()
-            .map(Server::shutdown_token)
+            .map(ServerBuilder::shutdown_token)
             .unwrap_or_default()
     }
 
