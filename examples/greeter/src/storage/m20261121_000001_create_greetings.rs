@@ -4,10 +4,6 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::{string, string_len, timestamp_with_time_zone, uuid};
 
-/// The migration.
-#[derive(Debug, DeriveMigrationName)]
-pub(super) struct Migration;
-
 #[derive(DeriveIden)]
 enum Greetings {
     Table,
@@ -17,8 +13,10 @@ enum Greetings {
     CreateTime,
 }
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
+trellis_platform::migration! {
+    /// The migration.
+    pub(super) struct Migration;
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -1,10 +1,6 @@
 //! Greeting storage on sea-orm: the entity, the migrations and the repository; the same
 //! code runs on SQLite and PostgreSQL.
 
-// sea-orm declares `MigrationTrait` under async_trait with `&SchemaManager`; spelling it
-// `SchemaManager<'_>` in an impl no longer matches the trait, so the idiom lint yields here.
-#![allow(elided_lifetimes_in_paths)]
-
 mod m20261121_000001_create_greetings;
 
 use sea_orm::entity::prelude::*;

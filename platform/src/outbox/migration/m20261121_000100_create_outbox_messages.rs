@@ -23,12 +23,10 @@ enum OutboxMessages {
     LastError,
 }
 
-/// The migration.
-#[derive(Debug, DeriveMigrationName)]
-pub struct Migration;
+crate::migration! {
+    /// The migration.
+    pub struct Migration;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -30,12 +30,10 @@ enum RefreshTokens {
     RevokedTime,
 }
 
-/// The migration.
-#[derive(Debug, DeriveMigrationName)]
-pub(super) struct Migration;
+trellis_platform::migration! {
+    /// The migration.
+    pub(super) struct Migration;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(

@@ -1,9 +1,5 @@
 //! Schema migrations of the auth service, applied at start-up.
 
-// sea-orm declares `MigrationTrait` under async_trait with `&SchemaManager`; spelling it
-// `SchemaManager<'_>` in an impl no longer matches the trait, so the idiom lint yields here.
-#![allow(elided_lifetimes_in_paths)]
-
 mod m20261121_000001_create_auth_tables;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -24,16 +20,10 @@ impl MigratorTrait for Migrator {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm_migration::MigratorTrait as _;
-
     #[test]
     fn migrations_keep_the_names_databases_recorded() {
-        let names: Vec<_> = super::Migrator::migrations()
-            .iter()
-            .map(|m| m.name().to_owned())
-            .collect();
         assert_eq!(
-            names,
+            trellis_platform::data::migration_names::<super::Migrator>(),
             [
                 "m20261121_000001_create_auth_tables",
                 "m20261121_000100_create_outbox_messages",

@@ -1,9 +1,5 @@
 //! Schema migrations of the notification service, applied at start-up.
 
-// sea-orm declares `MigrationTrait` under async_trait with `&SchemaManager`; spelling it
-// `SchemaManager<'_>` in an impl no longer matches the trait, so the idiom lint yields here.
-#![allow(elided_lifetimes_in_paths)]
-
 mod m20261121_000001_create_notifications;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
