@@ -66,9 +66,14 @@ impl TestIssuer {
         StaticKeySource(vec![self.public.clone()])
     }
 
-    /// A valid 15-minute token for a user.
+    /// A valid token (5 minutes) for a user with `roles`.
     pub fn user_token(&self, user_id: &str, roles: &[&str]) -> String {
         self.token(user_id, PrincipalKind::User, roles)
+    }
+
+    /// A valid token (5 minutes) for a new user with the admin role.
+    pub fn admin_token(&self) -> String {
+        self.user_token(&uuid::Uuid::now_v7().to_string(), &[crate::auth::ADMIN_ROLE])
     }
 
     /// A valid 5-minute token for a service.
