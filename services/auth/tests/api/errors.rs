@@ -1,0 +1,78 @@
+//! INTERNAL statuses: the cause is logged, never sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth_service::domain::keys::{KeyRecord, KeyRing};
+use auth_service::domain::throttle::LoginThrottle;
+use auth_service::domain::{
+    Auth, AuthError, CredentialChecker, TokenIssuer, TokenSettings, VerifiedUser,
+};
+use auth_service::grpc::AuthHandlers;
+use auth_service::storage::SeaOrmAuthRepository;
+use sea_orm::Database;
+use tonic::{Code, Request};
+use trellis_proto::auth_v1 as pb;
+use trellis_proto::auth_v1::auth_service_server::AuthService as _;
+
+/// Accepts every password.
+struct AcceptAll;
+
+impl CredentialChecker for AcceptAll {
+    async fn check(&self, email: &str, _: &str) -> Result<Option<VerifiedUser>, AuthError> {
+        Ok(Some(VerifiedUser {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: email.to_owned(),
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_storage_failure_is_internal_with_no_detail() {
+    // A database with no tables: every query fails with an SQL error.
+    let db = Database::connect("sqlite::memory:")
+        .await
+        .expect("connects");
+    let keys = KeyRing::default();
+    let now = chrono::Utc::now();
+    keys.replace(vec![KeyRecord::generate(now, now).expect("a key")]);
+    let issuer = TokenIssuer::new(
+        keys,
+        TokenSettings {
+            issuer: "trellis-auth".to_owned(),
+            audience: "trellis".to_owned(),
+            access_ttl: Duration::from_secs(900),
+            service_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(3600),
+        },
+    );
+    let auth = Auth::new(
+        SeaOrmAuthRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
+        AcceptAll,
+        issuer,
+        LoginThrottle::new(100, 1000),
+        HashMap::new(),
+        Vec::new(),
+    );
+    let handlers = AuthHandlers::new(Arc::new(auth));
+
+    let login = handlers
+        .login(Request::new(pb::LoginRequest {
+            email: "ada@example.com".to_owned(),
+            password: "correct horse battery".to_owned(),
+        }))
+        .await
+        .expect_err("storage fails");
+    let refresh = handlers
+        .refresh_token(Request::new(pb::RefreshTokenRequest {
+            refresh_token: "some-token".to_owned(),
+        }))
+        .await
+        .expect_err("storage fails");
+    for status in [login, refresh] {
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+        assert!(status.details().is_empty());
+    }
+}

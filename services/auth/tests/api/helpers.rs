@@ -1,0 +1,224 @@
+//! The test harness: [`spawn_app`] starts the real auth service with the platform's
+//! testkit, its `user` peer a [`FakeUsers`], and returns a typed client plus helpers
+//! that verify the tokens it issues.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use secrecy::SecretString;
+use tonic::Status;
+use tonic::transport::Channel;
+use trellis_platform::auth::{
+    AuthConfig, Claims, DEFAULT_AUDIENCE, DEFAULT_ISSUER, Principal, RemoteKeySource, TokenVerifier,
+};
+use trellis_platform::peer::{PeerConfig, Peers};
+use trellis_platform::service::Launch;
+use trellis_platform::testing::{TestServer, test_config};
+use trellis_proto::auth_v1 as pb;
+use trellis_proto::auth_v1::auth_service_client::AuthServiceClient;
+
+use crate::fakes::{FakeUsers, Serving};
+
+pub(crate) use trellis_platform::testing::{TEST_PASSWORD as PASSWORD, assert_eventually};
+
+/// An account the fake user service knows, not an admin.
+pub(crate) const ADA: &str = "ada@example.com";
+/// An account the fake user service knows, listed in `admin_emails`.
+pub(crate) const ADMIN: &str = "admin@example.com";
+/// The service client the auth service is configured with.
+pub(crate) const CLIENT_ID: &str = "notification";
+/// Its secret (≥ 16 bytes, as the config requires).
+pub(crate) const CLIENT_SECRET: &str = "notification-client-secret-for-tests";
+
+/// A running auth service, the fake user service it asks, and a client.
+pub(crate) struct TestApp {
+    pub(crate) auth: AuthServiceClient<Channel>,
+    pub(crate) channel: Channel,
+    pub(crate) addr: SocketAddr,
+    /// The fake user service behind the `user` peer.
+    pub(crate) users: FakeUsers,
+    server: TestServer,
+    _users_serving: Serving,
+}
+
+/// Starts the auth service with the test settings (see [`spawn_app_with`]).
+pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the auth service on 127.0.0.1:0 with a fresh in-memory database, its `user`
+/// peer a fresh [`FakeUsers`], its `notification` peer the discard port (sign-in notices
+/// wait in the outbox), one service client ([`CLIENT_ID`]) and [`ADMIN`] as admin; then
+/// `configure` changes what a test needs. Waits until it reports SERVING.
+pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Config)) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        trellis_platform::telemetry::init(&trellis_platform::telemetry::TelemetryConfig::default());
+    }
+    let (users, users_serving) = FakeUsers::start().await;
+    let mut config = test_config::<auth_service::Service>();
+    config.peers.get_mut("user").expect("a user peer").addresses = users_serving.uri();
+    config
+        .service
+        .service_clients
+        .insert(CLIENT_ID.to_owned(), SecretString::from(CLIENT_SECRET));
+    config.service.admin_emails = ADMIN.to_owned();
+    configure(&mut config);
+    config.validate().expect("the test config is valid");
+    let server = TestServer::start(Launch::new(config)).await;
+    let channel = server.channel.clone();
+    TestApp {
+        auth: AuthServiceClient::new(channel.clone()),
+        channel,
+        addr: server.addr,
+        users,
+        server,
+        _users_serving: users_serving,
+    }
+}
+
+impl TestApp {
+    /// Logs in.
+    pub(crate) async fn login(
+        &mut self,
+        email: &str,
+        password: &str,
+    ) -> Result<pb::LoginResponse, Status> {
+        self.auth
+            .login(pb::LoginRequest {
+                email: email.to_owned(),
+                password: password.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Logs `email` in with the right password, asserting success; returns the tokens.
+    pub(crate) async fn sign_in(&mut self, email: &str) -> pb::TokenPair {
+        self.login(email, PASSWORD)
+            .await
+            .unwrap_or_else(|status| panic!("{email} signs in: {status:?}"))
+            .tokens
+            .expect("the response carries tokens")
+    }
+
+    /// Exchanges a refresh token.
+    pub(crate) async fn refresh(&mut self, refresh_token: &str) -> Result<pb::TokenPair, Status> {
+        self.auth
+            .refresh_token(pb::RefreshTokenRequest {
+                refresh_token: refresh_token.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().tokens.expect("the response carries tokens"))
+    }
+
+    /// Logs out.
+    pub(crate) async fn logout(&mut self, refresh_token: &str) -> Result<(), Status> {
+        self.auth
+            .logout(pb::LogoutRequest {
+                refresh_token: refresh_token.to_owned(),
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Asks for a service token.
+    pub(crate) async fn issue_service_token(
+        &mut self,
+        client_id: &str,
+        client_secret: &str,
+    ) -> Result<pb::IssueServiceTokenResponse, Status> {
+        self.auth
+            .issue_service_token(pb::IssueServiceTokenRequest {
+                client_id: client_id.to_owned(),
+                client_secret: client_secret.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The published signing keys.
+    pub(crate) async fn signing_keys(&mut self) -> Vec<pb::SigningKey> {
+        self.auth
+            .list_signing_keys(pb::ListSigningKeysRequest {})
+            .await
+            .expect("ListSigningKeys")
+            .into_inner()
+            .keys
+    }
+
+    /// Verifies `token` as RFC 8725 says a client should — EdDSA only, whatever the
+    /// header says; the published key its `kid` names; `iss` and `aud` required and
+    /// checked — and returns its header and claims.
+    ///
+    /// # Panics
+    /// When any of that fails: the token is not one a verifier accepts.
+    pub(crate) async fn verify(&mut self, token: &str) -> (Header, Claims) {
+        let header = jsonwebtoken::decode_header(token).expect("a JWT header");
+        assert_eq!(header.alg, Algorithm::EdDSA, "signed with Ed25519");
+        let kid = header.kid.clone().expect("the header names its key");
+        let key = self
+            .signing_keys()
+            .await
+            .into_iter()
+            .find(|k| k.kid == kid)
+            .unwrap_or_else(|| panic!("kid {kid} is published"));
+        let key = DecodingKey::from_ed_components(&key.x).expect("an Ed25519 public key");
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.leeway = 0;
+        validation.set_issuer(&[DEFAULT_ISSUER]);
+        validation.set_audience(&[DEFAULT_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .unwrap_or_else(|err| panic!("the token verifies: {err}"));
+        (header, data.claims)
+    }
+
+    /// The platform's verifier — what every other service runs — fetching keys from
+    /// this auth service over gRPC, as a service whose `auth` peer is this one does.
+    pub(crate) fn platform_verifier(&self) -> TokenVerifier {
+        let peers = Peers::new(HashMap::from([(
+            "auth".to_owned(),
+            PeerConfig::with_address(format!("http://{}", self.addr)),
+        )]));
+        let channel = peers.anonymous_channel("auth").expect("a channel to auth");
+        TokenVerifier::new(&AuthConfig::default(), RemoteKeySource::new(channel))
+    }
+
+    /// The principal the platform's verifier makes of `token`.
+    pub(crate) async fn principal_of(&self, token: &str) -> Principal {
+        self.platform_verifier()
+            .verify(token)
+            .await
+            .unwrap_or_else(|err| panic!("the platform accepts the token: {err:?}"))
+    }
+
+    /// Stops the service, asserting a clean stop.
+    pub(crate) async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+/// The fields named in a status's `google.rpc.BadRequest` detail.
+pub(crate) fn violated_fields(status: &Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// The delay of a status's `google.rpc.RetryInfo` detail.
+pub(crate) fn retry_delay(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
+/// The bearer token of an `authorization` header value.
+pub(crate) fn bearer(header: Option<&str>) -> &str {
+    header
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .expect("a bearer credential")
+}
