@@ -73,7 +73,10 @@ impl TestIssuer {
 
     /// A valid token (5 minutes) for a new user with the admin role.
     pub fn admin_token(&self) -> String {
-        self.user_token(&uuid::Uuid::now_v7().to_string(), &[crate::auth::ADMIN_ROLE])
+        self.user_token(
+            &uuid::Uuid::now_v7().to_string(),
+            &[crate::auth::ADMIN_ROLE],
+        )
     }
 
     /// A valid 5-minute token for a service.
