@@ -172,7 +172,7 @@ impl<S: Service> Config<S> {
             .filter_map(|key| own.remove_entry(*key))
             .collect();
         let sections: Sections = config::deserialize(platform)?;
-        let settings: S::Settings = config::deserialize(own)?;
+        let settings: S::Settings = config::deserialize(own).map_err(unknown_key_hint)?;
         let config = Self {
             server: sections.server,
             telemetry: sections.telemetry,
@@ -220,6 +220,29 @@ impl<S: Service> Config<S> {
             .as_ref()
             .map_or_else(PageTokenCodec::random, PageTokenCodec::new)
     }
+}
+
+/// An unknown top-level key reaches the service's own settings, whose error knows only
+/// their fields: name the platform's sections too.
+fn unknown_key_hint(err: ConfigError) -> ConfigError {
+    let message = err.to_string();
+    let Some((key, rest)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    else {
+        return err;
+    };
+    let own = match rest.trim_start_matches(',').trim() {
+        "" | "there are no fields" => "none".to_owned(),
+        expected => expected.trim_start_matches("expected ").to_owned(),
+    };
+    ConfigError::invalid(
+        key,
+        format!(
+            "unknown key: the platform's are {}; the service's own: {own}",
+            PLATFORM_KEYS.join(", ")
+        ),
+    )
 }
 
 /// Settings for a service with no keys of its own: any key outside the platform's

@@ -109,7 +109,10 @@ mod tests {
     fn unknown_and_mistyped_top_level_keys_are_rejected_by_name() {
         let err = load(&[("TRELLIS_USER__LISTEN_PORT", "1")]).map(drop);
         let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
-        assert!(message.contains("listen_port"), "{message}");
+        assert!(message.contains("`listen_port`"), "{message}");
+        // The hint names the keys there are: the platform's sections and the service's.
+        assert!(message.contains("page_token_secret"), "{message}");
+        assert!(message.contains("password_hashing"), "{message}");
 
         let err = load(&[("TRELLIS_USER__PASSWORD_HASHING__MEMORY_KIB", "lots")]).map(drop);
         let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
