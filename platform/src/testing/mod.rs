@@ -1,5 +1,5 @@
 //! The testkit (feature `testing`), one for every suite: start any service in-process
-//! ([`TestServer`]), sign tokens for users, admins and services ([`TestIssuer`]), serve
+//! ([`TestServer`]), ask it what grpcurl would ([`reflection`]), sign tokens for users, admins and services ([`TestIssuer`]), serve
 //! those keys as a fake identity peer ([`FakeAuth`]), and wait on observable state
 //! instead of sleeping ([`assert_eventually`]).
 //!
@@ -9,6 +9,7 @@
 
 mod fake_auth;
 mod issuer;
+pub mod reflection;
 
 pub use fake_auth::FakeAuth;
 pub use issuer::{StaticKeySource, TestIssuer};

@@ -3,6 +3,7 @@
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::testing::health_status;
+use trellis_platform::testing::reflection::{Ask, Version, ask};
 
 use crate::helpers::spawn_app;
 
@@ -22,39 +23,12 @@ async fn check_reports_serving_for_the_server_and_the_auth_service() {
 
 #[tokio::test]
 async fn reflection_lists_the_auth_service_for_grpcurl() {
-    use pb::server_reflection_client::ServerReflectionClient;
-    use pb::server_reflection_request::MessageRequest;
-    use pb::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1 as pb;
-
     let app = spawn_app().await;
-    let mut client = ServerReflectionClient::new(app.channel.clone());
-    let request = pb::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let answer = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection answers")
-        .into_inner()
-        .message()
-        .await
-        .expect("an answer")
-        .and_then(|a| a.message_response);
-    let Some(MessageResponse::ListServicesResponse(list)) = answer else {
-        panic!("expected a service list, got {answer:?}");
-    };
-    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
-    assert_eq!(
-        names.first().map(String::as_str),
-        Some("grpc.health.v1.Health")
-    );
-    assert!(
-        names.iter().any(|n| n == "trellis.auth.v1.AuthService"),
-        "{names:?}"
-    );
+    let answers = ask(&app.channel, Version::V1, vec![Ask::ListServices]).await;
+    let mut names = answers[0].services();
+    names.sort_unstable();
+    assert_eq!(names.first().copied(), Some("grpc.health.v1.Health"));
+    assert!(names.contains(&"trellis.auth.v1.AuthService"), "{names:?}");
     // Auth serves no internal service of another: only its own.
     assert!(
         !names.iter().any(|n| n.starts_with("trellis.user.")),

@@ -2,6 +2,8 @@
 //! services, fetch the user service's file, and then fetch each file it imports — the
 //! way grpcurl resolves a service.
 
+use trellis_platform::testing::reflection::{Ask, Version, ask};
+
 use crate::helpers::spawn_app;
 
 const EXPECTED_SERVICES: [&str; 3] = [
@@ -10,110 +12,61 @@ const EXPECTED_SERVICES: [&str; 3] = [
     "grpc.health.v1.Health",
 ];
 
-/// Generates the same test for one reflection version's generated types.
-macro_rules! reflection_test {
-    ($name:ident, $version:ident) => {
-        #[tokio::test]
-        async fn $name() {
-            use pb::server_reflection_client::ServerReflectionClient;
-            use pb::server_reflection_request::MessageRequest;
-            use pb::server_reflection_response::MessageResponse;
-            use prost::Message as _;
-            use tonic_reflection::pb::$version as pb;
+async fn lists_services_and_resolves_user_service_with_imports(version: Version) {
+    let app = spawn_app().await;
+    let answers = ask(
+        &app.channel,
+        version,
+        vec![
+            Ask::ListServices,
+            Ask::FileContainingSymbol("trellis.user.v1.UserService".into()),
+        ],
+    )
+    .await;
+    let names = answers[0].services();
+    for expected in EXPECTED_SERVICES {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let files = answers[1].files();
+    let user_file = files
+        .iter()
+        .find(|f| f.name() == "trellis/user/v1/user.proto")
+        .expect("the user service's file");
+    assert!(user_file.service.iter().any(|s| s.name() == "UserService"));
+    let mut dependencies = user_file.dependency.clone();
+    dependencies.sort();
+    assert_eq!(
+        dependencies,
+        [
+            "google/protobuf/field_mask.proto",
+            "google/protobuf/timestamp.proto"
+        ]
+    );
 
-            let app = spawn_app().await;
-            let mut client = ServerReflectionClient::new(app.channel.clone());
-            let mut ask = async |requests: Vec<MessageRequest>| {
-                let requests: Vec<_> = requests
-                    .into_iter()
-                    .map(|message| pb::ServerReflectionRequest {
-                        host: String::new(),
-                        message_request: Some(message),
-                    })
-                    .collect();
-                let count = requests.len();
-                let mut stream = client
-                    .server_reflection_info(tokio_stream::iter(requests))
-                    .await
-                    .expect("reflection answers")
-                    .into_inner();
-                let mut answers = Vec::new();
-                for _ in 0..count {
-                    let answer = stream
-                        .message()
-                        .await
-                        .expect("answer")
-                        .expect("one per request");
-                    answers.push(answer.message_response.expect("has a response"));
-                }
-                answers
-            };
-            let files_of = |answer: &MessageResponse| -> Vec<prost_types::FileDescriptorProto> {
-                let MessageResponse::FileDescriptorResponse(files) = answer else {
-                    panic!("expected file descriptors, got {answer:?}");
-                };
-                files
-                    .file_descriptor_proto
-                    .iter()
-                    .map(|bytes| {
-                        prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("decodes")
-                    })
-                    .collect()
-            };
-
-            let answers = ask(vec![
-                MessageRequest::ListServices(String::new()),
-                MessageRequest::FileContainingSymbol("trellis.user.v1.UserService".into()),
-            ])
-            .await;
-            let MessageResponse::ListServicesResponse(list) = &answers[0] else {
-                panic!("expected a service list, got {:?}", answers[0]);
-            };
-            let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-            for expected in EXPECTED_SERVICES {
-                assert!(
-                    names.contains(&expected),
-                    "{expected} missing from {names:?}"
-                );
-            }
-            let files = files_of(&answers[1]);
-            let user_file = files
-                .iter()
-                .find(|f| f.name() == "trellis/user/v1/user.proto")
-                .expect("the user service's file");
-            assert!(user_file.service.iter().any(|s| s.name() == "UserService"));
-            let mut dependencies = user_file.dependency.clone();
-            dependencies.sort();
-            assert_eq!(
-                dependencies,
-                [
-                    "google/protobuf/field_mask.proto",
-                    "google/protobuf/timestamp.proto"
-                ]
-            );
-
-            let answers = ask(dependencies
-                .iter()
-                .cloned()
-                .map(MessageRequest::FileByFilename)
-                .collect())
-            .await;
-            for (dependency, answer) in dependencies.iter().zip(&answers) {
-                let files = files_of(answer);
-                assert!(
-                    files.iter().any(|f| f.name() == dependency),
-                    "{dependency} not served"
-                );
-            }
-        }
-    };
+    let questions = dependencies
+        .iter()
+        .cloned()
+        .map(Ask::FileByFilename)
+        .collect();
+    let answers = ask(&app.channel, version, questions).await;
+    for (dependency, answer) in dependencies.iter().zip(&answers) {
+        let files = answer.files();
+        assert!(
+            files.iter().any(|f| f.name() == dependency),
+            "{dependency} not served"
+        );
+    }
 }
 
-reflection_test!(
-    reflection_v1_lists_services_and_resolves_user_service_with_imports,
-    v1
-);
-reflection_test!(
-    reflection_v1alpha_lists_services_and_resolves_user_service_with_imports,
-    v1alpha
-);
+#[tokio::test]
+async fn reflection_v1_lists_services_and_resolves_user_service_with_imports() {
+    lists_services_and_resolves_user_service_with_imports(Version::V1).await;
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_services_and_resolves_user_service_with_imports() {
+    lists_services_and_resolves_user_service_with_imports(Version::V1Alpha).await;
+}
