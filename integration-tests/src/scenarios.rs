@@ -6,7 +6,9 @@
 
 use std::collections::HashSet;
 
-use sea_orm::{ConnectionTrait as _, Database, Statement};
+use sea_orm::{
+    ColumnTrait as _, Database, EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
+};
 use tonic::Code;
 use trellis_proto::auth_v1::RefreshTokenRequest;
 use trellis_proto::user_v1 as user;
@@ -139,26 +141,18 @@ pub async fn welcome_exactly_once_across_an_outage(system: &mut System) {
 /// From then on the sender's dispatcher delivers nothing more, so what the receiver holds
 /// is final. Panics when the database cannot be read or after [`assert_eventually`]'s 15 s.
 pub async fn wait_outbox_drained(database_url: &str) {
+    use trellis_platform::outbox::entity::{Column, Entity};
     let db = Database::connect(database_url)
         .await
         .expect("connect to the sender's database");
-    let pending = Statement::from_string(
-        db.get_database_backend(),
-        "SELECT COUNT(*) AS pending FROM outbox_messages \
-         WHERE delivered_time IS NULL AND failed_time IS NULL",
-    );
-    assert_eventually(|| {
-        let (db, pending) = (&db, pending.clone());
-        async move {
-            let row = db
-                .query_one_raw(pending)
-                .await
-                .expect("count pending outbox messages")
-                .expect("a row with the count");
-            row.try_get::<i64>("", "pending")
-                .expect("the count as an integer")
-                == 0
-        }
+    assert_eventually(|| async {
+        Entity::find()
+            .filter(Column::DeliveredTime.is_null())
+            .filter(Column::FailedTime.is_null())
+            .count(&db)
+            .await
+            .expect("count pending outbox messages")
+            == 0
     })
     .await;
     // Best effort: the pool's connections end when it drops anyway.

@@ -21,17 +21,9 @@ pub fn current_request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
-/// Runs `future` as part of the request `id` (for background work that continues a
-/// request, e.g. an outbox delivery).
-pub async fn scope<F: Future>(id: String, future: F) -> F::Output {
-    REQUEST_ID.scope(id, future).await
-}
-
-/// Wraps `future` so it runs as part of request `id`, without awaiting it (for tower
-/// services that must return a nameable future).
-pub fn in_scope<F: Future>(
-    id: String,
-    future: F,
-) -> tokio::task::futures::TaskLocalFuture<String, F> {
+/// `future`, run as part of the request `id`: the server's request-id layer wraps each
+/// handler in it, and background work that continues a request (an outbox delivery)
+/// awaits it.
+pub fn scope<F: Future>(id: String, future: F) -> tokio::task::futures::TaskLocalFuture<String, F> {
     REQUEST_ID.scope(id, future)
 }

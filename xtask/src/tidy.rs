@@ -619,143 +619,51 @@ enum Token {
     Other,
 }
 
+/// `source`'s tokens, by proc-macro2's Rust lexer (which drops comments and knows every
+/// literal form), flattened with braces kept as [`Token::Open`] / [`Token::Close`].
 fn lex(source: &str) -> Vec<Token> {
-    let chars: Vec<char> = source.chars().collect();
-    let at = |i: usize| chars.get(i).copied().unwrap_or('\0');
+    let stream: proc_macro2::TokenStream = source
+        .parse()
+        .unwrap_or_else(|err| panic!("not Rust tokens: {err:?}"));
     let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-        } else if c == '/' && at(i + 1) == '/' {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '/' && at(i + 1) == '*' {
-            let mut nesting = 0;
-            while i < chars.len() {
-                if chars[i] == '/' && at(i + 1) == '*' {
-                    nesting += 1;
-                    i += 2;
-                } else if chars[i] == '*' && at(i + 1) == '/' {
-                    nesting -= 1;
-                    i += 2;
-                    if nesting == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else if c == '"' {
-            i = skip_string(&chars, i + 1);
-        } else if c == '\'' {
-            if at(i + 1) == '\\' {
-                // An escaped character literal: '\n', '\'', '\u{7f}'.
-                i += 3;
-                while i < chars.len() && chars[i] != '\'' {
-                    i += 1;
-                }
-                i += 1;
-            } else if at(i + 2) == '\'' {
-                i += 3;
-            } else {
-                // A lifetime or label.
-                i += 1;
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                    i += 1;
-                }
-            }
-        } else if c.is_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            match (word.as_str(), at(i)) {
-                ("r" | "br" | "cr", '"' | '#') if raw_string_start(&chars, i) => {
-                    i = skip_raw_string(&chars, i);
-                }
-                ("r", '#') => {
-                    // A raw identifier: r#type.
-                    let start = i + 1;
-                    i = start;
-                    while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                        i += 1;
-                    }
-                    tokens.push(Token::Ident(chars[start..i].iter().collect()));
-                }
-                ("b" | "c", '"') => i = skip_string(&chars, i + 1),
-                ("b", '\'') => {
-                    i += 1;
-                    if at(i + 1) == '\\' {
-                        i += 3;
-                    } else {
-                        i += 2;
-                    }
-                    while i < chars.len() && chars[i] != '\'' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                _ => tokens.push(Token::Ident(word)),
-            }
-        } else if c.is_ascii_digit() {
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-        } else {
-            tokens.push(match c {
-                ':' if at(i + 1) == ':' => {
-                    i += 1;
-                    Token::PathSep
-                }
-                '{' => Token::Open,
-                '}' => Token::Close,
-                ',' => Token::Comma,
-                '*' => Token::Star,
-                _ => Token::Other,
-            });
-            i += 1;
-        }
-    }
+    flatten(stream, &mut tokens);
     tokens
 }
 
-/// The index after the string literal whose body starts at `i`.
-fn skip_string(chars: &[char], mut i: usize) -> usize {
-    while i < chars.len() {
-        match chars[i] {
-            '\\' => i += 2,
-            '"' => return i + 1,
-            _ => i += 1,
+fn flatten(stream: proc_macro2::TokenStream, out: &mut Vec<Token>) {
+    use proc_macro2::{Delimiter, Spacing, TokenTree};
+    let mut trees = stream.into_iter().peekable();
+    while let Some(tree) = trees.next() {
+        match tree {
+            TokenTree::Ident(ident) => {
+                let word = ident.to_string();
+                let word = word.strip_prefix("r#").map_or(word.clone(), str::to_owned);
+                out.push(Token::Ident(word));
+            }
+            TokenTree::Punct(punct) => out.push(match punct.as_char() {
+                ':' if punct.spacing() == Spacing::Joint
+                    && matches!(trees.peek(), Some(TokenTree::Punct(next)) if next.as_char() == ':') =>
+                {
+                    trees.next();
+                    Token::PathSep
+                }
+                ',' => Token::Comma,
+                '*' => Token::Star,
+                _ => Token::Other,
+            }),
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Brace => (Some(Token::Open), Some(Token::Close)),
+                    Delimiter::None => (None, None),
+                    Delimiter::Parenthesis | Delimiter::Bracket => {
+                        (Some(Token::Other), Some(Token::Other))
+                    }
+                };
+                out.extend(open);
+                flatten(group.stream(), out);
+                out.extend(close);
+            }
+            TokenTree::Literal(_) => {}
         }
     }
-    i
-}
-
-/// Whether `chars[i..]` is `#…#"` or `"`: the rest of a raw string's opening.
-fn raw_string_start(chars: &[char], mut i: usize) -> bool {
-    while chars.get(i) == Some(&'#') {
-        i += 1;
-    }
-    chars.get(i) == Some(&'"')
-}
-
-/// The index after the raw string whose `#…#"` opening starts at `i`.
-fn skip_raw_string(chars: &[char], mut i: usize) -> usize {
-    let mut hashes = 0;
-    while chars.get(i) == Some(&'#') {
-        hashes += 1;
-        i += 1;
-    }
-    i += 1;
-    while i < chars.len() {
-        if chars[i] == '"' && (1..=hashes).all(|k| chars.get(i + k) == Some(&'#')) {
-            return i + 1 + hashes;
-        }
-        i += 1;
-    }
-    i
 }

@@ -14,20 +14,15 @@ use super::{Access, AccessPolicy, PrincipalKind, TokenVerifier, UNAUTHENTICATED_
 /// Enforces `policy`, verifying bearer tokens with `verifier`.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    inner: Option<Arc<(TokenVerifier, AccessPolicy)>>,
+    inner: Arc<(TokenVerifier, AccessPolicy)>,
 }
 
 impl AuthLayer {
     /// A layer that authenticates with `verifier` according to `policy`.
     pub fn new(verifier: TokenVerifier, policy: AccessPolicy) -> Self {
         Self {
-            inner: Some(Arc::new((verifier, policy))),
+            inner: Arc::new((verifier, policy)),
         }
-    }
-
-    /// A layer that lets everything through (a service whose methods are all public).
-    pub fn disabled() -> Self {
-        Self { inner: None }
     }
 }
 
@@ -37,7 +32,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authenticated {
             inner,
-            auth: self.inner.clone(),
+            auth: Arc::clone(&self.inner),
         }
     }
 }
@@ -46,7 +41,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
-    auth: Option<Arc<(TokenVerifier, AccessPolicy)>>,
+    auth: Arc<(TokenVerifier, AccessPolicy)>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Authenticated<S>
@@ -68,9 +63,7 @@ where
         // Take the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(auth) = self.auth.clone() else {
-            return Box::pin(inner.call(request));
-        };
+        let auth = Arc::clone(&self.auth);
         Box::pin(async move {
             let (verifier, policy) = &*auth;
             let access = policy.access(request.uri().path());

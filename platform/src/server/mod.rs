@@ -253,11 +253,10 @@ impl ServerBuilder {
 
     /// Adds a generated gRPC server, with `server.max_message_bytes` applied as both its
     /// decoding and encoding limit; its name gets its own health status.
-    #[must_use]
-    pub fn add_service<S: GrpcService>(mut self, service: S) -> Self {
+    pub fn add_service<S: GrpcService>(&mut self, service: S) -> &mut Self {
         self.service_names.push(S::NAME);
         let service = service.limit_messages(self.config.max_message_bytes);
-        self.routes = self.routes.add_service(service);
+        self.routes = std::mem::take(&mut self.routes).add_service(service);
         self
     }
 

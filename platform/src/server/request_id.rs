@@ -55,6 +55,6 @@ where
             }
             id
         });
-        context::in_scope(id, self.inner.call(request))
+        context::scope(id, self.inner.call(request))
     }
 }

@@ -44,6 +44,12 @@ pub const MIN_PAGE_TOKEN_SECRET_BYTES: usize = 32;
 
 /// Every setting of service `S`. Built from [`Default`] in code (tests) or loaded with
 /// [`Config::load`] (binaries).
+///
+/// Deserializing reads the platform's sections only: the service's own keys are
+/// deserialized on their own, so a wrongly typed value still names its key (serde's
+/// `flatten` would lose the key path).
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields, bound = "")]
 pub struct Config<S: Service> {
     /// Listen address, limits, shutdown. Default port [`Service::DEFAULT_PORT`].
     pub server: ServerConfig,
@@ -61,21 +67,8 @@ pub struct Config<S: Service> {
     /// survive a restart or cross replicas; set it when running more than one. Secret.
     pub page_token_secret: Option<SecretString>,
     /// The service's own keys.
+    #[serde(skip)]
     pub service: S::Settings,
-}
-
-/// The platform's sections, deserialized on their own so a wrongly typed value still
-/// names its key (serde's `flatten` would lose the key path).
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-struct Sections {
-    server: ServerConfig,
-    telemetry: TelemetryConfig,
-    database: DatabaseConfig,
-    auth: AuthConfig,
-    peers: HashMap<String, PeerConfig>,
-    outbox: OutboxConfig,
-    page_token_secret: Option<SecretString>,
 }
 
 impl<S: Service> Default for Config<S> {
@@ -171,18 +164,8 @@ impl<S: Service> Config<S> {
             .iter()
             .filter_map(|key| own.remove_entry(*key))
             .collect();
-        let sections: Sections = config::deserialize(platform)?;
-        let settings: S::Settings = config::deserialize(own).map_err(unknown_key_hint)?;
-        let config = Self {
-            server: sections.server,
-            telemetry: sections.telemetry,
-            database: sections.database,
-            auth: sections.auth,
-            peers: sections.peers,
-            outbox: sections.outbox,
-            page_token_secret: sections.page_token_secret,
-            service: settings,
-        };
+        let mut config: Self = config::deserialize(platform)?;
+        config.service = config::deserialize(own).map_err(unknown_key_hint)?;
         config.validate()?;
         Ok(config)
     }

@@ -172,7 +172,7 @@ impl<S: Service> Launch<S> {
             db,
             peers,
             credentials,
-            server: Some(server),
+            server,
             background: Vec::new(),
             outbox: None,
         };
@@ -193,8 +193,7 @@ pub struct Context<S: Service> {
     peers: Peers,
     credentials: Option<Arc<dyn CredentialSource>>,
     page_tokens: PageTokenCodec,
-    // Taken out while a service is added (the builder is by value).
-    server: Option<ServerBuilder>,
+    server: ServerBuilder,
     background: Vec<Background>,
     outbox: Option<OutboxWaker>,
 }
@@ -232,10 +231,7 @@ impl<S: Service> Context<S> {
     /// Cancelled when graceful shutdown begins: long-lived streams watch it to end
     /// promptly (with UNAVAILABLE, so clients reconnect).
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.server
-            .as_ref()
-            .map(ServerBuilder::shutdown_token)
-            .unwrap_or_default()
+        self.server.shutdown_token()
     }
 
     /// Replaces the credentials peer calls carry (e.g. the identity provider signs its
@@ -270,7 +266,7 @@ impl<S: Service> Context<S> {
     /// Adds a generated gRPC server; the server's message limits
     /// (`server.max_message_bytes`) are applied to it.
     pub fn add_service<T: GrpcService>(&mut self, service: T) {
-        self.server = self.server.take().map(|server| server.add_service(service));
+        self.server.add_service(service);
     }
 
     /// Runs `task` once the server is bound; the future it makes must end when its
@@ -289,17 +285,16 @@ impl<S: Service> Context<S> {
         verifier: Option<TokenVerifier>,
         policy: AccessPolicy,
     ) -> Result<App, BuildError> {
+        let peers = self.peers();
         let Self {
             config,
             db,
-            peers,
             credentials,
-            server,
+            mut server,
             background,
             outbox,
             ..
         } = self;
-        let mut server = server.ok_or("the server builder was lost while adding a service")?;
         if let Some(verifier) = verifier {
             server = server.route_layer(AuthLayer::new(verifier, policy));
         }
@@ -314,15 +309,9 @@ impl<S: Service> Context<S> {
             .map(|start| start(shutdown.clone()))
             .collect();
         if let Some(waker) = outbox {
-            let peers = match credentials {
-                Some(credentials) => peers.with_credentials(credentials),
-                None => {
-                    tracing::warn!(
-                        "auth.client_secret is not set: outbox messages wait until it is"
-                    );
-                    peers
-                }
-            };
+            if credentials.is_none() {
+                tracing::warn!("auth.client_secret is not set: outbox messages wait until it is");
+            }
             let dispatcher = Dispatcher::new(db.clone(), peers, config.outbox.clone(), waker);
             tasks.push(tokio::spawn(dispatcher.run(shutdown)));
         }

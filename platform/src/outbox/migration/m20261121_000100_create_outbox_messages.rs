@@ -24,8 +24,8 @@ enum OutboxMessages {
 }
 
 crate::migration! {
-    /// The migration.
-    pub struct Migration;
+    /// Creates `outbox_messages` and the index the dispatcher scans.
+    pub struct CreateOutbox;
 
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager

@@ -3,8 +3,7 @@
 
 mod m20261121_000100_create_outbox_messages;
 
-/// Creates `outbox_messages` and the index the dispatcher scans.
-pub use m20261121_000100_create_outbox_messages::Migration as CreateOutbox;
+pub use m20261121_000100_create_outbox_messages::CreateOutbox;
 
 #[cfg(test)]
 mod tests {
