@@ -130,11 +130,6 @@ impl System {
     /// Starts all three services on `databases` (SQLite files in a temporary directory
     /// when `None`) and waits until each reports SERVING.
     pub async fn start_on(databases: Option<Databases>) -> Self {
-        if std::env::var_os("TEST_LOG").is_some() {
-            trellis_platform::telemetry::init(
-                &trellis_platform::telemetry::TelemetryConfig::default(),
-            );
-        }
         // Every listener is bound before any service starts: each config names the
         // others' addresses, and nothing can take a port between bind and serve.
         let (user, auth, notification) = (local_listener(), local_listener(), local_listener());

@@ -9,7 +9,9 @@ use tokio_stream::StreamExt as _;
 use tonic::Code;
 use tonic::transport::Channel;
 use trellis_platform::service::Launch;
-use trellis_platform::testing::{FakeAuth, TestIssuer, TestServer, test_config, with_token};
+use trellis_platform::testing::{
+    FakeAuth, TestIssuer, TestServer, test_config, violated_fields, with_token,
+};
 use trellis_proto::greeter_v1 as pb;
 use trellis_proto::greeter_v1::greeter_service_client::GreeterServiceClient;
 
@@ -77,18 +79,13 @@ async fn say_hello_greets_by_name_and_streams_back_every_greeting_in_order() {
 
 #[tokio::test]
 async fn a_bad_name_is_invalid_argument_naming_the_field() {
-    use tonic_types::StatusExt as _;
     let (server, mut client, token) = start().await;
     let status = client
         .say_hello(hello("", &token))
         .await
         .expect_err("an empty name is refused");
     assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<_> = status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default();
-    assert_eq!(fields, ["name"]);
+    assert_eq!(violated_fields(&status), ["name"]);
     server.stop().await;
 }
 

@@ -56,6 +56,28 @@ where
     }
 }
 
+/// The fields named in a status's `google.rpc.BadRequest` detail, in order (AIP-193).
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// The code of a failed call, or `Ok(())`: compare outcomes without their messages.
+pub fn code<T>(result: Result<T, tonic::Status>) -> Result<(), tonic::Code> {
+    result.map(drop).map_err(|status| status.code())
+}
+
+/// Installs the services' log output when `TEST_LOG` is set (once per process; later
+/// calls keep the first). [`TestServer::start`] calls it.
+pub fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        crate::telemetry::init(&crate::telemetry::TelemetryConfig::default());
+    }
+}
+
 /// `message` as a request carrying `token` as its bearer credential (no header at all
 /// when `token` cannot be a header value).
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
@@ -145,6 +167,7 @@ impl TestServer {
     /// # Panics
     /// When the service does not build or become SERVING.
     pub async fn start<S: Service>(launch: Launch<S>) -> Self {
+        init_test_log();
         let app = launch
             .build()
             .await

@@ -21,7 +21,9 @@ use trellis_proto::auth_v1::auth_service_client::AuthServiceClient;
 
 use crate::fakes::{FakeUsers, Serving};
 
-pub(crate) use trellis_platform::testing::{TEST_PASSWORD as PASSWORD, assert_eventually};
+pub(crate) use trellis_platform::testing::{
+    TEST_PASSWORD as PASSWORD, assert_eventually, violated_fields,
+};
 
 /// An account the fake user service knows, not an admin.
 pub(crate) const ADA: &str = "ada@example.com";
@@ -53,9 +55,6 @@ pub(crate) async fn spawn_app() -> TestApp {
 /// wait in the outbox), one service client ([`CLIENT_ID`]) and [`ADMIN`] as admin; then
 /// `configure` changes what a test needs. Waits until it reports SERVING.
 pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Config)) -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        trellis_platform::telemetry::init(&trellis_platform::telemetry::TelemetryConfig::default());
-    }
     let (users, users_serving) = FakeUsers::start().await;
     let mut config = test_config::<auth_service::Service>();
     config.peers.get_mut("user").expect("a user peer").addresses = users_serving.uri();
@@ -199,15 +198,6 @@ impl TestApp {
     pub(crate) async fn stop(self) {
         self.server.stop().await;
     }
-}
-
-/// The fields named in a status's `google.rpc.BadRequest` detail.
-pub(crate) fn violated_fields(status: &Status) -> Vec<String> {
-    use tonic_types::StatusExt as _;
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
 
 /// The delay of a status's `google.rpc.RetryInfo` detail.

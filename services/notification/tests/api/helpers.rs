@@ -14,7 +14,7 @@ use trellis_platform::service::{Config, Launch};
 use trellis_platform::testing::{TestIssuer, TestServer, test_config};
 use trellis_proto::notification_v1 as pb;
 
-pub(crate) use trellis_platform::testing::{health_status, with_token};
+pub(crate) use trellis_platform::testing::{code, health_status, violated_fields, with_token};
 
 /// The notification service's config as the testkit makes it.
 pub(crate) type NotificationConfig = Config<notification_service::Service>;
@@ -38,9 +38,6 @@ pub(crate) async fn spawn_app() -> TestApp {
 
 /// As [`spawn_app`], with `adjust` applied to the config first.
 pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut NotificationConfig)) -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        trellis_platform::telemetry::init(&trellis_platform::telemetry::TelemetryConfig::default());
-    }
     let issuer = TestIssuer::new();
     let mut config = test_config::<notification_service::Service>();
     adjust(&mut config);
@@ -180,18 +177,4 @@ pub(crate) async fn next_subscribed(
 /// The ids of `notifications`, in order.
 pub(crate) fn ids(notifications: &[pb::Notification]) -> Vec<String> {
     notifications.iter().map(|n| n.id.clone()).collect()
-}
-
-/// The fields named in a status's `google.rpc.BadRequest` detail, in order.
-pub(crate) fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt as _;
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
-
-/// The code of a failed call, or `Ok(())`.
-pub(crate) fn code<T>(result: Result<T, tonic::Status>) -> Result<(), tonic::Code> {
-    result.map(drop).map_err(|s| s.code())
 }

@@ -3,13 +3,10 @@
 
 use tonic::Code;
 use trellis_platform::auth::Claims;
+use trellis_platform::testing::code;
 use trellis_proto::user_v1 as pb;
 
 use crate::helpers::{PASSWORD, spawn_app, with_token};
-
-fn code<T>(result: Result<T, tonic::Status>) -> Result<(), Code> {
-    result.map(drop).map_err(|s| s.code())
-}
 
 #[tokio::test]
 async fn user_methods_need_a_valid_token() {

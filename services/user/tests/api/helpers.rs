@@ -10,7 +10,9 @@ use trellis_platform::service::Launch;
 use trellis_platform::testing::{TestIssuer, TestServer, test_config};
 use trellis_proto::user_v1 as pb;
 
-pub(crate) use trellis_platform::testing::{TEST_PASSWORD as PASSWORD, health_status, with_token};
+pub(crate) use trellis_platform::testing::{
+    TEST_PASSWORD as PASSWORD, health_status, violated_fields, with_token,
+};
 
 /// A running service and clients for it.
 pub(crate) struct TestApp {
@@ -26,9 +28,6 @@ pub(crate) struct TestApp {
 /// Starts the user service on 127.0.0.1:0 with a fresh in-memory database (peers at the
 /// discard port: welcome deliveries stay pending) and waits until it reports SERVING.
 pub(crate) async fn spawn_app() -> TestApp {
-    if std::env::var_os("TEST_LOG").is_some() {
-        trellis_platform::telemetry::init(&trellis_platform::telemetry::TelemetryConfig::default());
-    }
     let issuer = TestIssuer::new();
     let launch = Launch::new(test_config::<user_service::Service>())
         .key_source(std::sync::Arc::new(issuer.key_source()));
@@ -80,13 +79,4 @@ impl TestApp {
     pub(crate) fn service_token(&self) -> String {
         self.issuer.service_token("auth")
     }
-}
-
-/// The fields named in a status's `google.rpc.BadRequest` detail.
-pub(crate) fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt as _;
-    status
-        .get_details_bad_request()
-        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
 }
