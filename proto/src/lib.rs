@@ -76,6 +76,7 @@ impl_message_limits!(
     user_v1::user_service_server::UserServiceServer<T>,
     user_v1::user_internal_service_server::UserInternalServiceServer<T>,
     auth_v1::auth_service_server::AuthServiceServer<T>,
+    auth_v1::auth_internal_service_server::AuthInternalServiceServer<T>,
     greeter_v1::greeter_service_server::GreeterServiceServer<T>,
     notification_v1::notification_service_server::NotificationServiceServer<T>,
     notification_v1::notification_internal_service_server::NotificationInternalServiceServer<T>,
@@ -86,6 +87,8 @@ pub mod paths {
     /// `trellis.notification.v1.NotificationInternalService/SendNotification`.
     pub const SEND_NOTIFICATION: &str =
         "/trellis.notification.v1.NotificationInternalService/SendNotification";
+    /// `trellis.auth.v1.AuthInternalService/RevokeUserTokens`.
+    pub const REVOKE_USER_TOKENS: &str = "/trellis.auth.v1.AuthInternalService/RevokeUserTokens";
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every Trellis proto file and its

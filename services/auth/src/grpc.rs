@@ -218,6 +218,13 @@ mod tests {
 
     #[tonic::async_trait]
     impl UserInternalService for FixedReply {
+        async fn lookup_user(
+            &self,
+            _request: Request<user_pb::LookupUserRequest>,
+        ) -> Result<Response<user_pb::LookupUserResponse>, Status> {
+            Err(Status::unimplemented("not faked yet"))
+        }
+
         async fn verify_credentials(
             &self,
             _request: Request<VerifyCredentialsRequest>,

@@ -147,6 +147,20 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         tracing::info!(user_id = %id, "user deleted");
         Ok(Response::new(pb::DeleteUserResponse {}))
     }
+
+    async fn grant_role(
+        &self,
+        _request: Request<pb::GrantRoleRequest>,
+    ) -> Result<Response<pb::GrantRoleResponse>, Status> {
+        Err(Status::unimplemented("GrantRole is not implemented yet"))
+    }
+
+    async fn revoke_role(
+        &self,
+        _request: Request<pb::RevokeRoleRequest>,
+    ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
+        Err(Status::unimplemented("RevokeRole is not implemented yet"))
+    }
 }
 
 #[tonic::async_trait]
@@ -163,6 +177,13 @@ impl<R: UserRepository> pb::user_internal_service_server::UserInternalService fo
         Ok(Response::new(pb::VerifyCredentialsResponse {
             user: Some(to_proto(&user)),
         }))
+    }
+
+    async fn lookup_user(
+        &self,
+        _request: Request<pb::LookupUserRequest>,
+    ) -> Result<Response<pb::LookupUserResponse>, Status> {
+        Err(Status::unimplemented("LookupUser is not implemented yet"))
     }
 }
 
@@ -277,5 +298,6 @@ pub fn to_proto(user: &User) -> pb::User {
         display_name: user.display_name.as_str().to_owned(),
         create_time: Some(SystemTime::from(user.create_time).into()),
         update_time: Some(SystemTime::from(user.update_time).into()),
+        roles: Vec::new(),
     }
 }

@@ -129,6 +129,13 @@ impl UserInternalService for FakeUsers {
     /// Like the real service, wrong credentials are UNAUTHENTICATED — but with a
     /// different message for each cause, so tests can see that auth does not pass the
     /// difference on.
+    async fn lookup_user(
+        &self,
+        _request: Request<user_pb::LookupUserRequest>,
+    ) -> Result<Response<user_pb::LookupUserResponse>, Status> {
+        Err(Status::unimplemented("not faked yet"))
+    }
+
     async fn verify_credentials(
         &self,
         request: Request<user_pb::VerifyCredentialsRequest>,
