@@ -94,7 +94,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let environment: Vec<(&str, String)> = vec![
         ("TRELLIS_USER__AUTH__CLIENT_SECRET", user_secret.clone()),
         ("TRELLIS_AUTH__SERVICE_CLIENTS__USER", user_secret),
-        ("TRELLIS_AUTH__ADMIN_EMAILS", DEV_ADMIN_EMAIL.to_owned()),
     ];
 
     let (events, incoming) = mpsc::channel();

@@ -45,13 +45,16 @@ impl Default for TokenConfig {
     }
 }
 
-/// Failed sign-in budgets.
+/// Failed sign-in budgets, each over any one-hour window (see
+/// [`crate::domain::throttle`] for the design).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThrottleConfig {
-    /// Failures allowed per account in any hour. Default 100 (OWASP ASVS).
+    /// Failures allowed per account in any hour from addresses it has not signed in from,
+    /// and as much again from each address it has. Default 100 (OWASP ASVS).
     pub max_failures_per_account_per_hour: u32,
-    /// Failures allowed per source address in any hour. Default 1000.
+    /// Failures allowed per source address (IPv6: per /64) in any hour, over every
+    /// account. Default 1000.
     pub max_failures_per_source_per_hour: u32,
 }
 
@@ -75,20 +78,6 @@ pub struct Settings {
     /// Service clients: client id → secret (OAuth 2.0 client credentials). E.g.
     /// `TRELLIS_AUTH__SERVICE_CLIENTS__USER=<secret>`.
     pub service_clients: HashMap<String, SecretString>,
-    /// Comma-separated emails whose sign-ins get the `admin` role.
-    pub admin_emails: String,
-}
-
-impl Settings {
-    /// The admin emails as a list.
-    pub fn admin_email_list(&self) -> Vec<String> {
-        self.admin_emails
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
 }
 
 impl Validate for Settings {

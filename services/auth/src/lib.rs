@@ -21,12 +21,13 @@ use tonic::Status;
 use trellis_platform::auth::{Access, AccessPolicy};
 use trellis_platform::peer::CredentialSource;
 use trellis_platform::{BuildError, Context, ServiceInfo};
+use trellis_proto::auth_v1::auth_internal_service_server::AuthInternalServiceServer;
 use trellis_proto::auth_v1::auth_service_server::AuthServiceServer;
 
 use domain::keys::{KeyRing, RotationPolicy};
 use domain::throttle::LoginThrottle;
 use domain::{Auth, TokenIssuer, TokenSettings};
-use grpc::{AuthHandlers, UserServiceChecker};
+use grpc::{AuthHandlers, UserServiceDirectory};
 use storage::SeaOrmAuthRepository;
 
 /// How often signing keys are reloaded, rotated and retired.
@@ -37,7 +38,8 @@ const KEY_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Service;
 
 /// Every setting of the auth service: the platform's sections (default port 50052,
-/// database `sqlite://.data/auth.db?mode=rwc`, peers `user` and `notification`) and
+/// database `sqlite://.data/auth.db?mode=rwc`, peers `user`, `notification` and `auth`)
+/// and
 /// [`config::Settings`], from `TRELLIS_AUTH__*`.
 pub type Config = trellis_platform::Config<Service>;
 
@@ -64,17 +66,23 @@ impl trellis_platform::Service for Service {
         env_prefix: "TRELLIS_AUTH",
     };
     const DEFAULT_PORT: u16 = 50052;
-    /// `user` (credential checks), `notification` (sign-in notices, through the outbox).
+    /// `user` (credential checks, roles), `notification` (sign-in notices, through the
+    /// outbox), and `auth` — this service itself, whose published keys verify the service
+    /// tokens `AuthInternalService` requires (set `peers.auth.addresses` when it does not
+    /// listen on 127.0.0.1:50052).
     const DEFAULT_PEERS: &'static [(&'static str, &'static str)] = &[
         ("user", "http://127.0.0.1:50051"),
         ("notification", "http://127.0.0.1:50053"),
+        ("auth", "http://127.0.0.1:50052"),
     ];
     type Settings = config::Settings;
     type Migrator = storage::migration::Migrator;
 
     /// Every AuthService method is public: each authenticates by what it carries.
+    /// AuthInternalService (`RevokeUserTokens`) needs a service identity.
     fn access_policy() -> AccessPolicy {
         AccessPolicy::new(Access::Public)
+            .service("trellis.auth.v1.AuthInternalService", Access::Internal)
     }
 
     /// Makes sure a signing key exists, then adds the handlers and key maintenance.
@@ -107,21 +115,21 @@ impl trellis_platform::Service for Service {
             .await
             .context("signing keys")?;
 
-        let checker = UserServiceChecker::new(ctx.peer("user")?);
+        let users = UserServiceDirectory::new(ctx.peer("user")?);
         let throttle = LoginThrottle::new(
             settings.login_throttle.max_failures_per_account_per_hour,
             settings.login_throttle.max_failures_per_source_per_hour,
         );
-        let admin_emails = settings.admin_email_list();
         let auth = Arc::new(Auth::new(
             repository.clone(),
-            checker,
+            users,
             issuer,
             throttle,
             settings.service_clients,
-            admin_emails,
         ));
-        ctx.add_service(AuthServiceServer::new(AuthHandlers::new(auth)));
+        let handlers = AuthHandlers::new(auth);
+        ctx.add_service(AuthServiceServer::new(handlers.clone()));
+        ctx.add_service(AuthInternalServiceServer::new(handlers));
         ctx.spawn(move |stop| run_key_maintenance(repository, policy, keys, stop));
         Ok(())
     }

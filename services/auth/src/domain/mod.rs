@@ -1,5 +1,5 @@
 //! The auth domain: sign-in, access and refresh tokens, service identities and signing
-//! keys. No gRPC and no SQL: users are checked through [`CredentialChecker`] and state
+//! keys. No gRPC and no SQL: users are asked about through [`UserDirectory`] and state
 //! is kept through [`AuthRepository`].
 
 pub mod keys;
@@ -18,22 +18,35 @@ use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
-use trellis_platform::auth::{ADMIN_ROLE, Claims, PrincipalKind};
+use trellis_platform::auth::{Claims, PrincipalKind};
+use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
 use keys::KeyRing;
-use throttle::LoginThrottle;
+use throttle::{AccountKey, LoginThrottle};
 
 /// Longest access-token lifetime the issue allows: 15 minutes.
 pub const MAX_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
-/// A user whose credentials were accepted.
-#[derive(Debug, Clone)]
-pub struct VerifiedUser {
-    /// The user's id.
+/// Longest email accepted at login, in bytes: a 64-byte local part, `@` and a 255-byte
+/// domain (RFC 5321 §4.5.3.1.1 and §4.5.3.1.2). Longer input is refused before any
+/// lookup, throttling or hashing.
+pub const MAX_EMAIL_BYTES: usize = 320;
+
+/// Longest password accepted at login, in bytes: the user service's own limit, so no
+/// password it could have stored is refused.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// A user as the user service describes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user's id (never empty: it becomes the token's `sub`).
     pub id: String,
-    /// Their normalised email.
+    /// Their email.
     pub email: String,
+    /// Their current roles, e.g. `admin`: the user service owns them; an access token
+    /// carries them as they were when it was issued.
+    pub roles: Vec<String>,
 }
 
 /// Everything that can go wrong in an auth operation.
@@ -54,10 +67,11 @@ pub enum AuthError {
     /// Unknown client or wrong client secret.
     #[error("invalid client credentials")]
     InvalidClient,
-    /// A required field is empty.
-    #[error("{0} is required")]
-    Missing(&'static str),
-    /// The user service cannot be reached.
+    /// Fields of the request are empty or too long.
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The user service could not be asked: unreachable, failing, or refusing this
+    /// service's own credentials. Never charged to anyone's sign-in budget.
     #[error("the user service is unavailable")]
     UserServiceUnavailable,
     /// Anything the caller cannot act on.
@@ -65,19 +79,28 @@ pub enum AuthError {
     Unexpected(#[from] anyhow::Error),
 }
 
-/// Checks an email and password with the user service.
-pub trait CredentialChecker: Send + Sync + 'static {
-    /// `Ok(None)` when the credentials are wrong; a returned [`VerifiedUser`] always has
-    /// a non-empty id (it becomes the token's `sub`).
+/// What auth asks the user service: whether credentials match, and who a user is now.
+pub trait UserDirectory: Send + Sync + 'static {
+    /// The user `email` and `password` belong to; `Ok(None)` when they do not match (an
+    /// unknown email or a wrong password, indistinguishable).
     ///
     /// # Errors
-    /// [`AuthError::UserServiceUnavailable`] when the check could not be made;
-    /// [`AuthError::Unexpected`] when the answer accepts the credentials but names no user.
-    fn check(
+    /// [`AuthError::UserServiceUnavailable`] when the check could not be made, whatever
+    /// the reason (a fault is never a wrong password); [`AuthError::Unexpected`] when the
+    /// answer names a user with an empty id.
+    fn verify_credentials(
         &self,
         email: &str,
         password: &str,
-    ) -> impl Future<Output = Result<Option<VerifiedUser>, AuthError>> + Send;
+    ) -> impl Future<Output = Result<Option<User>, AuthError>> + Send;
+
+    /// The user with `id` and their current roles; `Ok(None)` when they no longer exist.
+    ///
+    /// # Errors
+    /// [`AuthError::UserServiceUnavailable`] when the user service could not be asked;
+    /// [`AuthError::Unexpected`] when it answers with no user or another user.
+    fn lookup_user(&self, id: &str)
+    -> impl Future<Output = Result<Option<User>, AuthError>> + Send;
 }
 
 /// A refresh token as stored: only its hash.
@@ -89,7 +112,8 @@ pub struct RefreshRecord {
     pub family_id: Uuid,
     /// The user.
     pub user_id: String,
-    /// The user's roles at sign-in.
+    /// The user's roles when the token was issued (informational: every refresh asks the
+    /// user service again).
     pub roles: Vec<String>,
     /// SHA-256 of the token.
     pub token_hash: Vec<u8>,
@@ -117,8 +141,6 @@ pub enum Rotation {
     Rotated {
         /// The user.
         user_id: String,
-        /// Their roles.
-        roles: Vec<String>,
         /// The family's absolute expiry.
         expire_time: DateTime<Utc>,
     },
@@ -137,14 +159,22 @@ pub trait AuthRepository: Send + Sync + 'static {
         token: &RefreshRecord,
         event: &SignInEvent,
     ) -> impl Future<Output = Result<(), AuthError>> + Send;
+    /// The user of the token with `hash` if it is current (unused, unrevoked and
+    /// unexpired at `now`); `None` otherwise. Reads only.
+    fn current_user(
+        &self,
+        hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<String>, AuthError>> + Send;
     /// Atomically marks the token with `hash` used and stores its successor, whose hash
-    /// is `next_hash`, in the same family (same user, roles and absolute expiry) — or,
-    /// if it was already used, revokes the family. Exactly one of two concurrent calls
-    /// with one hash rotates.
+    /// is `next_hash`, in the same family (same user and absolute expiry, `roles` as
+    /// they are now) — or, if it was already used, revokes the family. Exactly one of
+    /// two concurrent calls with one hash rotates.
     fn rotate(
         &self,
         hash: &[u8],
         next_hash: &[u8],
+        roles: &[String],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Rotation, AuthError>> + Send;
     /// Revokes the family of the token with `hash`, if any.
@@ -153,6 +183,13 @@ pub trait AuthRepository: Send + Sync + 'static {
         hash: &[u8],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), AuthError>> + Send;
+    /// Revokes every family of `user_id` that still has an active (unrevoked, unexpired)
+    /// token; returns how many there were. Idempotent.
+    fn revoke_user(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, AuthError>> + Send;
 }
 
 /// Token settings.
@@ -255,6 +292,39 @@ impl TokenIssuer {
     }
 }
 
+/// INVALID_ARGUMENT for an empty `field`.
+fn required(field: &str) -> AuthError {
+    AuthError::InvalidArgument(vec![FieldViolation::new(field, "is required")])
+}
+
+/// Checks login input before anything else is done with it: both fields present (an
+/// email of only whitespace is empty), neither longer than its limit as sent (padding
+/// counts).
+///
+/// # Errors
+/// [`AuthError::InvalidArgument`] naming every bad field.
+fn check_login_input(email: &str, password: &str) -> Result<(), AuthError> {
+    let too_long = |field: &str, max: usize| {
+        FieldViolation::new(field, format!("must be at most {max} bytes"))
+    };
+    let mut violations = Vec::new();
+    if email.trim().is_empty() {
+        violations.push(FieldViolation::new("email", "is required"));
+    } else if email.len() > MAX_EMAIL_BYTES {
+        violations.push(too_long("email", MAX_EMAIL_BYTES));
+    }
+    if password.is_empty() {
+        violations.push(FieldViolation::new("password", "is required"));
+    } else if password.len() > MAX_PASSWORD_BYTES {
+        violations.push(too_long("password", MAX_PASSWORD_BYTES));
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(AuthError::InvalidArgument(violations))
+    }
+}
+
 /// Makes an opaque refresh token: 256 random bits, base64url.
 fn new_refresh_token() -> (String, Vec<u8>) {
     let mut bytes = [0_u8; 32];
@@ -272,36 +342,30 @@ pub fn hash_token(token: &str) -> Vec<u8> {
 
 /// The auth operations.
 #[derive(Debug)]
-pub struct Auth<R, C> {
+pub struct Auth<R, U> {
     repository: R,
-    checker: C,
+    users: U,
     issuer: TokenIssuer,
     throttle: LoginThrottle,
     clients: HashMap<String, SecretString>,
-    admin_emails: Vec<String>,
 }
 
-impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
-    /// The operations. `clients` maps service client ids to secrets; users whose email
-    /// is in `admin_emails` get the admin role.
+impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
+    /// The operations. `clients` maps service client ids to secrets. Users' roles come
+    /// from `users`, never from anything a user chose (such as their address).
     pub fn new(
         repository: R,
-        checker: C,
+        users: U,
         issuer: TokenIssuer,
         throttle: LoginThrottle,
         clients: HashMap<String, SecretString>,
-        admin_emails: Vec<String>,
     ) -> Self {
         Self {
             repository,
-            checker,
+            users,
             issuer,
             throttle,
             clients,
-            admin_emails: admin_emails
-                .into_iter()
-                .map(|e| e.trim().to_lowercase())
-                .collect(),
         }
     }
 
@@ -310,35 +374,40 @@ impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
         &self.issuer
     }
 
-    /// Signs a user in from `source`.
+    /// Signs a user in from `source`; the access token carries the roles the user
+    /// service answers with.
+    ///
+    /// The input is checked first ([`MAX_EMAIL_BYTES`], [`MAX_PASSWORD_BYTES`]); then a
+    /// failure slot is reserved with the throttle before the user service is asked, and
+    /// given back unless the credentials turn out wrong (see [`throttle`]).
     ///
     /// # Errors
+    /// [`AuthError::InvalidArgument`] for an empty or oversized email or password;
     /// [`AuthError::Throttled`] over budget; [`AuthError::InvalidCredentials`];
     /// [`AuthError::UserServiceUnavailable`]; [`AuthError::Unexpected`] when the user
-    /// service's answer names no user.
+    /// service's answer breaks its contract or storage fails.
     pub async fn login(
         &self,
         email: &str,
         password: &str,
         source: Option<IpAddr>,
     ) -> Result<(TokenPair, String), AuthError> {
-        if email.trim().is_empty() {
-            return Err(AuthError::Missing("email"));
-        }
-        if password.is_empty() {
-            return Err(AuthError::Missing("password"));
-        }
-        if let Some(retry_after) = self.throttle.retry_after(email, source) {
-            return Err(AuthError::Throttled { retry_after });
-        }
-        let Some(user) = self.checker.check(email, password).await? else {
-            self.throttle.record_failure(email, source);
-            return Err(AuthError::InvalidCredentials);
-        };
-        let roles = if self.admin_emails.contains(&user.email.to_lowercase()) {
-            vec![ADMIN_ROLE.to_owned()]
-        } else {
-            Vec::new()
+        check_login_input(email, password)?;
+        let reservation = self
+            .throttle
+            .reserve(AccountKey::of(email), source)
+            .map_err(|retry_after| AuthError::Throttled { retry_after })?;
+        let user = match self.users.verify_credentials(email, password).await {
+            Ok(Some(user)) => {
+                self.throttle.succeeded(reservation);
+                user
+            }
+            // The slot stays taken: this is the failure it was reserved for.
+            Ok(None) => return Err(AuthError::InvalidCredentials),
+            Err(err) => {
+                self.throttle.refund(reservation);
+                return Err(err);
+            }
         };
         let now = Utc::now();
         let (refresh_token, token_hash) = new_refresh_token();
@@ -346,7 +415,7 @@ impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
             id: Uuid::now_v7(),
             family_id: Uuid::now_v7(),
             user_id: user.id.clone(),
-            roles: roles.clone(),
+            roles: user.roles.clone(),
             token_hash,
             create_time: now,
             expire_time: now
@@ -358,30 +427,55 @@ impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
             source,
         };
         self.repository.start_family(&record, &event).await?;
-        let pair = self.pair(&user.id, roles, refresh_token, record.expire_time)?;
+        let pair = self.pair(&user.id, user.roles, refresh_token, record.expire_time)?;
         Ok((pair, user.id))
     }
 
     /// Exchanges a refresh token for a new pair (single use; reuse revokes the family).
     ///
+    /// The user service is asked about the token's user first: the new access token
+    /// carries their current roles, and a user that no longer exists gets nothing (the
+    /// family is revoked). When the user service cannot be asked, the token is left
+    /// unused, so the client can retry with it.
+    ///
     /// # Errors
-    /// [`AuthError::InvalidRefreshToken`].
+    /// [`AuthError::InvalidArgument`] for an empty token; [`AuthError::InvalidRefreshToken`]
+    /// for an unknown, used, revoked or expired token or a deleted user;
+    /// [`AuthError::UserServiceUnavailable`]; [`AuthError::Unexpected`].
     pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, AuthError> {
         if refresh_token.is_empty() {
-            return Err(AuthError::Missing("refresh_token"));
+            return Err(required("refresh_token"));
         }
+        let hash = hash_token(refresh_token);
         let now = Utc::now();
+        let current = self.repository.current_user(&hash, now).await?;
+        let roles = match &current {
+            Some(user_id) => match self.users.lookup_user(user_id).await? {
+                Some(user) => user.roles,
+                None => {
+                    tracing::info!(%user_id, "refresh refused: the user no longer exists; family revoked");
+                    self.repository.revoke_family(&hash, now).await?;
+                    return Err(AuthError::InvalidRefreshToken);
+                }
+            },
+            // Not current: rotation below tells a replay (and revokes) from the rest.
+            None => Vec::new(),
+        };
         let (next_token, next_hash) = new_refresh_token();
         match self
             .repository
-            .rotate(&hash_token(refresh_token), &next_hash, now)
+            .rotate(&hash, &next_hash, &roles, now)
             .await?
         {
             Rotation::Rotated {
                 user_id,
-                roles,
                 expire_time,
-            } => self.pair(&user_id, roles, next_token, expire_time),
+            } if current.as_ref() == Some(&user_id) => {
+                self.pair(&user_id, roles, next_token, expire_time)
+            }
+            Rotation::Rotated { .. } => Err(AuthError::Unexpected(anyhow::anyhow!(
+                "a refresh token that was not current rotated"
+            ))),
             Rotation::Replayed => {
                 tracing::warn!("refresh token reused: its family is revoked (RFC 9700 §4.14.2)");
                 Err(AuthError::InvalidRefreshToken)
@@ -390,13 +484,25 @@ impl<R: AuthRepository, C: CredentialChecker> Auth<R, C> {
         }
     }
 
+    /// Revokes every refresh-token family of `user_id` (e.g. the user was deleted), so
+    /// none of their sessions refreshes again; returns how many were active. Idempotent:
+    /// again, or for an unknown user, it succeeds with 0.
+    ///
+    /// # Errors
+    /// [`AuthError::Unexpected`] when storage fails.
+    pub async fn revoke_user_tokens(&self, user_id: &str) -> Result<u64, AuthError> {
+        let revoked = self.repository.revoke_user(user_id, Utc::now()).await?;
+        tracing::info!(%user_id, revoked, "revoked the user's refresh tokens");
+        Ok(revoked)
+    }
+
     /// Revokes the family of `refresh_token`. Unknown tokens succeed too.
     ///
     /// # Errors
     /// [`AuthError::Unexpected`] when storage fails.
     pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
         if refresh_token.is_empty() {
-            return Err(AuthError::Missing("refresh_token"));
+            return Err(required("refresh_token"));
         }
         self.repository
             .revoke_family(&hash_token(refresh_token), Utc::now())

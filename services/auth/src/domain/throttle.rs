@@ -1,169 +1,566 @@
 //! Throttling of failed sign-ins per account and per source address (OWASP ASVS 5.0
-//! V6.3.1 / 4.0 V2.2.1: at most 100 failed attempts per hour per account), with
-//! governor's GCRA limiter. Capacity comes back steadily, so a victim is never locked
-//! out for good.
+//! V6.3.1 / 4.0 V2.2.1: at most 100 failed attempts per hour per account).
 //!
-//! The state is behind `parking_lot` locks, which cannot be poisoned: a panic elsewhere
-//! while a lock was held never turns the throttle off (fail open) or wedges it.
+//! # Design
+//!
+//! - **Budgets are rolling one-hour windows.** A budget of `B` allows `B` failures in any
+//!   one-hour window, exactly: the `B + 1`-th within the hour is refused with the time
+//!   until the oldest of them leaves the window. A lockout therefore always expires, one
+//!   slot an hour after each failure; nothing is locked for good.
+//! - **Slots are reserved before the password is checked** ([`LoginThrottle::reserve`]),
+//!   under one lock for every budget, so `N` concurrent wrong guesses against a budget of
+//!   `B` reach the user service at most `B` times. A success or a fault of the check
+//!   itself gives its slot back ([`LoginThrottle::refund`], [`LoginThrottle::succeeded`]);
+//!   a wrong password, and an attempt abandoned half-way (a cancelled call), keep it.
+//! - **Known sources are not locked out by a flood from elsewhere** (OWASP Authentication
+//!   Cheat Sheet, "Account Lockout", which warns that lockout lets anyone deny service to
+//!   an account; the same idea as its device cookies). A source address the account
+//!   signed in from successfully within [`KNOWN_SOURCE_TTL`] (at most
+//!   [`MAX_KNOWN_SOURCES`] per account) has a budget of its own for that account. Every
+//!   other source shares the account's budget — the per-account ceiling an attacker
+//!   spread over many addresses runs into. However long a flood from other addresses
+//!   lasts, the owner signs in from where they signed in before; from a new address they
+//!   wait until the flood's failures leave the window.
+//! - **A source's budget spans every account**, so one address cannot spray guesses over
+//!   many accounts. IPv6 sources are counted by their /64 prefix (one subscriber's
+//!   allocation, RFC 6177), or a single host could pick a fresh address per guess.
+//! - **Keys are bounded**: an account is keyed by the SHA-256 of its normalised address
+//!   (trimmed, lower-cased), 32 bytes whatever the client sent, so case variants share a
+//!   budget and a long input cannot inflate memory; a window keeps at most its budget's
+//!   count of instants, and windows whose failures all left the hour are dropped.
+//!
+//! So, per account and hour, at most `B` failed guesses from addresses it never signed in
+//! from, plus `B` from each of its (at most [`MAX_KNOWN_SOURCES`]) known addresses, which
+//! an attacker would have to share with the owner. The state is in memory per instance.
+//!
+//! Time is injected (`*_at` methods take the current [`Instant`]) so the rules are tested
+//! without waiting. The state is behind a `parking_lot` lock, which cannot be poisoned: a
+//! panic elsewhere while it was held never turns the throttle off (fail open) or wedges it.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock as _, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
 
-/// One failure budget: at most `max_per_hour` failures in any one-hour window.
-struct Budget<K: Hash + Eq + Clone> {
-    limiter: DefaultKeyedRateLimiter<K>,
-    blocked_until: Mutex<HashMap<K, Instant>>,
-    failures: AtomicU64,
-}
+/// The window every budget counts failures in: one hour.
+pub const WINDOW: Duration = Duration::from_secs(3600);
 
-/// Expired state is dropped once per this many failures.
+/// How long a source address stays known to an account after a successful sign-in from
+/// it: 30 days, the lifetime of a sign-in's refresh tokens.
+pub const KNOWN_SOURCE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Most source addresses remembered per account; a new one replaces the one that would
+/// be forgotten first.
+pub const MAX_KNOWN_SOURCES: usize = 8;
+
+/// Stale windows are dropped once per this many reservations.
 const PRUNE_EVERY: u64 = 256;
 
-impl<K: Hash + Eq + Clone> Budget<K> {
-    /// A burst of half the budget plus a steady refill of the other half per hour keeps
-    /// any one-hour window at or under `max_per_hour` (burst + rate × 1 h).
-    fn new(max_per_hour: u32) -> Self {
-        let half = NonZeroU32::new((max_per_hour / 2).max(1)).unwrap_or(NonZeroU32::MIN);
-        let period = Duration::from_secs(3600) / half.get();
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_hour(half))
-            .allow_burst(half);
-        Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
-            blocked_until: Mutex::new(HashMap::new()),
-            failures: AtomicU64::new(0),
-        }
-    }
+/// An account's throttle key: SHA-256 of its normalised (trimmed, lower-cased) address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountKey([u8; 32]);
 
-    fn retry_after(&self, key: &K) -> Option<Duration> {
-        let now = Instant::now();
-        self.blocked_until
-            .lock()
-            .get(key)
-            .and_then(|until| until.checked_duration_since(now))
+impl AccountKey {
+    /// The key of `email`; case variants and surrounding whitespace give the same key.
+    pub fn of(email: &str) -> Self {
+        Self(Sha256::digest(email.trim().to_lowercase().as_bytes()).into())
     }
+}
 
-    fn record_failure(&self, key: &K) {
-        let now = Instant::now();
-        // Pruning walks every key: do it now and then, not on each failure, which is
-        // exactly the path an attack makes hot.
-        let prune = self
-            .failures
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(PRUNE_EVERY);
-        if let Err(not_until) = self.limiter.check_key(key) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            self.blocked_until.lock().insert(key.clone(), now + wait);
-        }
-        if prune {
-            self.limiter.retain_recent();
-            self.blocked_until.lock().retain(|_, until| *until > now);
+impl std::fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccountKey(..)")
+    }
+}
+
+/// A source's throttle key: an IPv4 address, or the /64 prefix of an IPv6 address (an
+/// IPv4-mapped IPv6 address is its IPv4 address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SourceKey(IpAddr);
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => Self(IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into())),
         }
     }
 }
 
-/// The sign-in throttle.
+/// The instants of the failures counted in one window, oldest first.
+type Failures = VecDeque<Instant>;
+
+/// Drops the failures that left the window ending at `now`.
+fn expire(failures: &mut Failures, now: Instant) {
+    while failures
+        .front()
+        .is_some_and(|at| now.saturating_duration_since(*at) >= WINDOW)
+    {
+        failures.pop_front();
+    }
+}
+
+/// How long until `failures` (expired up to `now`) is under `budget` again, if it is full.
+fn wait(failures: &Failures, budget: u32, now: Instant) -> Option<Duration> {
+    if failures.len() < budget as usize {
+        return None;
+    }
+    let oldest = failures.front()?;
+    Some((*oldest + WINDOW).saturating_duration_since(now))
+}
+
+/// Removes one failure recorded at `at`, if any; returns whether `failures` is now empty.
+fn remove(failures: &mut Failures, at: Instant) -> bool {
+    if let Some(i) = failures.iter().rposition(|t| *t == at) {
+        failures.remove(i);
+    }
+    failures.is_empty()
+}
+
+/// Where an attempt's failure is counted for its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AccountWindow {
+    /// The account's shared window (sources it never signed in from, or no source).
+    Shared(AccountKey),
+    /// The window of one known source of the account.
+    Known(AccountKey, SourceKey),
+}
+
+#[derive(Default)]
+struct State {
+    accounts: HashMap<AccountWindow, Failures>,
+    sources: HashMap<SourceKey, Failures>,
+    /// Per account: its known sources and until when each is known.
+    known: HashMap<AccountKey, Vec<(SourceKey, Instant)>>,
+    reservations: u64,
+}
+
+impl State {
+    fn is_known(&self, account: AccountKey, source: SourceKey, now: Instant) -> bool {
+        self.known.get(&account).is_some_and(|sources| {
+            sources
+                .iter()
+                .any(|(s, until)| *s == source && *until > now)
+        })
+    }
+
+    fn prune(&mut self, now: Instant) {
+        let recent = |failures: &Failures| {
+            failures
+                .back()
+                .is_some_and(|at| now.saturating_duration_since(*at) < WINDOW)
+        };
+        self.accounts.retain(|_, failures| recent(failures));
+        self.sources.retain(|_, failures| recent(failures));
+        self.known.retain(|_, sources| {
+            sources.retain(|(_, until)| *until > now);
+            !sources.is_empty()
+        });
+    }
+}
+
+/// A failure slot taken by [`LoginThrottle::reserve`]. It stays counted unless given back
+/// with [`LoginThrottle::refund`] or [`LoginThrottle::succeeded`]: dropping it (say, the
+/// call was cancelled while the password was being checked) counts it as a failure.
+#[derive(Debug)]
+#[must_use = "a reservation is a counted failure until it is refunded"]
+pub struct Reservation {
+    account: AccountWindow,
+    source: Option<SourceKey>,
+    at: Instant,
+}
+
+/// The sign-in throttle (see the module docs for its design).
 pub struct LoginThrottle {
-    accounts: Budget<String>,
-    sources: Budget<IpAddr>,
+    per_account: u32,
+    per_source: u32,
+    state: Mutex<State>,
 }
 
 impl std::fmt::Debug for LoginThrottle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LoginThrottle")
+        f.debug_struct("LoginThrottle")
+            .field("per_account", &self.per_account)
+            .field("per_source", &self.per_source)
+            .finish_non_exhaustive()
     }
 }
 
 impl LoginThrottle {
-    /// A throttle allowing `per_account` failures per hour per account and `per_source`
-    /// per source address.
+    /// A throttle allowing `per_account` failures per account (and per known source of
+    /// it) and `per_source` per source address, in any one-hour window. A budget of 0
+    /// counts as 1.
     pub fn new(per_account: u32, per_source: u32) -> Self {
         Self {
-            accounts: Budget::new(per_account),
-            sources: Budget::new(per_source),
+            per_account: per_account.max(1),
+            per_source: per_source.max(1),
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// How long `account` or `source` must wait, when either is over its budget.
-    pub fn retry_after(&self, account: &str, source: Option<IpAddr>) -> Option<Duration> {
-        let account = self.accounts.retry_after(&account_key(account));
-        let source = source.and_then(|ip| self.sources.retry_after(&ip));
-        account.into_iter().chain(source).max()
+    /// Takes a failure slot for a sign-in to `account` from `source`, before the
+    /// credentials are checked.
+    ///
+    /// # Errors
+    /// How long until a slot frees up, when the account's window (the shared one, or the
+    /// source's own if it is known to the account) or the source's is full. Nothing is
+    /// taken then.
+    pub fn reserve(
+        &self,
+        account: AccountKey,
+        source: Option<IpAddr>,
+    ) -> Result<Reservation, Duration> {
+        self.reserve_at(account, source, Instant::now())
     }
 
-    /// Counts one failed sign-in.
-    pub fn record_failure(&self, account: &str, source: Option<IpAddr>) {
-        self.accounts.record_failure(&account_key(account));
-        if let Some(ip) = source {
-            self.sources.record_failure(&ip);
+    /// [`Self::reserve`] at `now`.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub fn reserve_at(
+        &self,
+        account: AccountKey,
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Reservation, Duration> {
+        let source = source.map(SourceKey::of);
+        let mut state = self.state.lock();
+        state.reservations += 1;
+        if state.reservations.is_multiple_of(PRUNE_EVERY) {
+            // Pruning walks every key: now and then, not on each attempt, which is
+            // exactly the path an attack makes hot.
+            state.prune(now);
+        }
+        let window = match source {
+            Some(source) if state.is_known(account, source, now) => {
+                AccountWindow::Known(account, source)
+            }
+            _ => AccountWindow::Shared(account),
+        };
+        let account_failures = state.accounts.entry(window).or_default();
+        expire(account_failures, now);
+        let mut retry_after = wait(account_failures, self.per_account, now);
+        if let Some(source) = source {
+            let source_failures = state.sources.entry(source).or_default();
+            expire(source_failures, now);
+            retry_after = retry_after.max(wait(source_failures, self.per_source, now));
+        }
+        if let Some(retry_after) = retry_after {
+            return Err(retry_after);
+        }
+        state.accounts.entry(window).or_default().push_back(now);
+        if let Some(source) = source {
+            state.sources.entry(source).or_default().push_back(now);
+        }
+        Ok(Reservation {
+            account: window,
+            source,
+            at: now,
+        })
+    }
+
+    /// Gives a slot back: the attempt did not fail because of the credentials (the check
+    /// could not be made, or it succeeded).
+    pub fn refund(&self, reservation: Reservation) {
+        let mut state = self.state.lock();
+        if let Some(failures) = state.accounts.get_mut(&reservation.account)
+            && remove(failures, reservation.at)
+        {
+            state.accounts.remove(&reservation.account);
+        }
+        if let Some(source) = reservation.source
+            && let Some(failures) = state.sources.get_mut(&source)
+            && remove(failures, reservation.at)
+        {
+            state.sources.remove(&source);
         }
     }
-}
 
-/// Case variants of one address share a budget.
-fn account_key(account: &str) -> String {
-    account.trim().to_lowercase()
+    /// The sign-in succeeded: gives the slot back and remembers its source as known to
+    /// the account for [`KNOWN_SOURCE_TTL`].
+    pub fn succeeded(&self, reservation: Reservation) {
+        self.succeeded_at(reservation, Instant::now());
+    }
+
+    /// [`Self::succeeded`] at `now`.
+    pub fn succeeded_at(&self, reservation: Reservation, now: Instant) {
+        let account = match reservation.account {
+            AccountWindow::Shared(account) | AccountWindow::Known(account, _) => account,
+        };
+        let source = reservation.source;
+        self.refund(reservation);
+        let Some(source) = source else {
+            return;
+        };
+        let mut state = self.state.lock();
+        let known = state.known.entry(account).or_default();
+        known.retain(|(s, until)| *s != source && *until > now);
+        if known.len() >= MAX_KNOWN_SOURCES {
+            // Forget the one that would be forgotten first.
+            if let Some(first) = known
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(i, _)| i)
+            {
+                known.swap_remove(first);
+            }
+        }
+        known.push((source, now + KNOWN_SOURCE_TTL));
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Barrier};
+
     use super::*;
 
-    #[test]
-    fn an_account_is_throttled_after_its_budget_and_others_are_not() {
-        let throttle = LoginThrottle::new(10, 1000);
-        for _ in 0..5 {
-            assert_eq!(throttle.retry_after("ada@example.com", None), None);
-            throttle.record_failure("Ada@Example.com", None);
+    const ADA: &str = "ada@example.com";
+    const OWNER: [u8; 4] = [192, 0, 2, 1];
+
+    fn ip(octets: [u8; 4]) -> Option<IpAddr> {
+        Some(IpAddr::from(octets))
+    }
+
+    /// Fails `n` sign-ins to `email` from `source` at `now`, asserting each got a slot.
+    fn fail(throttle: &LoginThrottle, email: &str, source: Option<IpAddr>, n: u32, now: Instant) {
+        for i in 0..n {
+            let reserved = throttle.reserve_at(AccountKey::of(email), source, now);
+            assert!(reserved.is_ok(), "failure {i} of {n}: {reserved:?}");
         }
-        // The burst is half the hourly budget; the next failure trips it.
-        throttle.record_failure("ada@example.com", None);
-        let wait = throttle.retry_after("ada@example.com", None);
-        assert!(
-            wait.is_some_and(|w| w <= Duration::from_secs(3600 / 5)),
-            "{wait:?}"
-        );
-        assert_eq!(throttle.retry_after("grace@example.com", None), None);
     }
 
     #[test]
-    fn a_panic_while_a_lock_is_held_does_not_turn_the_throttle_off() {
-        let throttle = LoginThrottle::new(2, 1000);
-        // A budget of 2 per hour is a burst of 1: the second failure trips it.
-        throttle.record_failure("ada@example.com", None);
-        throttle.record_failure("ada@example.com", None);
-        assert!(throttle.retry_after("ada@example.com", None).is_some());
+    fn the_whole_budget_is_allowed_in_an_hour_and_not_one_more() {
+        let throttle = LoginThrottle::new(10, 1000);
+        let start = Instant::now();
+        // Spread over the hour: a burst-and-refill limiter would have tripped at half.
+        for i in 0..10 {
+            fail(
+                &throttle,
+                ADA,
+                None,
+                1,
+                start + Duration::from_secs(i * 300),
+            );
+        }
+        let now = start + Duration::from_secs(3000);
+        let wait = throttle.reserve_at(AccountKey::of(ADA), None, now);
+        assert_eq!(wait.err(), Some(Duration::from_secs(600)));
+        // Case variants of the address share its budget; other accounts do not.
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of("  Ada@Example.COM "), None, now)
+                .is_err()
+        );
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of("grace@example.com"), None, now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_lockout_expires_as_its_failures_leave_the_hour() {
+        let throttle = LoginThrottle::new(3, 1000);
+        let start = Instant::now();
+        fail(&throttle, ADA, ip([198, 51, 100, 7]), 3, start);
+        let retry_after = throttle
+            .reserve_at(AccountKey::of(ADA), ip(OWNER), start)
+            .expect_err("the account is locked");
+        assert_eq!(retry_after, WINDOW);
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of(ADA), ip(OWNER), start + retry_after)
+                .is_ok(),
+            "the lockout ended when it said it would"
+        );
+    }
+
+    #[test]
+    fn n_concurrent_reservations_against_a_budget_of_b_get_exactly_b_slots() {
+        const B: u32 = 5;
+        const N: usize = 32;
+        let throttle = Arc::new(LoginThrottle::new(B, 1000));
+        let barrier = Arc::new(Barrier::new(N));
+        let threads: Vec<_> = (0..N)
+            .map(|_| {
+                let throttle = Arc::clone(&throttle);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    throttle.reserve(AccountKey::of(ADA), None).is_ok()
+                })
+            })
+            .collect();
+        let granted = threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(false))
+            .filter(|granted| *granted)
+            .count();
+        assert_eq!(granted, B as usize);
+    }
+
+    #[test]
+    fn a_refunded_slot_can_be_taken_again() {
+        let throttle = LoginThrottle::new(1, 1000);
+        let now = Instant::now();
+        let reservation = throttle
+            .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
+            .expect("a slot");
+        assert!(throttle.reserve_at(AccountKey::of(ADA), None, now).is_err());
+        throttle.refund(reservation);
+        assert!(throttle.reserve_at(AccountKey::of(ADA), None, now).is_ok());
+    }
+
+    #[test]
+    fn a_flood_from_elsewhere_never_locks_the_owner_out_of_a_source_they_signed_in_from() {
+        let throttle = LoginThrottle::new(5, 1000);
+        let start = Instant::now();
+        let signed_in = throttle
+            .reserve_at(AccountKey::of(ADA), ip(OWNER), start)
+            .expect("a slot");
+        throttle.succeeded_at(signed_in, start);
+        // A sustained, distributed flood: every ten minutes for two days, a new address
+        // takes every slot of the account's shared budget as soon as it frees up.
+        for step in 0..(2 * 24 * 6_u32) {
+            let now = start + Duration::from_secs(u64::from(step) * 600);
+            let attacker = ip([203, 0, 113, u8::try_from(step % 250).unwrap_or(0)]);
+            while throttle
+                .reserve_at(AccountKey::of(ADA), attacker, now)
+                .is_ok()
+            {}
+            // The owner, from their address, still gets a slot and signs in.
+            let owner = throttle
+                .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
+                .unwrap_or_else(|wait| panic!("step {step}: owner locked out for {wait:?}"));
+            throttle.succeeded_at(owner, now);
+            // A new address of the owner's waits, but never longer than the window.
+            let wait = throttle
+                .reserve_at(AccountKey::of(ADA), ip([192, 0, 2, 99]), now)
+                .expect_err("unknown sources share the flooded budget");
+            assert!(wait <= WINDOW, "{wait:?}");
+        }
+    }
+
+    #[test]
+    fn a_known_source_has_its_own_budget_for_the_account() {
+        let throttle = LoginThrottle::new(3, 1000);
+        let now = Instant::now();
+        let signed_in = throttle
+            .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
+            .expect("a slot");
+        throttle.succeeded_at(signed_in, now);
+        fail(&throttle, ADA, ip(OWNER), 3, now);
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
+                .is_err()
+        );
+        // Its failures did not use the account's shared budget.
+        fail(&throttle, ADA, ip([198, 51, 100, 7]), 3, now);
+    }
+
+    #[test]
+    fn a_known_source_is_forgotten_after_its_ttl() {
+        let throttle = LoginThrottle::new(1, 1000);
+        let start = Instant::now();
+        let signed_in = throttle
+            .reserve_at(AccountKey::of(ADA), ip(OWNER), start)
+            .expect("a slot");
+        throttle.succeeded_at(signed_in, start);
+        let later = start + KNOWN_SOURCE_TTL;
+        fail(&throttle, ADA, ip([198, 51, 100, 7]), 1, later);
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of(ADA), ip(OWNER), later)
+                .is_err(),
+            "no longer known, the owner's address shares the flooded budget"
+        );
+    }
+
+    #[test]
+    fn a_source_is_throttled_across_accounts_and_ipv6_by_its_64_prefix() {
+        let throttle = LoginThrottle::new(1000, 4);
+        let now = Instant::now();
+        let host = |last: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]));
+        for i in 0..4 {
+            fail(&throttle, &format!("user{i}@example.com"), host(i), 1, now);
+        }
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of("new@example.com"), host(99), now)
+                .is_err()
+        );
+        let other_prefix = Some(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]));
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of("new@example.com"), other_prefix, now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_refused_reservation_takes_nothing() {
+        let throttle = LoginThrottle::new(1000, 1);
+        let now = Instant::now();
+        fail(&throttle, "grace@example.com", ip(OWNER), 1, now);
+        // The source is full: Ada's account must not be charged for the refusal.
+        assert!(
+            throttle
+                .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
+                .is_err()
+        );
+        let state = throttle.state.lock();
+        let ada = state
+            .accounts
+            .get(&AccountWindow::Shared(AccountKey::of(ADA)));
+        assert!(ada.is_none_or(VecDeque::is_empty), "{ada:?}");
+    }
+
+    #[test]
+    fn windows_are_bounded_by_their_budget_and_pruned_when_stale() {
+        let throttle = LoginThrottle::new(3, 1000);
+        let start = Instant::now();
+        for _ in 0..10 {
+            let _ = throttle.reserve_at(AccountKey::of(ADA), None, start);
+        }
+        assert_eq!(
+            throttle
+                .state
+                .lock()
+                .accounts
+                .values()
+                .map(VecDeque::len)
+                .max(),
+            Some(3)
+        );
+        let later = start + WINDOW;
+        for i in 0..PRUNE_EVERY {
+            let _ = throttle.reserve_at(AccountKey::of(&format!("u{i}@example.com")), None, later);
+        }
+        let state = throttle.state.lock();
+        assert!(
+            !state
+                .accounts
+                .contains_key(&AccountWindow::Shared(AccountKey::of(ADA)))
+        );
+    }
+
+    #[test]
+    fn a_panic_while_the_lock_is_held_does_not_turn_the_throttle_off() {
+        let throttle = LoginThrottle::new(1, 1000);
+        let now = Instant::now();
+        fail(&throttle, ADA, None, 1, now);
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _held = throttle.accounts.blocked_until.lock();
+            let _held = throttle.state.lock();
             panic!("a bug while the lock is held");
         }));
         assert!(panicked.is_err());
-        // A std mutex would now be poisoned, and the throttle used to fail open here.
-        assert!(throttle.retry_after("ada@example.com", None).is_some());
-        throttle.record_failure("grace@example.com", None);
-        throttle.record_failure("grace@example.com", None);
-        assert!(throttle.retry_after("grace@example.com", None).is_some());
-    }
-
-    #[test]
-    fn a_source_is_throttled_across_accounts() {
-        let throttle = LoginThrottle::new(1000, 4);
-        let ip: IpAddr = [192, 0, 2, 1].into();
-        for i in 0..3 {
-            throttle.record_failure(&format!("user{i}@example.com"), Some(ip));
-        }
-        assert!(throttle.retry_after("new@example.com", Some(ip)).is_some());
-        assert_eq!(
-            throttle.retry_after("new@example.com", Some([192, 0, 2, 2].into())),
-            None
-        );
+        // A std mutex would now be poisoned.
+        assert!(throttle.reserve_at(AccountKey::of(ADA), None, now).is_err());
     }
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
-    QueryFilter as _, TransactionTrait as _,
+    QueryFilter as _, QuerySelect as _, TransactionTrait as _,
 };
 use trellis_platform::outbox::{self, OutboxEntry, OutboxWaker};
 use trellis_proto::notification_v1::SendNotificationRequest;
@@ -146,10 +146,27 @@ impl AuthRepository for SeaOrmAuthRepository {
         Ok(())
     }
 
+    async fn current_user(
+        &self,
+        hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, AuthError> {
+        let row = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(encode_hash(hash)))
+            .filter(refresh_token::Column::UsedTime.is_null())
+            .filter(refresh_token::Column::RevokedTime.is_null())
+            .filter(refresh_token::Column::ExpireTime.gt(now))
+            .one(&self.db)
+            .await
+            .map_err(unexpected)?;
+        Ok(row.map(|row| row.user_id))
+    }
+
     async fn rotate(
         &self,
         hash: &[u8],
         next_hash: &[u8],
+        roles: &[String],
         now: DateTime<Utc>,
     ) -> Result<Rotation, AuthError> {
         let hash = encode_hash(hash);
@@ -180,7 +197,7 @@ impl AuthRepository for SeaOrmAuthRepository {
                 id: Set(Uuid::now_v7()),
                 family_id: Set(row.family_id),
                 user_id: Set(row.user_id.clone()),
-                roles: Set(row.roles.clone()),
+                roles: Set(roles.join(",")),
                 token_hash: Set(encode_hash(next_hash)),
                 create_time: Set(now),
                 expire_time: Set(row.expire_time),
@@ -191,15 +208,8 @@ impl AuthRepository for SeaOrmAuthRepository {
             .await
             .map_err(unexpected)?;
             txn.commit().await.map_err(unexpected)?;
-            let roles = row
-                .roles
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned)
-                .collect();
             return Ok(Rotation::Rotated {
                 user_id: row.user_id,
-                roles,
                 expire_time: row.expire_time,
             });
         }
@@ -221,6 +231,30 @@ impl AuthRepository for SeaOrmAuthRepository {
             revoke(&self.db, row.family_id, now).await?;
         }
         Ok(())
+    }
+
+    async fn revoke_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<u64, AuthError> {
+        let txn = self.db.begin().await.map_err(unexpected)?;
+        let active = refresh_token::Entity::find()
+            .select_only()
+            .column(refresh_token::Column::FamilyId)
+            .distinct()
+            .filter(refresh_token::Column::UserId.eq(user_id))
+            .filter(refresh_token::Column::RevokedTime.is_null())
+            .filter(refresh_token::Column::ExpireTime.gt(now))
+            .into_tuple::<Uuid>()
+            .all(&txn)
+            .await
+            .map_err(unexpected)?;
+        refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::RevokedTime, Expr::value(Some(now)))
+            .filter(refresh_token::Column::UserId.eq(user_id))
+            .filter(refresh_token::Column::RevokedTime.is_null())
+            .exec(&txn)
+            .await
+            .map_err(unexpected)?;
+        txn.commit().await.map_err(unexpected)?;
+        Ok(u64::try_from(active.len()).unwrap_or(u64::MAX))
     }
 }
 

@@ -2,13 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use auth_service::domain::keys::{KeyRecord, KeyRing};
 use auth_service::domain::throttle::LoginThrottle;
-use auth_service::domain::{
-    Auth, AuthError, CredentialChecker, TokenIssuer, TokenSettings, VerifiedUser,
-};
+use auth_service::domain::{Auth, AuthError, User, UserDirectory};
 use auth_service::grpc::AuthHandlers;
 use auth_service::storage::SeaOrmAuthRepository;
 use sea_orm::Database;
@@ -16,14 +12,25 @@ use tonic::{Code, Request};
 use trellis_proto::auth_v1 as pb;
 use trellis_proto::auth_v1::auth_service_server::AuthService as _;
 
-/// Accepts every password.
+use crate::helpers::test_issuer;
+
+/// Accepts every password; every user exists.
 struct AcceptAll;
 
-impl CredentialChecker for AcceptAll {
-    async fn check(&self, email: &str, _: &str) -> Result<Option<VerifiedUser>, AuthError> {
-        Ok(Some(VerifiedUser {
+impl UserDirectory for AcceptAll {
+    async fn verify_credentials(&self, email: &str, _: &str) -> Result<Option<User>, AuthError> {
+        Ok(Some(User {
             id: uuid::Uuid::now_v7().to_string(),
             email: email.to_owned(),
+            roles: Vec::new(),
+        }))
+    }
+
+    async fn lookup_user(&self, id: &str) -> Result<Option<User>, AuthError> {
+        Ok(Some(User {
+            id: id.to_owned(),
+            email: "ada@example.com".to_owned(),
+            roles: Vec::new(),
         }))
     }
 }
@@ -34,26 +41,13 @@ async fn a_storage_failure_is_internal_with_no_detail() {
     let db = Database::connect("sqlite::memory:")
         .await
         .expect("connects");
-    let keys = KeyRing::default();
-    let now = chrono::Utc::now();
-    keys.replace(vec![KeyRecord::generate(now, now).expect("a key")]);
-    let issuer = TokenIssuer::new(
-        keys,
-        TokenSettings {
-            issuer: "trellis-auth".to_owned(),
-            audience: "trellis".to_owned(),
-            access_ttl: Duration::from_secs(900),
-            service_ttl: Duration::from_secs(300),
-            refresh_ttl: Duration::from_secs(3600),
-        },
-    );
+    let issuer = test_issuer();
     let auth = Auth::new(
         SeaOrmAuthRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
         AcceptAll,
         issuer,
         LoginThrottle::new(100, 1000),
         HashMap::new(),
-        Vec::new(),
     );
     let handlers = AuthHandlers::new(Arc::new(auth));
 

@@ -1,8 +1,9 @@
 //! In-process fakes of the auth service's peers, served with tonic on 127.0.0.1:0:
-//! [`FakeUsers`] answers `UserInternalService/VerifyCredentials` for a few known
-//! accounts, [`FakeNotifications`] records `NotificationInternalService/SendNotification`.
-//! Either can be told to be down (it then answers UNAVAILABLE), and both record the
-//! `authorization` header of every call.
+//! [`FakeUsers`] answers `UserInternalService/VerifyCredentials` and `LookupUser` for a
+//! few known accounts, whose roles and existence tests change; [`FakeNotifications`]
+//! records `NotificationInternalService/SendNotification`. Either can be told to be down
+//! (it then answers UNAVAILABLE), and both record the `authorization` header of every
+//! call.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
+use trellis_platform::auth::ADMIN_ROLE;
 use trellis_proto::notification_v1 as notification_pb;
 use trellis_proto::user_v1 as user_pb;
 
@@ -68,8 +70,8 @@ fn authorization<T>(request: &Request<T>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// A fake user service that knows [`ADA`] and [`ADMIN`], both with [`PASSWORD`].
-/// Cheap to clone; clones share state.
+/// A fake user service that knows [`ADA`] and [`ADMIN`] (with the `admin` role), both
+/// with [`PASSWORD`]. Cheap to clone; clones share state.
 #[derive(Debug, Clone)]
 pub(crate) struct FakeUsers {
     state: Arc<UsersState>,
@@ -77,26 +79,40 @@ pub(crate) struct FakeUsers {
 
 #[derive(Debug)]
 struct UsersState {
-    accounts: Vec<user_pb::User>,
+    accounts: Mutex<Vec<user_pb::User>>,
     down: AtomicBool,
-    /// The `authorization` header of each call, in order.
+    /// Answer UNAUTHENTICATED, as the real service does when it rejects the caller's
+    /// service token.
+    rejecting_callers: AtomicBool,
+    /// While `false`, `VerifyCredentials` calls wait (after being counted).
+    open: tokio::sync::watch::Sender<bool>,
+    /// The `authorization` header of each `VerifyCredentials` call, in order.
     calls: Mutex<Vec<Option<String>>>,
+    /// The id asked for in each `LookupUser` call, in order.
+    lookups: Mutex<Vec<String>>,
 }
 
 impl FakeUsers {
     /// Starts serving; the returned [`Serving`] stops it when dropped.
     pub(crate) async fn start() -> (Self, Serving) {
-        let account = |email: &str, name: &str| user_pb::User {
+        let account = |email: &str, name: &str, roles: &[&str]| user_pb::User {
             id: uuid::Uuid::now_v7().to_string(),
             email: email.to_owned(),
             display_name: name.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             ..Default::default()
         };
         let fake = Self {
             state: Arc::new(UsersState {
-                accounts: vec![account(ADA, "Ada"), account(ADMIN, "Admin")],
+                accounts: Mutex::new(vec![
+                    account(ADA, "Ada", &[]),
+                    account(ADMIN, "Admin", &[ADMIN_ROLE]),
+                ]),
                 down: AtomicBool::new(false),
+                rejecting_callers: AtomicBool::new(false),
+                open: tokio::sync::watch::Sender::new(true),
                 calls: Mutex::new(Vec::new()),
+                lookups: Mutex::new(Vec::new()),
             }),
         };
         let serving = serve(Routes::new(UserInternalServiceServer::new(fake.clone()))).await;
@@ -107,10 +123,53 @@ impl FakeUsers {
     pub(crate) fn account(&self, email: &str) -> user_pb::User {
         self.state
             .accounts
+            .lock()
+            .expect("not poisoned")
             .iter()
             .find(|a| a.email == email)
             .cloned()
             .unwrap_or_else(|| panic!("the fake user service knows no {email}"))
+    }
+
+    /// Adds an account with [`PASSWORD`] and `roles`; returns it.
+    pub(crate) fn add_account(&self, email: &str, roles: &[&str]) -> user_pb::User {
+        let user = user_pb::User {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: email.to_owned(),
+            display_name: email.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Default::default()
+        };
+        self.state
+            .accounts
+            .lock()
+            .expect("not poisoned")
+            .push(user.clone());
+        user
+    }
+
+    /// Puts back a deleted account (same id).
+    pub(crate) fn restore(&self, user: user_pb::User) {
+        self.state.accounts.lock().expect("not poisoned").push(user);
+    }
+
+    /// Replaces the roles of the account with `email` (as GrantRole/RevokeRole would).
+    pub(crate) fn set_roles(&self, email: &str, roles: &[&str]) {
+        let mut accounts = self.state.accounts.lock().expect("not poisoned");
+        let account = accounts
+            .iter_mut()
+            .find(|a| a.email == email)
+            .unwrap_or_else(|| panic!("the fake user service knows no {email}"));
+        account.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+    }
+
+    /// Deletes the account with `email`.
+    pub(crate) fn delete(&self, email: &str) {
+        self.state
+            .accounts
+            .lock()
+            .expect("not poisoned")
+            .retain(|a| a.email != email);
     }
 
     /// Makes every call answer UNAVAILABLE (`true`) or be served again (`false`).
@@ -118,24 +177,81 @@ impl FakeUsers {
         self.state.down.store(down, Ordering::SeqCst);
     }
 
-    /// The `authorization` header of each call received so far.
+    /// Makes every call answer UNAUTHENTICATED, as when the real service rejects the
+    /// caller's service token (`true`), or be served again (`false`).
+    pub(crate) fn set_rejecting_callers(&self, rejecting: bool) {
+        self.state
+            .rejecting_callers
+            .store(rejecting, Ordering::SeqCst);
+    }
+
+    /// Holds `VerifyCredentials` calls, once counted in [`Self::calls`], until
+    /// [`Self::release`].
+    pub(crate) fn hold(&self) {
+        self.state.open.send_replace(false);
+    }
+
+    /// Lets held and later `VerifyCredentials` calls through.
+    pub(crate) fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+
+    /// The `authorization` header of each `VerifyCredentials` call received so far.
     pub(crate) fn calls(&self) -> Vec<Option<String>> {
         self.state.calls.lock().expect("not poisoned").clone()
+    }
+
+    /// The id asked for in each `LookupUser` call so far.
+    pub(crate) fn lookups(&self) -> Vec<String> {
+        self.state.lookups.lock().expect("not poisoned").clone()
+    }
+
+    /// The status every call answers with right now, if it is not served.
+    fn fault(&self) -> Option<Status> {
+        if self.state.down.load(Ordering::SeqCst) {
+            return Some(Status::unavailable("the fake user service is down"));
+        }
+        if self.state.rejecting_callers.load(Ordering::SeqCst) {
+            return Some(Status::unauthenticated(
+                "the fake user service rejects the caller's token",
+            ));
+        }
+        None
     }
 }
 
 #[tonic::async_trait]
 impl UserInternalService for FakeUsers {
-    /// Like the real service, wrong credentials are UNAUTHENTICATED — but with a
-    /// different message for each cause, so tests can see that auth does not pass the
-    /// difference on.
+    /// Like the real service: a user with their current roles, NOT_FOUND once deleted.
     async fn lookup_user(
         &self,
-        _request: Request<user_pb::LookupUserRequest>,
+        request: Request<user_pb::LookupUserRequest>,
     ) -> Result<Response<user_pb::LookupUserResponse>, Status> {
-        Err(Status::unimplemented("not faked yet"))
+        self.state
+            .lookups
+            .lock()
+            .expect("not poisoned")
+            .push(request.get_ref().id.clone());
+        if let Some(fault) = self.fault() {
+            return Err(fault);
+        }
+        let id = request.into_inner().id;
+        let user = self
+            .state
+            .accounts
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .find(|a| a.id == id)
+            .cloned()
+            .ok_or_else(|| Status::not_found("no such user"))?;
+        Ok(Response::new(user_pb::LookupUserResponse {
+            user: Some(user),
+        }))
     }
 
+    /// Like the real service, a mismatch (unknown email or wrong password) is answered
+    /// OK with no user.
     async fn verify_credentials(
         &self,
         request: Request<user_pb::VerifyCredentialsRequest>,
@@ -145,24 +261,22 @@ impl UserInternalService for FakeUsers {
             .lock()
             .expect("not poisoned")
             .push(authorization(&request));
-        if self.state.down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("the fake user service is down"));
+        let mut open = self.state.open.subscribe();
+        // The sender lives as long as the fake: waiting cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+        if let Some(fault) = self.fault() {
+            return Err(fault);
         }
         let request = request.into_inner();
-        let Some(user) = self
+        let user = self
             .state
             .accounts
+            .lock()
+            .expect("not poisoned")
             .iter()
-            .find(|a| a.email == request.email.trim())
-        else {
-            return Err(Status::unauthenticated("no account with that email"));
-        };
-        if request.password != PASSWORD {
-            return Err(Status::unauthenticated("wrong password"));
-        }
-        Ok(Response::new(user_pb::VerifyCredentialsResponse {
-            user: Some(user.clone()),
-        }))
+            .find(|a| a.email == request.email.trim() && request.password == PASSWORD)
+            .cloned();
+        Ok(Response::new(user_pb::VerifyCredentialsResponse { user }))
     }
 }
 

@@ -6,6 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use auth_service::domain::keys::{KeyRecord, KeyRing};
+use auth_service::domain::{TokenIssuer, TokenSettings};
+use auth_service::storage::SeaOrmAuthRepository;
+use auth_service::storage::migration::Migrator;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use secrecy::SecretString;
 use tonic::Status;
@@ -15,8 +19,9 @@ use trellis_platform::auth::{
 };
 use trellis_platform::peer::{PeerConfig, Peers};
 use trellis_platform::service::Launch;
-use trellis_platform::testing::{TestServer, test_config};
+use trellis_platform::testing::{TestServer, local_listener, test_config, with_token};
 use trellis_proto::auth_v1 as pb;
+use trellis_proto::auth_v1::auth_internal_service_client::AuthInternalServiceClient;
 use trellis_proto::auth_v1::auth_service_client::AuthServiceClient;
 
 use crate::fakes::{FakeUsers, Serving};
@@ -27,12 +32,16 @@ pub(crate) use trellis_platform::testing::{
 
 /// An account the fake user service knows, not an admin.
 pub(crate) const ADA: &str = "ada@example.com";
-/// An account the fake user service knows, listed in `admin_emails`.
+/// An account the fake user service knows, with the `admin` role.
 pub(crate) const ADMIN: &str = "admin@example.com";
-/// The service client the auth service is configured with.
+/// A service client the auth service is configured with.
 pub(crate) const CLIENT_ID: &str = "notification";
 /// Its secret (≥ 16 bytes, as the config requires).
 pub(crate) const CLIENT_SECRET: &str = "notification-client-secret-for-tests";
+/// The service client of the user service, which calls `AuthInternalService`.
+pub(crate) const USER_CLIENT_ID: &str = "user";
+/// Its secret.
+pub(crate) const USER_CLIENT_SECRET: &str = "user-client-secret-for-the-tests";
 
 /// A running auth service, the fake user service it asks, and a client.
 pub(crate) struct TestApp {
@@ -50,22 +59,35 @@ pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts the auth service on 127.0.0.1:0 with a fresh in-memory database, its `user`
-/// peer a fresh [`FakeUsers`], its `notification` peer the discard port (sign-in notices
-/// wait in the outbox), one service client ([`CLIENT_ID`]) and [`ADMIN`] as admin; then
-/// `configure` changes what a test needs. Waits until it reports SERVING.
+/// Starts the auth service on 127.0.0.1 (a port the system chose) with a fresh in-memory
+/// database, its `user` peer a fresh [`FakeUsers`], its `notification` peer the discard
+/// port (sign-in notices wait in the outbox), its `auth` peer itself (the keys that
+/// verify callers of `AuthInternalService`), and two service clients ([`CLIENT_ID`],
+/// [`USER_CLIENT_ID`]); then `configure` changes what a test needs. Waits until it
+/// reports SERVING.
 pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Config)) -> TestApp {
     let (users, users_serving) = FakeUsers::start().await;
+    let listener = local_listener();
+    let own_address = listener.local_addr().expect("a bound address");
     let mut config = test_config::<auth_service::Service>();
     config.peers.get_mut("user").expect("a user peer").addresses = users_serving.uri();
     config
-        .service
-        .service_clients
-        .insert(CLIENT_ID.to_owned(), SecretString::from(CLIENT_SECRET));
-    config.service.admin_emails = ADMIN.to_owned();
+        .peers
+        .get_mut("auth")
+        .expect("an auth peer")
+        .addresses = format!("http://{own_address}");
+    for (id, secret) in [
+        (CLIENT_ID, CLIENT_SECRET),
+        (USER_CLIENT_ID, USER_CLIENT_SECRET),
+    ] {
+        config
+            .service
+            .service_clients
+            .insert(id.to_owned(), SecretString::from(secret));
+    }
     configure(&mut config);
     config.validate().expect("the test config is valid");
-    let server = TestServer::start(Launch::new(config)).await;
+    let server = TestServer::start(Launch::new(config).listener(listener)).await;
     let channel = server.channel.clone();
     TestApp {
         auth: AuthServiceClient::new(channel.clone()),
@@ -120,6 +142,34 @@ impl TestApp {
             })
             .await
             .map(drop)
+    }
+
+    /// Calls `AuthInternalService/RevokeUserTokens` with `token` as the bearer credential
+    /// (none when `None`).
+    pub(crate) async fn revoke_user_tokens(
+        &self,
+        user_id: &str,
+        token: Option<&str>,
+    ) -> Result<pb::RevokeUserTokensResponse, Status> {
+        let message = pb::RevokeUserTokensRequest {
+            user_id: user_id.to_owned(),
+        };
+        let request = match token {
+            Some(token) => with_token(message, token),
+            None => tonic::Request::new(message),
+        };
+        AuthInternalServiceClient::new(self.channel.clone())
+            .revoke_user_tokens(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A service token of the user service's client, as auth issues it.
+    pub(crate) async fn user_service_token(&mut self) -> String {
+        self.issue_service_token(USER_CLIENT_ID, USER_CLIENT_SECRET)
+            .await
+            .expect("the user service's client gets a token")
+            .access_token
     }
 
     /// Asks for a service token.
@@ -198,6 +248,35 @@ impl TestApp {
     pub(crate) async fn stop(self) {
         self.server.stop().await;
     }
+}
+
+/// A token issuer with a fresh key, as the service makes one (15-minute access tokens,
+/// one-hour refresh families), for tests that drive the domain directly.
+pub(crate) fn test_issuer() -> TokenIssuer {
+    let keys = KeyRing::default();
+    let now = chrono::Utc::now();
+    keys.replace(vec![KeyRecord::generate(now, now).expect("a key")]);
+    TokenIssuer::new(
+        keys,
+        TokenSettings {
+            issuer: DEFAULT_ISSUER.to_owned(),
+            audience: DEFAULT_AUDIENCE.to_owned(),
+            access_ttl: Duration::from_secs(900),
+            service_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(3600),
+        },
+    )
+}
+
+/// A repository over a fresh, migrated in-memory database.
+pub(crate) async fn migrated_repository() -> SeaOrmAuthRepository {
+    let db = sea_orm::Database::connect("sqlite::memory:")
+        .await
+        .expect("connects");
+    <Migrator as sea_orm_migration::MigratorTrait>::up(&db, None)
+        .await
+        .expect("migrates");
+    SeaOrmAuthRepository::new(db, trellis_platform::outbox::OutboxWaker::default())
 }
 
 /// The delay of a status's `google.rpc.RetryInfo` detail.

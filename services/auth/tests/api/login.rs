@@ -8,6 +8,11 @@ use trellis_platform::auth::{PrincipalKind, UNAUTHENTICATED_MESSAGE};
 
 use crate::helpers::{ADA, PASSWORD, bearer, spawn_app, spawn_app_with, violated_fields};
 
+/// RFC 5321's longest address, 320 bytes: a 64-byte local part, `@`, a 255-byte domain.
+const MAX_EMAIL_BYTES: usize = 320;
+/// The user service's longest password, 1024 bytes.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
 /// 15 minutes, the README's access-token lifetime.
 const ACCESS_TTL_SECS: i64 = 900;
 /// 30 days, the README's refresh-token lifetime.
@@ -164,5 +169,54 @@ async fn the_user_service_is_asked_with_a_service_token_auth_signs_itself() {
     assert_eq!(claims.sub, "service:auth");
     let principal = app.principal_of(&token).await;
     assert_eq!(principal.service_name(), Some("auth"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_email_or_password_is_invalid_argument_before_the_user_service_or_throttle() {
+    // A budget of one failure: were the refused calls charged, Ada would be throttled.
+    let mut app = spawn_app_with(|config| {
+        config
+            .service
+            .login_throttle
+            .max_failures_per_account_per_hour = 1;
+    })
+    .await;
+    let long_email = format!("{}@example.com", "a".repeat(MAX_EMAIL_BYTES));
+    let padded_email = format!("{ADA}{}", " ".repeat(MAX_EMAIL_BYTES));
+    let long_password = "p".repeat(MAX_PASSWORD_BYTES + 1);
+    for (email, password, fields) in [
+        (long_email.as_str(), PASSWORD, vec!["email"]),
+        (padded_email.as_str(), PASSWORD, vec!["email"]),
+        (ADA, long_password.as_str(), vec!["password"]),
+        (
+            long_email.as_str(),
+            long_password.as_str(),
+            vec!["email", "password"],
+        ),
+    ] {
+        let status = app
+            .login(email, password)
+            .await
+            .expect_err("oversized input is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{fields:?}");
+        assert_eq!(violated_fields(&status), fields);
+        assert!(status.message().len() < 200, "{}", status.message());
+    }
+    assert!(app.users.calls().is_empty(), "the user service was asked");
+
+    // At the limits, input is checked as usual: the one failure the budget allows.
+    let status = app
+        .login(ADA, &"p".repeat(MAX_PASSWORD_BYTES))
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let longest_email = format!("{}@example.com", "a".repeat(MAX_EMAIL_BYTES - 12));
+    assert_eq!(longest_email.len(), MAX_EMAIL_BYTES);
+    let status = app
+        .login(&longest_email, PASSWORD)
+        .await
+        .expect_err("an unknown address");
+    assert_eq!(status.code(), Code::Unauthenticated);
     app.stop().await;
 }

@@ -11,6 +11,7 @@ mod helpers;
 
 mod errors;
 mod health;
+mod internal;
 mod login;
 mod notices;
 mod roles;

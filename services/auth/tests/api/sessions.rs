@@ -1,5 +1,6 @@
 //! RefreshToken and Logout: each refresh token works once, reuse revokes its family,
-//! logout ends the session; sessions are independent.
+//! logout ends the session; sessions are independent; a refresh asks the user service
+//! about the user every time.
 
 use tonic::Code;
 
@@ -130,5 +131,58 @@ async fn logout_succeeds_for_an_unknown_or_already_revoked_token() {
     app.logout(&tokens.refresh_token)
         .await
         .expect("logging out twice");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_users_refresh_is_unauthenticated_and_revokes_the_family() {
+    let mut app = spawn_app().await;
+    let tokens = app.sign_in(ADA).await;
+    let ada = app.users.account(ADA);
+    app.users.delete(ADA);
+    let status = app
+        .refresh(&tokens.refresh_token)
+        .await
+        .expect_err("a deleted user gets no tokens");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "invalid refresh token");
+    assert_eq!(app.users.lookups(), std::slice::from_ref(&ada.id));
+
+    // The family is revoked, not just refused once: were the user back, it stays dead.
+    app.users.restore(ada);
+    let status = app
+        .refresh(&tokens.refresh_token)
+        .await
+        .expect_err("the family was revoked");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_is_unavailable_while_the_user_service_is_down_and_the_same_token_works_after() {
+    let mut app = spawn_app().await;
+    let tokens = app.sign_in(ADA).await;
+    for fault in ["down", "rejecting auth's token"] {
+        match fault {
+            "down" => app.users.set_down(true),
+            _ => app.users.set_rejecting_callers(true),
+        }
+        let status = app
+            .refresh(&tokens.refresh_token)
+            .await
+            .expect_err("no refresh without the user service");
+        assert_eq!(status.code(), Code::Unavailable, "{fault}");
+        assert!(!status.message().contains("fake"), "{}", status.message());
+        app.users.set_down(false);
+        app.users.set_rejecting_callers(false);
+    }
+    // The token was not used up: it rotates now, once.
+    let next = app
+        .refresh(&tokens.refresh_token)
+        .await
+        .expect("the same refresh token still works");
+    app.refresh(&next.refresh_token)
+        .await
+        .expect("and its successor does, so the family was not revoked as a replay");
     app.stop().await;
 }

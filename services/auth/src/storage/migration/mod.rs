@@ -1,6 +1,7 @@
 //! Schema migrations of the auth service, applied at start-up.
 
 mod m20261121_000001_create_auth_tables;
+mod m20261122_000001_index_refresh_tokens_user_id;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 use trellis_platform::outbox::migration::CreateOutbox;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_create_auth_tables::Migration),
             Box::new(CreateOutbox),
+            Box::new(m20261122_000001_index_refresh_tokens_user_id::Migration),
         ]
     }
 }
@@ -27,6 +29,7 @@ mod tests {
             [
                 "m20261121_000001_create_auth_tables",
                 "m20261121_000100_create_outbox_messages",
+                "m20261122_000001_index_refresh_tokens_user_id",
             ]
         );
     }
