@@ -325,10 +325,20 @@ mod tests {
         Some(IpAddr::from(octets))
     }
 
+    /// Reserves a slot for `email` from `source` at `now`.
+    fn reserve(
+        throttle: &LoginThrottle,
+        email: &str,
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<Reservation, Duration> {
+        throttle.reserve_at(AccountKey::of(email), source, now)
+    }
+
     /// Fails `n` sign-ins to `email` from `source` at `now`, asserting each got a slot.
     fn fail(throttle: &LoginThrottle, email: &str, source: Option<IpAddr>, n: u32, now: Instant) {
         for i in 0..n {
-            let reserved = throttle.reserve_at(AccountKey::of(email), source, now);
+            let reserved = reserve(throttle, email, source, now);
             assert!(reserved.is_ok(), "failure {i} of {n}: {reserved:?}");
         }
     }
@@ -348,19 +358,11 @@ mod tests {
             );
         }
         let now = start + Duration::from_secs(3000);
-        let wait = throttle.reserve_at(AccountKey::of(ADA), None, now);
+        let wait = reserve(&throttle, ADA, None, now);
         assert_eq!(wait.err(), Some(Duration::from_secs(600)));
         // Case variants of the address share its budget; other accounts do not.
-        assert!(
-            throttle
-                .reserve_at(AccountKey::of("  Ada@Example.COM "), None, now)
-                .is_err()
-        );
-        assert!(
-            throttle
-                .reserve_at(AccountKey::of("grace@example.com"), None, now)
-                .is_ok()
-        );
+        assert!(reserve(&throttle, "  Ada@Example.COM ", None, now).is_err());
+        assert!(reserve(&throttle, "grace@example.com", None, now).is_ok());
     }
 
     #[test]
@@ -368,14 +370,11 @@ mod tests {
         let throttle = LoginThrottle::new(3, 1000);
         let start = Instant::now();
         fail(&throttle, ADA, ip([198, 51, 100, 7]), 3, start);
-        let retry_after = throttle
-            .reserve_at(AccountKey::of(ADA), ip(OWNER), start)
-            .expect_err("the account is locked");
+        let retry_after =
+            reserve(&throttle, ADA, ip(OWNER), start).expect_err("the account is locked");
         assert_eq!(retry_after, WINDOW);
         assert!(
-            throttle
-                .reserve_at(AccountKey::of(ADA), ip(OWNER), start + retry_after)
-                .is_ok(),
+            reserve(&throttle, ADA, ip(OWNER), start + retry_after).is_ok(),
             "the lockout ended when it said it would"
         );
     }
@@ -408,39 +407,30 @@ mod tests {
     fn a_refunded_slot_can_be_taken_again() {
         let throttle = LoginThrottle::new(1, 1000);
         let now = Instant::now();
-        let reservation = throttle
-            .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
-            .expect("a slot");
-        assert!(throttle.reserve_at(AccountKey::of(ADA), None, now).is_err());
+        let reservation = reserve(&throttle, ADA, ip(OWNER), now).expect("a slot");
+        assert!(reserve(&throttle, ADA, None, now).is_err());
         throttle.refund(reservation);
-        assert!(throttle.reserve_at(AccountKey::of(ADA), None, now).is_ok());
+        assert!(reserve(&throttle, ADA, None, now).is_ok());
     }
 
     #[test]
     fn a_flood_from_elsewhere_never_locks_the_owner_out_of_a_source_they_signed_in_from() {
         let throttle = LoginThrottle::new(5, 1000);
         let start = Instant::now();
-        let signed_in = throttle
-            .reserve_at(AccountKey::of(ADA), ip(OWNER), start)
-            .expect("a slot");
+        let signed_in = reserve(&throttle, ADA, ip(OWNER), start).expect("a slot");
         throttle.succeeded_at(signed_in, start);
         // A sustained, distributed flood: every ten minutes for two days, a new address
         // takes every slot of the account's shared budget as soon as it frees up.
         for step in 0..(2 * 24 * 6_u32) {
             let now = start + Duration::from_secs(u64::from(step) * 600);
             let attacker = ip([203, 0, 113, u8::try_from(step % 250).unwrap_or(0)]);
-            while throttle
-                .reserve_at(AccountKey::of(ADA), attacker, now)
-                .is_ok()
-            {}
+            while reserve(&throttle, ADA, attacker, now).is_ok() {}
             // The owner, from their address, still gets a slot and signs in.
-            let owner = throttle
-                .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
+            let owner = reserve(&throttle, ADA, ip(OWNER), now)
                 .unwrap_or_else(|wait| panic!("step {step}: owner locked out for {wait:?}"));
             throttle.succeeded_at(owner, now);
             // A new address of the owner's waits, but never longer than the window.
-            let wait = throttle
-                .reserve_at(AccountKey::of(ADA), ip([192, 0, 2, 99]), now)
+            let wait = reserve(&throttle, ADA, ip([192, 0, 2, 99]), now)
                 .expect_err("unknown sources share the flooded budget");
             assert!(wait <= WINDOW, "{wait:?}");
         }
@@ -450,16 +440,10 @@ mod tests {
     fn a_known_source_has_its_own_budget_for_the_account() {
         let throttle = LoginThrottle::new(3, 1000);
         let now = Instant::now();
-        let signed_in = throttle
-            .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
-            .expect("a slot");
+        let signed_in = reserve(&throttle, ADA, ip(OWNER), now).expect("a slot");
         throttle.succeeded_at(signed_in, now);
         fail(&throttle, ADA, ip(OWNER), 3, now);
-        assert!(
-            throttle
-                .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
-                .is_err()
-        );
+        assert!(reserve(&throttle, ADA, ip(OWNER), now).is_err());
         // Its failures did not use the account's shared budget.
         fail(&throttle, ADA, ip([198, 51, 100, 7]), 3, now);
     }
@@ -468,16 +452,12 @@ mod tests {
     fn a_known_source_is_forgotten_after_its_ttl() {
         let throttle = LoginThrottle::new(1, 1000);
         let start = Instant::now();
-        let signed_in = throttle
-            .reserve_at(AccountKey::of(ADA), ip(OWNER), start)
-            .expect("a slot");
+        let signed_in = reserve(&throttle, ADA, ip(OWNER), start).expect("a slot");
         throttle.succeeded_at(signed_in, start);
         let later = start + KNOWN_SOURCE_TTL;
         fail(&throttle, ADA, ip([198, 51, 100, 7]), 1, later);
         assert!(
-            throttle
-                .reserve_at(AccountKey::of(ADA), ip(OWNER), later)
-                .is_err(),
+            reserve(&throttle, ADA, ip(OWNER), later).is_err(),
             "no longer known, the owner's address shares the flooded budget"
         );
     }
@@ -490,17 +470,9 @@ mod tests {
         for i in 0..4 {
             fail(&throttle, &format!("user{i}@example.com"), host(i), 1, now);
         }
-        assert!(
-            throttle
-                .reserve_at(AccountKey::of("new@example.com"), host(99), now)
-                .is_err()
-        );
+        assert!(reserve(&throttle, "new@example.com", host(99), now).is_err());
         let other_prefix = Some(IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]));
-        assert!(
-            throttle
-                .reserve_at(AccountKey::of("new@example.com"), other_prefix, now)
-                .is_ok()
-        );
+        assert!(reserve(&throttle, "new@example.com", other_prefix, now).is_ok());
     }
 
     #[test]
@@ -509,11 +481,7 @@ mod tests {
         let now = Instant::now();
         fail(&throttle, "grace@example.com", ip(OWNER), 1, now);
         // The source is full: Ada's account must not be charged for the refusal.
-        assert!(
-            throttle
-                .reserve_at(AccountKey::of(ADA), ip(OWNER), now)
-                .is_err()
-        );
+        assert!(reserve(&throttle, ADA, ip(OWNER), now).is_err());
         let state = throttle.state.lock();
         let ada = state
             .accounts
@@ -526,7 +494,7 @@ mod tests {
         let throttle = LoginThrottle::new(3, 1000);
         let start = Instant::now();
         for _ in 0..10 {
-            let _ = throttle.reserve_at(AccountKey::of(ADA), None, start);
+            let _ = reserve(&throttle, ADA, None, start);
         }
         assert_eq!(
             throttle
@@ -540,7 +508,7 @@ mod tests {
         );
         let later = start + WINDOW;
         for i in 0..PRUNE_EVERY {
-            let _ = throttle.reserve_at(AccountKey::of(&format!("u{i}@example.com")), None, later);
+            let _ = reserve(&throttle, &format!("u{i}@example.com"), None, later);
         }
         let state = throttle.state.lock();
         assert!(
@@ -561,6 +529,6 @@ mod tests {
         }));
         assert!(panicked.is_err());
         // A std mutex would now be poisoned.
-        assert!(throttle.reserve_at(AccountKey::of(ADA), None, now).is_err());
+        assert!(reserve(&throttle, ADA, None, now).is_err());
     }
 }

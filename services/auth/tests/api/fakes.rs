@@ -121,14 +121,19 @@ impl FakeUsers {
 
     /// The account with `email`.
     pub(crate) fn account(&self, email: &str) -> user_pb::User {
+        self.find(|a| a.email == email)
+            .unwrap_or_else(|| panic!("the fake user service knows no {email}"))
+    }
+
+    /// The first account that `matches`.
+    fn find(&self, matches: impl Fn(&user_pb::User) -> bool) -> Option<user_pb::User> {
         self.state
             .accounts
             .lock()
             .expect("not poisoned")
             .iter()
-            .find(|a| a.email == email)
+            .find(|a| matches(a))
             .cloned()
-            .unwrap_or_else(|| panic!("the fake user service knows no {email}"))
     }
 
     /// Adds an account with [`PASSWORD`] and `roles`; returns it.
@@ -237,13 +242,7 @@ impl UserInternalService for FakeUsers {
         }
         let id = request.into_inner().id;
         let user = self
-            .state
-            .accounts
-            .lock()
-            .expect("not poisoned")
-            .iter()
             .find(|a| a.id == id)
-            .cloned()
             .ok_or_else(|| Status::not_found("no such user"))?;
         Ok(Response::new(user_pb::LookupUserResponse {
             user: Some(user),
@@ -268,14 +267,7 @@ impl UserInternalService for FakeUsers {
             return Err(fault);
         }
         let request = request.into_inner();
-        let user = self
-            .state
-            .accounts
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|a| a.email == request.email.trim() && request.password == PASSWORD)
-            .cloned();
+        let user = self.find(|a| a.email == request.email.trim() && request.password == PASSWORD);
         Ok(Response::new(user_pb::VerifyCredentialsResponse { user }))
     }
 }

@@ -115,56 +115,32 @@ async fn failed_logins_from_one_address_over_its_budget_are_resource_exhausted_f
 }
 
 #[tokio::test]
-async fn logins_refused_while_the_user_service_is_down_do_not_count_as_failures() {
+async fn logins_refused_because_the_user_service_cannot_be_asked_are_unavailable_and_charge_no_one()
+{
     const BUDGET: u32 = 2;
     let mut app = spawn_app_with(|config| {
-        config
-            .service
-            .login_throttle
-            .max_failures_per_account_per_hour = BUDGET;
-        config
-            .service
-            .login_throttle
-            .max_failures_per_source_per_hour = BUDGET;
+        let throttle = &mut config.service.login_throttle;
+        throttle.max_failures_per_account_per_hour = BUDGET;
+        throttle.max_failures_per_source_per_hour = BUDGET;
     })
     .await;
-    app.users.set_down(true);
-    for _ in 0..=BUDGET {
-        let status = app
-            .login(ADA, "wrong password!")
-            .await
-            .expect_err("no sign-in without the user service");
-        assert_eq!(status.code(), Code::Unavailable);
+    // Down, or rejecting auth's own service token with UNAUTHENTICATED: neither says
+    // anything about Ada's password.
+    for fault in ["down", "rejecting auth's token"] {
+        app.users.set_down(fault == "down");
+        app.users.set_rejecting_callers(fault != "down");
+        for _ in 0..=BUDGET {
+            let status = app
+                .login(ADA, "wrong password!")
+                .await
+                .expect_err("no sign-in without the user service");
+            assert_eq!(status.code(), Code::Unavailable, "{fault}: {status:?}");
+            assert_ne!(status.message(), "invalid email or password");
+        }
     }
     app.users.set_down(false);
-    app.sign_in(ADA).await;
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn logins_refused_because_the_user_service_rejects_auths_own_token_are_unavailable_and_charge_no_one()
- {
-    const BUDGET: u32 = 2;
-    let mut app = spawn_app_with(|config| {
-        config
-            .service
-            .login_throttle
-            .max_failures_per_account_per_hour = BUDGET;
-    })
-    .await;
-    // The user service answers UNAUTHENTICATED about auth's service token: that says
-    // nothing about Ada's password.
-    app.users.set_rejecting_callers(true);
-    for _ in 0..=BUDGET {
-        let status = app
-            .login(ADA, "wrong password!")
-            .await
-            .expect_err("no sign-in without the user service");
-        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert_ne!(status.message(), "invalid email or password");
-    }
     app.users.set_rejecting_callers(false);
-    // Ada's budget is whole.
+    // Ada's budget and the address's are whole.
     let (failures, status) =
         fail_until_throttled(&mut app, BUDGET as usize, |_| ADA.to_owned()).await;
     assert_eq!(failures, BUDGET as usize);
