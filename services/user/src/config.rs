@@ -5,14 +5,67 @@
 use serde::Deserialize;
 use trellis_platform::config::{ConfigError, Validate, require_positive};
 
+use crate::domain::PasswordHasher;
 use crate::domain::password::{HashCost, OWASP_MIN_ITERATIONS, OWASP_MIN_MEMORY_KIB};
 
 /// The user service's own keys.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    /// argon2id cost and concurrency.
+    /// argon2id cost, worker count and queue bound.
     pub password_hashing: HashCost,
+    /// `CreateUser` calls allowed per source address.
+    pub sign_up_rate: SignUpRate,
+    /// A running hasher to use instead of starting one from `password_hashing`: never
+    /// read from configuration; tests set it to hold the hashing workers.
+    #[serde(skip)]
+    pub shared_hasher: Option<PasswordHasher>,
+}
+
+impl Settings {
+    /// The password hasher: [`Self::shared_hasher`] when set, else a new pool at
+    /// `password_hashing`.
+    ///
+    /// # Errors
+    /// As [`PasswordHasher::new`].
+    pub fn password_hasher(&self) -> anyhow::Result<PasswordHasher> {
+        match &self.shared_hasher {
+            Some(hasher) => Ok(hasher.clone()),
+            None => PasswordHasher::new(self.password_hashing),
+        }
+    }
+}
+
+/// The sign-up rate limit: a token bucket per source address (GCRA, as `governor`
+/// implements it) holding `burst` sign-ups and refilled with `per_minute` a minute.
+/// IPv6 sources share a bucket per /64 prefix, the block one host usually holds
+/// (RFC 6177). Behind a proxy every call comes from the proxy's address: raise the limit
+/// or turn it off there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignUpRate {
+    /// Sign-ups a minute per address once the burst is spent; 0 turns the limit off.
+    /// Default 10.
+    pub per_minute: u32,
+    /// Sign-ups one address may make at once. Default 60.
+    pub burst: u32,
+}
+
+impl Default for SignUpRate {
+    fn default() -> Self {
+        Self {
+            per_minute: 10,
+            burst: 60,
+        }
+    }
+}
+
+impl SignUpRate {
+    /// No limit.
+    pub const OFF: Self = Self {
+        per_minute: 0,
+        burst: 0,
+    };
 }
 
 impl Validate for Settings {
@@ -34,7 +87,11 @@ impl Validate for Settings {
         require_positive(
             "password_hashing.max_concurrent",
             cost.max_concurrent as u64,
-        )
+        )?;
+        if self.sign_up_rate.per_minute > 0 {
+            require_positive("sign_up_rate.burst", u64::from(self.sign_up_rate.burst))?;
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +137,25 @@ mod tests {
         let err = load(&[("TRELLIS_USER__PASSWORD_HASHING__MEMORY_KIB", "1024")]).map(drop);
         let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
         assert!(message.contains("password_hashing.memory_kib"), "{message}");
+    }
+
+    #[test]
+    fn hashing_queue_and_sign_up_rate_are_read_from_the_environment() -> Result<(), ConfigError> {
+        let config = load(&[])?;
+        assert_eq!(config.service.password_hashing.queue_bound(), 16);
+        assert_eq!(config.service.sign_up_rate, SignUpRate::default());
+
+        let config = load(&[
+            ("TRELLIS_USER__PASSWORD_HASHING__MAX_QUEUED", "3"),
+            ("TRELLIS_USER__SIGN_UP_RATE__PER_MINUTE", "0"),
+        ])?;
+        assert_eq!(config.service.password_hashing.max_queued, Some(3));
+        assert_eq!(config.service.sign_up_rate.per_minute, 0);
+
+        let err = load(&[("TRELLIS_USER__SIGN_UP_RATE__BURST", "0")]).map(drop);
+        let message = err.map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(message.contains("sign_up_rate.burst"), "{message}");
+        Ok(())
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! domain errors to `tonic::Status` (in one place: `From<UserError> for Status`).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageError, PageTokenCodec};
 use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id};
@@ -12,6 +13,7 @@ use trellis_proto::user_v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::{DisplayName, Email, User, UserChanges, UserError, UserRepository, Users};
+use crate::sign_up::SignUpLimiter;
 
 /// ListUsers page size when the request says 0 (AIP-158).
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -25,6 +27,7 @@ const LIST_USERS_SCOPE: &str = "trellis.user.v1.UserService/ListUsers";
 pub struct UserHandlers<R> {
     users: Arc<Users<R>>,
     page_tokens: PageTokenCodec,
+    sign_up: Arc<SignUpLimiter>,
 }
 
 impl<R> Clone for UserHandlers<R> {
@@ -32,6 +35,7 @@ impl<R> Clone for UserHandlers<R> {
         Self {
             users: Arc::clone(&self.users),
             page_tokens: self.page_tokens.clone(),
+            sign_up: Arc::clone(&self.sign_up),
         }
     }
 }
@@ -42,7 +46,15 @@ impl<R: UserRepository> UserHandlers<R> {
         Self {
             users: Arc::new(users),
             page_tokens,
+            sign_up: Arc::new(SignUpLimiter::disabled()),
         }
+    }
+
+    /// Limits `CreateUser` per source address with `limiter` (no limit unless set).
+    #[must_use]
+    pub fn with_sign_up_limiter(mut self, limiter: SignUpLimiter) -> Self {
+        self.sign_up = Arc::new(limiter);
+        self
     }
 }
 
@@ -58,6 +70,14 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        // Every attempt counts, before any validation or hashing.
+        let source = request.remote_addr().map(|addr| addr.ip());
+        if let Err(retry_after) = self.sign_up.check(source) {
+            return Err(resource_exhausted(
+                "too many sign-ups from this address; try again later",
+                retry_after,
+            ));
+        }
         let request = request.into_inner();
         let user = self
             .users
@@ -225,9 +245,23 @@ impl From<UserError> for Status {
             UserError::NotFound => Status::not_found("user not found"),
             UserError::EmailTaken => Status::already_exists("email address is already registered"),
             UserError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
+            UserError::Overloaded { retry_after } => resource_exhausted(
+                "too many password checks in progress; try again shortly",
+                retry_after,
+            ),
             UserError::Unexpected(err) => internal(err.as_ref()),
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` saying when to retry (gRPC's rich
+/// error model, as gRPC clients' retry policies read it).
+fn resource_exhausted(message: &str, retry_after: Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
 }
 
 fn page_error(field: &str, err: &PageError) -> Status {

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod sign_up;
 pub mod storage;
 
 use trellis_platform::auth::{Access, AccessPolicy};
@@ -14,8 +15,9 @@ use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::user_v1::user_internal_service_server::UserInternalServiceServer;
 use trellis_proto::user_v1::user_service_server::UserServiceServer;
 
-use domain::{PasswordHasher, Users};
+use domain::Users;
 use grpc::UserHandlers;
+use sign_up::SignUpLimiter;
 use storage::SeaOrmUserRepository;
 
 /// The user service, as the platform runs it: `trellis_platform::run::<Service>()`.
@@ -50,9 +52,11 @@ impl trellis_platform::Service for Service {
     }
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
-        let hasher = PasswordHasher::new(ctx.settings().password_hashing)?;
+        let hasher = ctx.settings().password_hasher()?;
+        let sign_up = SignUpLimiter::new(ctx.settings().sign_up_rate);
         let repository = SeaOrmUserRepository::new(ctx.db().clone(), ctx.outbox());
-        let handlers = UserHandlers::new(Users::new(repository, hasher), ctx.page_tokens());
+        let handlers = UserHandlers::new(Users::new(repository, hasher), ctx.page_tokens())
+            .with_sign_up_limiter(sign_up);
         ctx.add_service(UserServiceServer::new(handlers.clone()));
         ctx.add_service(UserInternalServiceServer::new(handlers));
         Ok(())

@@ -72,6 +72,13 @@ pub enum UserError {
     /// The email is unknown or the password wrong; deliberately not saying which.
     #[error("invalid email or password")]
     InvalidCredentials,
+    /// Too much password hashing is in progress (see [`password`]): retry after
+    /// `retry_after`.
+    #[error("too many password checks in progress")]
+    Overloaded {
+        /// How long the caller should wait before retrying.
+        retry_after: std::time::Duration,
+    },
     /// Anything the caller cannot act on (database down, hashing failed).
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),

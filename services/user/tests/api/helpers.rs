@@ -9,6 +9,7 @@ use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::service::Launch;
 use trellis_platform::testing::{TestIssuer, TestServer, test_config};
 use trellis_proto::user_v1 as pb;
+use user_service::config::SignUpRate;
 
 pub(crate) use trellis_platform::testing::{
     TEST_PASSWORD as PASSWORD, health_status, violated_fields, with_token,
@@ -27,10 +28,18 @@ pub(crate) struct TestApp {
 
 /// Starts the user service on 127.0.0.1:0 with a fresh in-memory database (peers at the
 /// discard port: welcome deliveries stay pending) and waits until it reports SERVING.
+/// Every call comes from 127.0.0.1, so the sign-up rate limit is off here.
 pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// As [`spawn_app`], with `configure` applied to the config last.
+pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut user_service::Config)) -> TestApp {
     let issuer = TestIssuer::new();
-    let launch = Launch::new(test_config::<user_service::Service>())
-        .key_source(std::sync::Arc::new(issuer.key_source()));
+    let mut config = test_config::<user_service::Service>();
+    config.service.sign_up_rate = SignUpRate::OFF;
+    configure(&mut config);
+    let launch = Launch::new(config).key_source(std::sync::Arc::new(issuer.key_source()));
     let server = TestServer::start(launch).await;
     let channel = server.channel.clone();
     TestApp {

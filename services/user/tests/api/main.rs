@@ -11,5 +11,6 @@ mod authz;
 mod credentials;
 mod errors;
 mod health;
+mod limits;
 mod reflection;
 mod users;
