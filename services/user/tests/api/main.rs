@@ -12,5 +12,6 @@ mod credentials;
 mod errors;
 mod health;
 mod limits;
+mod properties;
 mod reflection;
 mod users;
