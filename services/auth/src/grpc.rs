@@ -2,6 +2,7 @@
 //! [`AuthError`] to `Status`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost_types::Timestamp;
 use tonic::{Code, Request, Response, Status};
@@ -159,6 +160,11 @@ impl From<AuthError> for Status {
             AuthError::UserServiceUnavailable => {
                 Status::unavailable("sign-in is unavailable; try again shortly")
             }
+            AuthError::UserServiceOverloaded { retry_after } => Status::with_error_details(
+                Code::ResourceExhausted,
+                "sign-in is overloaded; try again later",
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             AuthError::Unexpected(err) => internal(err.as_ref()),
         }
     }
@@ -185,8 +191,22 @@ impl UserServiceDirectory {
     }
 }
 
-/// Logs a failed call to the user service and makes it [`AuthError::UserServiceUnavailable`].
+/// Logs a failed call to the user service and makes it [`AuthError::UserServiceUnavailable`]
+/// — or [`AuthError::UserServiceOverloaded`] when the user service shed the call with
+/// RESOURCE_EXHAUSTED, so its `RetryInfo` reaches the client.
 fn unavailable(method: &str, status: &Status) -> AuthError {
+    if status.code() == Code::ResourceExhausted {
+        let retry_after = status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay)
+            .unwrap_or(Duration::from_secs(1));
+        tracing::warn!(
+            method,
+            message = status.message(),
+            "the user service is overloaded"
+        );
+        return AuthError::UserServiceOverloaded { retry_after };
+    }
     if matches!(
         status.code(),
         Code::Unauthenticated | Code::PermissionDenied
@@ -353,6 +373,29 @@ mod tests {
             .verify_credentials("ada@example.com", "correct horse")
             .await?;
         assert_eq!(result, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_user_service_is_resource_exhausted_with_retry_info() -> anyhow::Result<()>
+    {
+        let directory = directory_answered_with(Err(Code::ResourceExhausted)).await?;
+        let result = directory
+            .verify_credentials("ada@example.com", "correct horse")
+            .await;
+        let Err(err) = result else {
+            anyhow::bail!("an overloaded user service answered {result:?}");
+        };
+        assert!(
+            matches!(err, AuthError::UserServiceOverloaded { .. }),
+            "{err:?}"
+        );
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_retry_info().and_then(|i| i.retry_delay),
+            Some(Duration::from_secs(1))
+        );
         Ok(())
     }
 

@@ -74,6 +74,13 @@ pub enum AuthError {
     /// service's own credentials. Never charged to anyone's sign-in budget.
     #[error("the user service is unavailable")]
     UserServiceUnavailable,
+    /// The user service is saturated (its password hashing queue is full) and asked
+    /// callers to come back after `retry_after`. Never charged to anyone's budget.
+    #[error("the user service is overloaded")]
+    UserServiceOverloaded {
+        /// The user service's `RetryInfo` delay (1 s when it sent none).
+        retry_after: Duration,
+    },
     /// Anything the caller cannot act on.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
