@@ -55,6 +55,13 @@ pub trait Validate {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key whose value is not acceptable.
     fn validate(&self) -> Result<(), ConfigError>;
+
+    /// The secrets this section holds, by dotted key (e.g. `service_clients.user`), so
+    /// the platform can refuse known default secrets outside local development. Default:
+    /// none.
+    fn secrets(&self) -> Vec<(String, &secrecy::SecretString)> {
+        Vec::new()
+    }
 }
 
 /// The top-level table of the layered sources: `defaults` (dotted key, value) under

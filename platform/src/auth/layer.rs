@@ -9,7 +9,7 @@ use http::{Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{Access, AccessPolicy, PrincipalKind, TokenVerifier, UNAUTHENTICATED_MESSAGE};
+use super::{Access, AccessPolicy, TokenVerifier, UNAUTHENTICATED_MESSAGE};
 
 /// Enforces `policy`, verifying bearer tokens with `verifier`.
 #[derive(Debug, Clone)]
@@ -90,11 +90,24 @@ where
                     return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
                 }
             };
-            if access == Access::Internal && principal.kind != PrincipalKind::Service {
-                return Ok(
-                    Status::permission_denied("this method is for Trellis services only")
-                        .into_http(),
-                );
+            if access == Access::Internal {
+                let Some(caller) = principal.service_name() else {
+                    return Ok(Status::permission_denied(
+                        "this method is for Trellis services only",
+                    )
+                    .into_http());
+                };
+                if !policy.allows_caller(request.uri().path(), caller) {
+                    tracing::warn!(
+                        caller,
+                        method = request.uri().path(),
+                        "service not allowed to call this internal method"
+                    );
+                    return Ok(
+                        Status::permission_denied("this service may not call this method")
+                            .into_http(),
+                    );
+                }
             }
             request.extensions_mut().insert(principal);
             inner.call(request).await

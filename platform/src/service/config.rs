@@ -10,6 +10,7 @@
 //! | `peers.<name>.*` | [`PeerConfig`]: the service's peers, with its default addresses |
 //! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
 //! | `page_token_secret` | the key that signs page tokens (random per process when unset) |
+//! | `local_development` | `true` only on a developer's machine: known default secrets are accepted |
 //! | anything else | the service's own [`Service::Settings`] |
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use crate::server::ServerConfig;
 use crate::telemetry::TelemetryConfig;
 
 /// The top-level keys of the platform's sections; every other key is the service's.
-const PLATFORM_KEYS: [&str; 7] = [
+const PLATFORM_KEYS: [&str; 8] = [
     "server",
     "telemetry",
     "database",
@@ -37,7 +38,13 @@ const PLATFORM_KEYS: [&str; 7] = [
     "peers",
     "outbox",
     "page_token_secret",
+    "local_development",
 ];
+
+/// Secrets published with the project (the fallback of `deploy/compose.yaml`): anyone
+/// can read them, so outside local development a service refuses to start with one
+/// (OWASP ASVS V2.10.4: no default credentials).
+pub const KNOWN_DEFAULT_SECRETS: &[&str] = &["compose-local-secret-change-me"];
 
 /// Shortest accepted `page_token_secret`, in bytes (a 256-bit HMAC key).
 pub const MIN_PAGE_TOKEN_SECRET_BYTES: usize = 32;
@@ -66,6 +73,10 @@ pub struct Config<S: Service> {
     /// Key that signs page tokens. Unset: a random key per process, so tokens do not
     /// survive a restart or cross replicas; set it when running more than one. Secret.
     pub page_token_secret: Option<SecretString>,
+    /// Whether this is a developer's own machine, where the published default secrets
+    /// ([`KNOWN_DEFAULT_SECRETS`]) are accepted. Default `false`: anywhere else a known
+    /// default in any secret key stops the process (exit 78) naming the key.
+    pub local_development: bool,
     /// The service's own keys.
     #[serde(skip)]
     pub service: S::Settings,
@@ -84,6 +95,7 @@ impl<S: Service> Default for Config<S> {
                 .collect(),
             outbox: OutboxConfig::default(),
             page_token_secret: None,
+            local_development: false,
             service: S::Settings::default(),
         }
     }
@@ -99,6 +111,7 @@ impl<S: Service> Clone for Config<S> {
             peers: self.peers.clone(),
             outbox: self.outbox.clone(),
             page_token_secret: self.page_token_secret.clone(),
+            local_development: self.local_development,
             service: self.service.clone(),
         }
     }
@@ -114,6 +127,7 @@ impl<S: Service> std::fmt::Debug for Config<S> {
             .field("auth", &self.auth)
             .field("peers", &self.peers)
             .field("outbox", &self.outbox)
+            .field("local_development", &self.local_development)
             .field("settings", &self.service)
             .finish_non_exhaustive()
     }
@@ -194,7 +208,46 @@ impl<S: Service> Config<S> {
                 format!("must be at least {MIN_PAGE_TOKEN_SECRET_BYTES} bytes"),
             ));
         }
-        self.service.validate()
+        self.service.validate()?;
+        self.refuse_default_secrets()
+    }
+
+    /// Outside local development, refuses a secret that is a known default.
+    fn refuse_default_secrets(&self) -> Result<(), ConfigError> {
+        if self.local_development {
+            return Ok(());
+        }
+        let mut secrets: Vec<(String, &SecretString)> = self.service.secrets();
+        secrets.extend(
+            [
+                ("auth.client_secret", &self.auth.client_secret),
+                ("page_token_secret", &self.page_token_secret),
+            ]
+            .into_iter()
+            .filter_map(|(key, secret)| Some((key.to_owned(), secret.as_ref()?))),
+        );
+        match secrets
+            .into_iter()
+            .find(|(_, secret)| KNOWN_DEFAULT_SECRETS.contains(&secret.expose_secret()))
+        {
+            None => Ok(()),
+            Some((key, _)) => {
+                let variable = format!(
+                    "{}__{}",
+                    S::INFO.env_prefix,
+                    key.replace('.', "__").to_uppercase()
+                );
+                Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "is a published default secret; set a real one (e.g. the output of \
+                         `openssl rand -hex 32`) in {variable}, or set local_development = \
+                         true ({}__LOCAL_DEVELOPMENT=true) on a developer's machine only",
+                        S::INFO.env_prefix
+                    ),
+                ))
+            }
+        }
     }
 
     /// The page-token codec: keyed by `page_token_secret`, or random when it is unset.

@@ -7,9 +7,10 @@
 //! 1. opens the database and applies the service's migrations ([`crate::data`]);
 //! 2. makes peer channels from `peers` ([`crate::peer`]), with this service's credentials
 //!    (OAuth 2.0 client credentials, RFC 6749 §4.4) when `auth.client_secret` is set;
-//! 3. when the access policy needs tokens, a verifier of the identity peer's published
-//!    keys ([`crate::auth`]);
-//! 4. calls [`Service::build`];
+//! 3. calls [`Service::build`];
+//! 4. when the access policy needs tokens, a verifier of the identity peer's published
+//!    keys, or of the key source the service chose ([`Context::use_key_source`])
+//!    ([`crate::auth`]);
 //! 5. adds the access policy, the message limits of every gRPC service, readiness (a
 //!    database ping), health and reflection, binds the listener, and starts the outbox
 //!    dispatcher (if the service enqueued through [`Context::outbox`]) and every
@@ -17,7 +18,7 @@
 
 mod config;
 
-pub use config::{Config, MIN_PAGE_TOKEN_SECRET_BYTES, NoSettings};
+pub use config::{Config, KNOWN_DEFAULT_SECRETS, MIN_PAGE_TOKEN_SECRET_BYTES, NoSettings};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -144,16 +145,6 @@ impl<S: Service> Launch<S> {
         let db = crate::data::connect::<S::Migrator>(&config.database).await?;
         let peers = Peers::new(config.peers.clone());
         let identity = config.auth.peer.clone();
-        let policy = S::access_policy();
-        let verifier = if policy.requires_token() {
-            let keys = match keys {
-                Some(keys) => keys,
-                None => Arc::new(RemoteKeySource::new(peers.anonymous_channel(&identity)?)),
-            };
-            Some(TokenVerifier::new(&config.auth, keys))
-        } else {
-            None
-        };
         let credentials: Option<Arc<dyn CredentialSource>> = match &config.auth.client_secret {
             Some(secret) => Some(Arc::new(ClientCredentials::new(
                 S::INFO.name,
@@ -175,9 +166,10 @@ impl<S: Service> Launch<S> {
             server,
             background: Vec::new(),
             outbox: None,
+            keys,
         };
         S::build(&mut ctx).await?;
-        ctx.finish(verifier, policy).await
+        ctx.finish(S::access_policy()).await
     }
 }
 
@@ -196,6 +188,7 @@ pub struct Context<S: Service> {
     server: ServerBuilder,
     background: Vec<Background>,
     outbox: Option<OutboxWaker>,
+    keys: Option<Arc<dyn KeySource>>,
 }
 
 impl<S: Service> std::fmt::Debug for Context<S> {
@@ -240,6 +233,13 @@ impl<S: Service> Context<S> {
         self.credentials = Some(credentials);
     }
 
+    /// Verifies access tokens against `keys` instead of the identity peer's published
+    /// keys (e.g. the identity provider verifies with its own key ring). A key source
+    /// given to [`Launch::key_source`] (a test's) takes precedence.
+    pub fn use_key_source(&mut self, keys: Arc<dyn KeySource>) {
+        self.keys.get_or_insert(keys);
+    }
+
     /// The peers, carrying this service's credentials when it has any.
     pub fn peers(&self) -> Peers {
         match &self.credentials {
@@ -280,22 +280,27 @@ impl<S: Service> Context<S> {
             .push(Box::new(move |stop| tokio::spawn(task(stop))));
     }
 
-    async fn finish(
-        self,
-        verifier: Option<TokenVerifier>,
-        policy: AccessPolicy,
-    ) -> Result<App, BuildError> {
+    async fn finish(self, policy: AccessPolicy) -> Result<App, BuildError> {
         let peers = self.peers();
         let Self {
             config,
             db,
+            peers: anonymous,
             credentials,
             mut server,
             background,
             outbox,
+            keys,
             ..
         } = self;
-        if let Some(verifier) = verifier {
+        if policy.requires_token() {
+            let keys = match keys {
+                Some(keys) => keys,
+                None => Arc::new(RemoteKeySource::new(
+                    anonymous.anonymous_channel(&config.auth.peer)?,
+                )),
+            };
+            let verifier = TokenVerifier::new(&config.auth, keys);
             server = server.route_layer(AuthLayer::new(verifier, policy));
         }
         let shutdown = server.shutdown_token();

@@ -124,4 +124,12 @@ impl Validate for Settings {
         }
         Ok(())
     }
+
+    /// Every accepted client secret, so the platform refuses published defaults.
+    fn secrets(&self) -> Vec<(String, &SecretString)> {
+        self.service_clients
+            .iter()
+            .map(|(client, secret)| (format!("service_clients.{client}"), secret))
+            .collect()
+    }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use trellis_platform::auth::{Access, AccessPolicy};
+use trellis_platform::auth::{Access, AccessPolicy, KeySource, PublicKey};
 use trellis_platform::peer::CredentialSource;
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::auth_v1::auth_internal_service_server::AuthInternalServiceServer;
@@ -60,6 +60,27 @@ impl CredentialSource for LocalCredentials {
     }
 }
 
+/// The auth service verifies the tokens sent to its own internal methods against its
+/// key ring, instead of fetching its own published keys over the network.
+struct LocalKeys {
+    ring: KeyRing,
+}
+
+impl KeySource for LocalKeys {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, Status>> + Send + '_>> {
+        let keys = self
+            .ring
+            .published()
+            .into_iter()
+            .map(|key| PublicKey {
+                x: key.public_x(),
+                kid: key.kid,
+            })
+            .collect();
+        Box::pin(async move { Ok(keys) })
+    }
+}
+
 impl trellis_platform::Service for Service {
     const INFO: ServiceInfo = ServiceInfo {
         name: "auth",
@@ -78,11 +99,11 @@ impl trellis_platform::Service for Service {
     type Settings = config::Settings;
     type Migrator = storage::migration::Migrator;
 
-    /// Every AuthService method is public: each authenticates by what it carries.
-    /// AuthInternalService (`RevokeUserTokens`) needs a service identity.
+    /// Every AuthService method is public: each authenticates by what it carries. The
+    /// internal `RevokeUserTokens` is for the user service only.
     fn access_policy() -> AccessPolicy {
         AccessPolicy::new(Access::Public)
-            .service("trellis.auth.v1.AuthInternalService", Access::Internal)
+            .internal(trellis_proto::paths::REVOKE_USER_TOKENS, &["user"])
     }
 
     /// Makes sure a signing key exists, then adds the handlers and key maintenance.
@@ -110,6 +131,7 @@ impl trellis_platform::Service for Service {
         ctx.use_credentials(Arc::new(LocalCredentials {
             issuer: issuer.clone(),
         }));
+        ctx.use_key_source(Arc::new(LocalKeys { ring: keys.clone() }));
         let repository = SeaOrmAuthRepository::new(ctx.db().clone(), ctx.outbox());
         maintain_keys(&repository, &policy, &keys)
             .await

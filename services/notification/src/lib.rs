@@ -41,10 +41,9 @@ impl trellis_platform::Service for Service {
 
     /// End users call the public service, services the internal one.
     fn access_policy() -> AccessPolicy {
-        AccessPolicy::new(Access::Authenticated).service(
-            "trellis.notification.v1.NotificationInternalService",
-            Access::Internal,
-        )
+        // User (account notices) and auth (sign-in notices) send; nobody else may.
+        AccessPolicy::new(Access::Authenticated)
+            .internal(trellis_proto::paths::SEND_NOTIFICATION, &["user", "auth"])
     }
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {

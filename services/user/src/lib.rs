@@ -48,7 +48,12 @@ impl trellis_platform::Service for Service {
     fn access_policy() -> AccessPolicy {
         AccessPolicy::new(Access::Authenticated)
             .method("trellis.user.v1.UserService/CreateUser", Access::Public)
-            .service("trellis.user.v1.UserInternalService", Access::Internal)
+            // Only auth checks credentials and looks users up (issue 8, item 3).
+            .internal(
+                "trellis.user.v1.UserInternalService/VerifyCredentials",
+                &["auth"],
+            )
+            .internal("trellis.user.v1.UserInternalService/LookupUser", &["auth"])
     }
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {

@@ -48,3 +48,34 @@ async fn a_wrong_secret_or_an_unknown_client_is_unauthenticated_with_one_message
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
     app.stop().await;
 }
+
+#[test]
+fn the_published_compose_secret_stops_auth_outside_local_development() {
+    let run = |local_development: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_auth-service"))
+            .env_clear()
+            .env(
+                "TRELLIS_AUTH__SERVICE_CLIENTS__USER",
+                trellis_platform::service::KNOWN_DEFAULT_SECRETS[0],
+            )
+            .env("TRELLIS_AUTH__LOCAL_DEVELOPMENT", local_development)
+            // Where a start that got past the config would fail at once.
+            .env(
+                "TRELLIS_AUTH__DATABASE__URL",
+                "postgres://trellis@127.0.0.1:9/nothing-listens-here",
+            )
+            .output()
+            .expect("the binary runs")
+    };
+    let refused = run("false");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("`service_clients.user`"), "{stderr}");
+    assert!(
+        stderr.contains("TRELLIS_AUTH__SERVICE_CLIENTS__USER"),
+        "{stderr}"
+    );
+    // On a developer's machine the secret passes the config check (and the start fails
+    // later, at the database, with another code).
+    assert_ne!(run("true").status.code(), Some(78));
+}

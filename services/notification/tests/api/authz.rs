@@ -108,6 +108,36 @@ async fn send_notification_without_a_token_is_unauthenticated() {
 }
 
 #[tokio::test]
+async fn only_user_and_auth_may_send_notifications() {
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    for (service, expected) in [
+        ("notification", Err(Code::PermissionDenied)),
+        ("billing", Err(Code::PermissionDenied)),
+        ("user", Ok(())),
+        ("auth", Ok(())),
+    ] {
+        let token = app.issuer.service_token(service);
+        let result = app
+            .internal
+            .send_notification(with_token(send_request(&ada, service), &token))
+            .await;
+        assert_eq!(code(result), expected, "{service}");
+    }
+    let titles: Vec<_> = app
+        .list_all(&ada, false)
+        .await
+        .into_iter()
+        .map(|n| n.title)
+        .collect();
+    assert_eq!(
+        titles.len(),
+        2,
+        "only user's and auth's are stored: {titles:?}"
+    );
+}
+
+#[tokio::test]
 async fn send_notification_with_an_end_user_token_is_permission_denied() {
     let mut app = spawn_app().await;
     let ada = new_user_id();

@@ -159,6 +159,34 @@ async fn the_internal_service_needs_a_service_identity() {
 }
 
 #[tokio::test]
+async fn only_auth_may_verify_credentials_or_look_users_up() {
+    let mut app = spawn_app().await;
+    let ada = app.create_user("ada@example.com", "Ada").await;
+    for service in ["notification", "user", "other"] {
+        let token = app.issuer.service_token(service);
+        let verify = app
+            .internal
+            .verify_credentials(with_token(
+                pb::VerifyCredentialsRequest {
+                    email: ada.email.clone(),
+                    password: PASSWORD.into(),
+                },
+                &token,
+            ))
+            .await;
+        assert_eq!(code(verify), Err(Code::PermissionDenied), "{service}");
+        let lookup = app
+            .internal
+            .lookup_user(with_token(
+                pb::LookupUserRequest { id: ada.id.clone() },
+                &token,
+            ))
+            .await;
+        assert_eq!(code(lookup), Err(Code::PermissionDenied), "{service}");
+    }
+}
+
+#[tokio::test]
 async fn a_service_token_cannot_use_end_user_methods() {
     let mut app = spawn_app().await;
     let ada = app.create_user("ada@example.com", "Ada").await;

@@ -1,0 +1,14 @@
+//! The platform's own suite, on in-process servers: access policies, statuses, the
+//! server's HTTP/2 limits, the outbox dispatcher and configuration rules.
+
+// Tests panic on purpose: a failed expectation is the test failing.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod access;
+mod config;
+mod support;
