@@ -11,6 +11,25 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest request id accepted from a caller, in bytes; longer ones are replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// Whether `id` may be used as a request id as given: 1 to [`MAX_REQUEST_ID_LEN`] bytes
+/// of `A-Z a-z 0-9 . _ -`. Nothing else, so a caller cannot forge fields, quotes or
+/// line breaks in text logs (OWASP's log-injection guidance: allowlist, don't escape).
+pub fn is_valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The caller's request id when [`is_valid_request_id`] accepts it, else a fresh random
+/// one (a UUIDv4 in its hyphenated form, which is valid).
+pub fn request_id_or_new(given: Option<&str>) -> String {
+    given
+        .filter(|id| is_valid_request_id(id))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
 tokio::task_local! {
     static REQUEST_ID: String;
 }
@@ -26,4 +45,41 @@ pub fn current_request_id() -> Option<String> {
 /// awaits it.
 pub fn scope<F: Future>(id: String, future: F) -> tokio::task::futures::TaskLocalFuture<String, F> {
     REQUEST_ID.scope(id, future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_that_could_forge_log_fields_are_replaced() {
+        for id in ["abc-123_X.y", &"a".repeat(MAX_REQUEST_ID_LEN)] {
+            assert_eq!(request_id_or_new(Some(id)), id);
+        }
+        for forged in [
+            "",
+            "id\nlevel=ERROR msg=forged",
+            "a b",
+            "x\"y",
+            "id=1",
+            "é",
+            &"a".repeat(MAX_REQUEST_ID_LEN + 1),
+        ] {
+            let id = request_id_or_new(Some(forged));
+            assert_ne!(id, forged);
+            assert!(is_valid_request_id(&id), "{id:?}");
+        }
+        assert!(is_valid_request_id(&request_id_or_new(None)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_yields_a_valid_request_id(given in proptest::prelude::any::<String>()) {
+            let id = request_id_or_new(Some(&given));
+            proptest::prop_assert!(is_valid_request_id(&id));
+            if is_valid_request_id(&given) {
+                proptest::prop_assert_eq!(id, given);
+            }
+        }
+    }
 }

@@ -1,6 +1,12 @@
 //! Building `tonic::Status` values the same way in every service: validation failures
 //! carry `google.rpc.BadRequest` field violations, and an INTERNAL never carries the
 //! underlying error (it is logged inside the request's span instead).
+//!
+//! A status travels in HTTP/2 headers (`grpc-message`, `grpc-status-details-bin`), and
+//! gRPC clients refuse response headers above their limit (16 KiB in grpc-go and tonic,
+//! 8 KiB in some proxies). So a status echoes at most [`MAX_ECHOED_VIOLATIONS`]
+//! violations, each field name and description cut to [`MAX_ECHOED_TEXT_BYTES`], within
+//! a byte budget that keeps message plus details under 8 KiB however large the request.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -10,23 +16,95 @@ use uuid::Uuid;
 // because every INVALID_ARGUMENT is built from them.
 pub use crate::validation::{FieldViolation, uuid_field};
 
+/// Most field violations one status echoes; the message counts the rest.
+pub const MAX_ECHOED_VIOLATIONS: usize = 100;
+
+/// Longest field name or description echoed, in bytes; longer ones are cut at a
+/// character boundary and end with `…`.
+pub const MAX_ECHOED_TEXT_BYTES: usize = 128;
+
+/// Budget of the echoed violations' field names and descriptions together, in bytes
+/// (before protobuf framing and base64: about 4.5 KiB on the wire at most).
+const DETAILS_BUDGET_BYTES: usize = 3 * 1024;
+
+/// Longest status message built here, in bytes (before percent-encoding, which can
+/// triple non-ASCII bytes: 1.5 KiB on the wire at most).
+const MAX_MESSAGE_BYTES: usize = 512;
+
 /// INVALID_ARGUMENT with a `google.rpc.BadRequest` detail listing `violations`.
 ///
 /// The message names the fields, so a client that ignores details still learns which.
+/// At most [`MAX_ECHOED_VIOLATIONS`] are echoed (fewer when their text is long), the
+/// message ending `… and N more` for the rest; message and details together stay well
+/// under 8 KiB.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     let mut details = ErrorDetails::new();
-    for violation in violations {
-        details.add_bad_request_violation(&violation.field, &violation.description);
+    let mut budget = DETAILS_BUDGET_BYTES;
+    let mut echoed = 0;
+    for violation in violations.iter().take(MAX_ECHOED_VIOLATIONS) {
+        let field = clip(&violation.field, MAX_ECHOED_TEXT_BYTES);
+        let description = clip(&violation.description, MAX_ECHOED_TEXT_BYTES);
+        let Some(left) = budget.checked_sub(field.len() + description.len()) else {
+            break;
+        };
+        budget = left;
+        details.add_bad_request_violation(field, description);
+        echoed += 1;
     }
     let message = match violations {
         [] => "invalid request".to_owned(),
-        [one] => format!("invalid {}: {}", one.field, one.description),
+        [one] => format!(
+            "invalid {}: {}",
+            clip(&one.field, MAX_ECHOED_TEXT_BYTES),
+            clip(&one.description, MAX_ECHOED_TEXT_BYTES)
+        ),
         many => {
-            let fields: Vec<_> = many.iter().map(|v| v.field.as_str()).collect();
-            format!("invalid fields: {}", fields.join(", "))
+            let mut message = "invalid fields: ".to_owned();
+            let mut named = 0;
+            for violation in &many[..echoed] {
+                let field = clip(&violation.field, MAX_ECHOED_TEXT_BYTES);
+                // Leave room for the count that follows.
+                if message.len() + field.len() + 2 > MAX_MESSAGE_BYTES - 32 {
+                    break;
+                }
+                if named > 0 {
+                    message.push_str(", ");
+                }
+                message.push_str(&field);
+                named += 1;
+            }
+            if named < many.len() {
+                message.push_str(&format!(" … and {} more", many.len() - named));
+            }
+            message
         }
     };
     Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// Checks a repeated request field's length against its cap.
+///
+/// # Errors
+/// INVALID_ARGUMENT with one violation of `field` (`has N items; at most MAX are
+/// allowed`) when `len > max`.
+pub fn check_max_items(field: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len <= max {
+        return Ok(());
+    }
+    Err(invalid_argument(&[FieldViolation::new(
+        field,
+        format!("has {len} items; at most {max} are allowed"),
+    )]))
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let ellipsis = "…";
+    let end = text.floor_char_boundary(max - ellipsis.len());
+    format!("{}{ellipsis}", &text[..end]).into()
 }
 
 /// INTERNAL with a fixed message. The error itself is logged at ERROR level inside the
@@ -126,6 +204,77 @@ mod tests {
             .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
             .unwrap_or_default();
         assert_eq!(fields, ["ids[0]", "ids[2]"]);
+    }
+
+    /// The size of `status` on the wire: its `grpc-message` and
+    /// `grpc-status-details-bin` headers as tonic sends them.
+    fn wire_bytes(status: &Status) -> usize {
+        let response = status.clone().into_http::<()>();
+        ["grpc-message", "grpc-status-details-bin"]
+            .iter()
+            .filter_map(|name| response.headers().get(*name))
+            .map(http::HeaderValue::len)
+            .sum()
+    }
+
+    /// The violations `status` echoes, asserting it fits in 8 KiB on the wire.
+    fn echoed_within_8_kib(status: &Status) -> Vec<tonic_types::FieldViolation> {
+        let bytes = wire_bytes(status);
+        assert!(bytes < 8 * 1024, "{bytes} bytes");
+        status
+            .get_details_bad_request()
+            .map(|b| b.field_violations)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn many_violations_are_capped_and_counted_under_8_kib() {
+        let violations: Vec<_> = (0..200_000)
+            .map(|i| FieldViolation::new(format!("ids[{i}]"), "is required"))
+            .collect();
+        let status = invalid_argument(&violations);
+        let fields = echoed_within_8_kib(&status);
+        assert_eq!(fields.len(), MAX_ECHOED_VIOLATIONS);
+        assert_eq!(fields[0].field, "ids[0]");
+        assert!(
+            status
+                .message()
+                .starts_with("invalid fields: ids[0], ids[1]")
+        );
+        assert!(status.message().ends_with("more"), "{}", status.message());
+    }
+
+    #[test]
+    fn long_field_names_and_descriptions_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(10_000);
+        let violations: Vec<_> = (0..150)
+            .map(|_| FieldViolation::new(long.clone(), long.clone()))
+            .collect();
+        let echoed = echoed_within_8_kib(&invalid_argument(&violations));
+        assert!(!echoed.is_empty());
+        assert!(echoed.iter().all(|v| v.field.len() <= MAX_ECHOED_TEXT_BYTES
+            && v.field.ends_with('…')
+            && v.description.len() <= MAX_ECHOED_TEXT_BYTES));
+
+        let one = echoed_within_8_kib(&invalid_argument(&[FieldViolation::new(
+            long.clone(),
+            long,
+        )]));
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn check_max_items_rejects_only_above_the_cap() {
+        assert!(check_max_items("ids", 1000, 1000).is_ok());
+        let status = check_max_items("ids", 1001, 1000).err();
+        assert_eq!(
+            status.as_ref().map(Status::code),
+            Some(Code::InvalidArgument)
+        );
+        assert_eq!(
+            status.as_ref().map(Status::message),
+            Some("invalid ids: has 1001 items; at most 1000 are allowed")
+        );
     }
 
     #[test]

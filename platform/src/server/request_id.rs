@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
-use crate::context::{self, MAX_REQUEST_ID_LEN};
+use crate::context;
 pub use crate::context::{REQUEST_ID_HEADER, current_request_id};
 
 /// Installs the request id on every request.
@@ -45,16 +45,51 @@ where
         let given = request
             .headers()
             .get(REQUEST_ID_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN)
-            .map(str::to_owned);
-        let id = given.unwrap_or_else(|| {
-            let id = uuid::Uuid::new_v4().to_string();
+            .and_then(|value| value.to_str().ok());
+        let id = context::request_id_or_new(given);
+        if given != Some(id.as_str()) {
+            // A missing or unacceptable id is replaced on the request too, so the span
+            // and the handler never see the caller's bytes.
             if let Ok(value) = HeaderValue::from_str(&id) {
                 request.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
-            id
-        });
+        }
         context::scope(id, self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// What the handler sees as the request id header and the task-local id.
+    async fn seen(given: &str) -> (Option<String>, Option<String>) {
+        let service = RequestIdLayer.layer(tower::service_fn(|request: Request<()>| async move {
+            let header = request
+                .headers()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            Ok::<_, std::convert::Infallible>((header, current_request_id()))
+        }));
+        let request = Request::builder()
+            .header(REQUEST_ID_HEADER, given)
+            .body(())
+            .unwrap_or_default();
+        service.oneshot(request).await.unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_forged_request_id_is_replaced_on_the_request_and_in_the_context() {
+        let (header, current) = seen("abc\" level=ERROR msg=\"forged").await;
+        assert_eq!(header, current);
+        assert!(current.as_deref().is_some_and(context::is_valid_request_id));
+        assert_ne!(current.as_deref(), Some("abc\" level=ERROR msg=\"forged"));
+
+        let (header, current) = seen("req-42").await;
+        assert_eq!(header.as_deref(), Some("req-42"));
+        assert_eq!(current.as_deref(), Some("req-42"));
     }
 }

@@ -11,4 +11,5 @@
 
 mod access;
 mod config;
+mod status;
 mod support;

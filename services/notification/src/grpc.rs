@@ -84,7 +84,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
         } else {
             let cursor: ListCursor = self
                 .page_tokens
-                .decode(&scope, &request.page_token)
+                .decode(&scope, &user_id, &request.page_token)
                 .map_err(|err| {
                     invalid_argument(&[FieldViolation::new("page_token", err.to_string())])
                 })?;
@@ -96,7 +96,10 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             .await?;
         let next_page_token = page
             .next_before
-            .map(|before| self.page_tokens.encode(&scope, &ListCursor { before }))
+            .map(|before| {
+                self.page_tokens
+                    .encode(&scope, &user_id, &ListCursor { before })
+            })
             .unwrap_or_default();
         Ok(Response::new(pb::ListNotificationsResponse {
             notifications: page.notifications.iter().map(to_proto).collect(),

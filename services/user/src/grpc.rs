@@ -105,11 +105,14 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        if !Principal::of(&request)?.is_admin() {
+        let principal = Principal::of(&request)?;
+        if !principal.is_admin() {
             return Err(Status::permission_denied(
                 "listing users needs the admin role",
             ));
         }
+        // Page tokens are bound to the admin they were issued to.
+        let caller = principal.subject.clone();
         let request = request.into_inner();
         let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|err| page_error("page_size", &err))?;
@@ -118,7 +121,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         } else {
             let cursor: ListCursor = self
                 .page_tokens
-                .decode(LIST_USERS_SCOPE, &request.page_token)
+                .decode(LIST_USERS_SCOPE, &caller, &request.page_token)
                 .map_err(|err| page_error("page_token", &err))?;
             Some(cursor.after)
         };
@@ -127,7 +130,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
             .next_after
             .map(|after| {
                 self.page_tokens
-                    .encode(LIST_USERS_SCOPE, &ListCursor { after })
+                    .encode(LIST_USERS_SCOPE, &caller, &ListCursor { after })
             })
             .unwrap_or_default();
         Ok(Response::new(pb::ListUsersResponse {

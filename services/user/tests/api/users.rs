@@ -228,6 +228,40 @@ async fn list_users_rejects_negative_page_size_and_tampered_tokens() {
 }
 
 #[tokio::test]
+async fn a_page_token_is_good_only_for_the_admin_it_was_issued_to() {
+    let mut app = spawn_app().await;
+    for i in 0..3 {
+        app.create_user(&format!("u{i}@example.com"), "U").await;
+    }
+    let list = |page_token: &str, token: &str| {
+        with_token(
+            pb::ListUsersRequest {
+                page_size: 1,
+                page_token: page_token.to_owned(),
+            },
+            token,
+        )
+    };
+    let (alice, bob) = (app.admin_token(), app.admin_token());
+    let page_token = app
+        .users
+        .list_users(list("", &alice))
+        .await
+        .expect("first page")
+        .into_inner()
+        .next_page_token;
+    let own = app.users.list_users(list(&page_token, &alice)).await;
+    assert!(own.is_ok(), "{own:?}");
+    let foreign = app
+        .users
+        .list_users(list(&page_token, &bob))
+        .await
+        .expect_err("another admin's token");
+    assert_eq!(foreign.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&foreign), ["page_token"]);
+}
+
+#[tokio::test]
 async fn update_user_changes_only_the_masked_fields() {
     let mut app = spawn_app().await;
     let created = app.create_user("ada@example.com", "Ada").await;
