@@ -11,6 +11,7 @@
 //! 3. in-flight calls get up to `server.drain_timeout_ms` to finish;
 //! 4. streams still open then end with UNAVAILABLE ([`drain`]), and the server returns.
 
+pub mod connection;
 pub mod drain;
 pub mod request_id;
 pub mod trace;
@@ -24,7 +25,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -54,6 +54,32 @@ pub struct ServerConfig {
     pub drain_timeout_ms: u64,
     /// How often the readiness probe (e.g. a database ping) runs, in ms. Default 5000.
     pub readiness_interval_ms: u64,
+    /// Most concurrent streams (calls) a client may open on one HTTP/2 connection
+    /// (RFC 9113 `SETTINGS_MAX_CONCURRENT_STREAMS`); a well-behaved client queues the
+    /// rest. Default 200 (hyper's own default, which tonic otherwise overrides with
+    /// "unlimited").
+    pub http2_max_concurrent_streams: u32,
+    /// How often the server pings an idle connection's client (HTTP/2 PING), in ms.
+    /// Default 60000.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long the server waits for a ping's acknowledgement before it closes the
+    /// connection, in ms. Default 20000 (grpc-go's).
+    pub http2_keepalive_timeout_ms: u64,
+    /// Most streams a client may open and reset before the server answers them
+    /// (CVE-2023-44487, "rapid reset"); over it the connection is closed. Default 20
+    /// (h2's).
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Most streams the server resets because of a client's protocol errors before it
+    /// closes the connection (CVE-2024-27316 class). Default 1024 (hyper's).
+    pub http2_max_local_error_reset_streams: usize,
+    /// Age after which a connection is told to go away (HTTP/2 GOAWAY), in ms, so
+    /// clients reconnect and rebalance across replicas (gRFC A9 `MAX_CONNECTION_AGE`).
+    /// Default 1800000 (30 min).
+    pub max_connection_age_ms: u64,
+    /// How long calls still open on a connection past its maximum age may go on, in ms;
+    /// then the connection is closed (gRFC A9 `MAX_CONNECTION_AGE_GRACE`). Long-lived
+    /// streams end here and clients resubscribe. Default 300000 (5 min).
+    pub max_connection_age_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +91,13 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             drain_timeout_ms: 10_000,
             readiness_interval_ms: 5_000,
+            http2_max_concurrent_streams: 200,
+            http2_keepalive_interval_ms: 60_000,
+            http2_keepalive_timeout_ms: 20_000,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
+            max_connection_age_ms: 30 * 60 * 1000,
+            max_connection_age_grace_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -90,7 +123,45 @@ impl ServerConfig {
         )?;
         require_positive("server.request_timeout_ms", self.request_timeout_ms)?;
         require_positive("server.drain_timeout_ms", self.drain_timeout_ms)?;
-        require_positive("server.readiness_interval_ms", self.readiness_interval_ms)
+        require_positive("server.readiness_interval_ms", self.readiness_interval_ms)?;
+        require_positive(
+            "server.http2_max_concurrent_streams",
+            u64::from(self.http2_max_concurrent_streams),
+        )?;
+        require_positive(
+            "server.http2_keepalive_interval_ms",
+            self.http2_keepalive_interval_ms,
+        )?;
+        require_positive(
+            "server.http2_keepalive_timeout_ms",
+            self.http2_keepalive_timeout_ms,
+        )?;
+        require_positive(
+            "server.http2_max_pending_accept_reset_streams",
+            self.http2_max_pending_accept_reset_streams as u64,
+        )?;
+        require_positive(
+            "server.http2_max_local_error_reset_streams",
+            self.http2_max_local_error_reset_streams as u64,
+        )?;
+        require_positive("server.max_connection_age_ms", self.max_connection_age_ms)?;
+        require_positive(
+            "server.max_connection_age_grace_ms",
+            self.max_connection_age_grace_ms,
+        )
+    }
+
+    /// The age at which a connection is told to go away.
+    pub fn max_connection_age(&self) -> Duration {
+        Duration::from_millis(self.max_connection_age_ms)
+    }
+
+    /// The longest a connection lives: its maximum age plus the grace.
+    pub fn max_connection_lifetime(&self) -> Duration {
+        Duration::from_millis(
+            self.max_connection_age_ms
+                .saturating_add(self.max_connection_age_grace_ms),
+        )
     }
 
     /// The drain bound of a graceful shutdown.
@@ -436,6 +507,20 @@ impl BoundServer {
         ));
 
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.http2_max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_millis(
+                config.http2_keepalive_interval_ms,
+            )))
+            .http2_keepalive_timeout(Some(Duration::from_millis(
+                config.http2_keepalive_timeout_ms,
+            )))
+            .http2_max_pending_accept_reset_streams(Some(
+                config.http2_max_pending_accept_reset_streams,
+            ))
+            .http2_max_local_error_reset_streams(Some(config.http2_max_local_error_reset_streams))
+            // The GOAWAY at the age; the grace is bounded on the accept path
+            // ([`connection`]), since tonic's own grace skips the GOAWAY.
+            .max_connection_age(config.max_connection_age())
             .timeout(config.request_timeout())
             .layer(request_id::RequestIdLayer)
             .layer(trace::layer())
@@ -445,7 +530,7 @@ impl BoundServer {
             .layer(drain::DrainLayer::new(drained.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                connection::incoming(listener, config.max_connection_lifetime()),
                 stop_accepting.clone().cancelled_owned(),
             );
         tokio::pin!(server);

@@ -11,5 +11,6 @@
 
 mod access;
 mod config;
+mod server;
 mod status;
 mod support;

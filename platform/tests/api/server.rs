@@ -1,0 +1,111 @@
+//! The server's HTTP/2 limits, as a client sees them.
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt as _;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use trellis_platform::server::{ServerBuilder, ServerConfig};
+use trellis_platform::testing::{channel, wait_serving};
+
+use crate::support::load;
+
+/// Serves health alone with `config` on 127.0.0.1; returns the address.
+async fn serve(config: ServerConfig) -> std::net::SocketAddr {
+    let config = ServerConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        ..config
+    };
+    let server = ServerBuilder::new(config).bind().await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.run_until(std::future::pending()));
+    wait_serving(addr).await;
+    addr
+}
+
+#[tokio::test]
+async fn the_server_advertises_its_max_concurrent_streams() {
+    let addr = serve(ServerConfig {
+        http2_max_concurrent_streams: 3,
+        ..ServerConfig::default()
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // A request answered means the server's SETTINGS frame (sent first) was read.
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    tokio::select! {
+        response = response => { response.unwrap(); }
+        closed = &mut connection => panic!("the connection closed: {closed:?}"),
+    }
+    // Before the limit was set, tonic advertised none (unlimited).
+    assert_eq!(connection.max_concurrent_send_streams(), 3);
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_connection_outlives_max_age_and_grace() {
+    let addr = serve(ServerConfig {
+        max_connection_age_ms: 100,
+        max_connection_age_grace_ms: 100,
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut client = HealthClient::new(channel(addr));
+    let mut watch = client
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Health's Watch never ends by itself; only the connection's end of life ends it.
+    // The guard turns a hang (no age limit) into a failure.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(_)) = watch.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream outlived its connection's maximum age"
+    );
+}
+
+#[test]
+fn http2_limit_keys_load_and_are_validated() {
+    let config = load(&[
+        ("TRELLIS_PROBE__SERVER__HTTP2_MAX_CONCURRENT_STREAMS", "7"),
+        ("TRELLIS_PROBE__SERVER__HTTP2_KEEPALIVE_INTERVAL_MS", "1000"),
+        ("TRELLIS_PROBE__SERVER__MAX_CONNECTION_AGE_MS", "60000"),
+        ("TRELLIS_PROBE__SERVER__MAX_CONNECTION_AGE_GRACE_MS", "5000"),
+    ])
+    .unwrap();
+    assert_eq!(config.server.http2_max_concurrent_streams, 7);
+    assert_eq!(config.server.http2_keepalive_interval_ms, 1000);
+    assert_eq!(
+        config.server.max_connection_lifetime(),
+        std::time::Duration::from_millis(65_000)
+    );
+    for key in [
+        "SERVER__HTTP2_MAX_CONCURRENT_STREAMS",
+        "SERVER__HTTP2_KEEPALIVE_TIMEOUT_MS",
+        "SERVER__HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS",
+        "SERVER__MAX_CONNECTION_AGE_MS",
+    ] {
+        let variable = format!("TRELLIS_PROBE__{key}");
+        let err = load(&[(variable.as_str(), "0")])
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(&key.to_lowercase().replace("__", ".")),
+            "{key}: {err}"
+        );
+    }
+}
