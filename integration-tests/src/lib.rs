@@ -106,6 +106,7 @@ fn fast_outbox() -> OutboxConfig {
         initial_backoff_ms: 50,
         max_backoff_ms: 400,
         batch_size: 100,
+        ..OutboxConfig::default()
     }
 }
 

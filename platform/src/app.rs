@@ -9,6 +9,10 @@ use tokio::task::JoinHandle;
 
 use crate::server::{BoundServer, ServerError};
 
+/// How long background tasks may run on once the server has stopped; they were told to
+/// stop when shutdown began, so this only bounds one that does not listen.
+const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A service ready to serve. Background tasks must stop when the server's shutdown token
 /// ([`crate::server::ServerBuilder::shutdown_token`]) is cancelled.
 #[derive(Debug)]
@@ -57,14 +61,19 @@ impl App {
     }
 
     /// Serves until `shutdown` completes, then drains, waits for the background tasks
-    /// and closes the database.
+    /// (aborting any still running a second after the server stopped) and closes the
+    /// database.
     ///
     /// # Errors
     /// [`AppError`] when serving fails or the database does not close.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
         self.server.run_until(shutdown).await?;
-        for task in self.background {
-            drop(task.await);
+        let deadline = tokio::time::Instant::now() + BACKGROUND_GRACE;
+        for mut task in self.background {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!("a background task ignored shutdown; aborting it");
+                task.abort();
+            }
         }
         self.db.close().await.map_err(AppError::Close)
     }

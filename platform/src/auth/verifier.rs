@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::SecretString;
 use serde::Deserialize;
-use tokio::sync::Mutex;
 use trellis_proto::auth_v1::{ListSigningKeysRequest, auth_service_client::AuthServiceClient};
 
 use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_IDENTITY_PEER, DEFAULT_ISSUER, Principal};
@@ -171,11 +170,16 @@ struct KeyCache {
 }
 
 /// Verifies access tokens. Cheap to clone; clones share the key cache.
+///
+/// The cache's lock is held only to read or replace keys, never across a fetch: a slow
+/// or hanging key source delays only the verifications that need a key it has not got.
+/// Fetches are single-flight (one at a time, behind their own async lock).
 #[derive(Clone)]
 pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
     validation: Arc<Validation>,
-    cache: Arc<Mutex<KeyCache>>,
+    cache: Arc<parking_lot::Mutex<KeyCache>>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
     min_refresh_interval: Duration,
     max_key_age: Duration,
 }
@@ -204,7 +208,8 @@ impl TokenVerifier {
         Self {
             source: Arc::new(source),
             validation: Arc::new(validation),
-            cache: Arc::new(Mutex::new(KeyCache::default())),
+            cache: Arc::default(),
+            fetching: Arc::default(),
             min_refresh_interval: Duration::from_millis(config.min_refresh_interval_ms),
             max_key_age: Duration::from_millis(config.max_key_age_ms),
         }
@@ -228,31 +233,43 @@ impl TokenVerifier {
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
-        let mut cache = self.cache.lock().await;
-        let stale = cache
-            .fetched_at
-            .is_none_or(|at| at.elapsed() >= self.max_key_age);
-        if stale || !cache.keys.contains_key(kid) {
+        let unknown = || VerifyError::UnknownKey(kid.to_owned());
+        let seen_fetch = {
+            let cache = self.cache.lock();
+            let stale = cache
+                .fetched_at
+                .is_none_or(|at| at.elapsed() >= self.max_key_age);
+            if let Some(key) = cache.keys.get(kid) {
+                // A stale key is still used while another call refetches.
+                if !stale || self.fetching.try_lock().is_err() {
+                    return Ok(key.clone());
+                }
+            }
             let wait = if cache.last_fetch_failed {
                 RETRY_AFTER_FAILURE
             } else {
                 self.min_refresh_interval
             };
             let may_fetch = stale || cache.fetched_at.is_none_or(|at| at.elapsed() >= wait);
-            if may_fetch {
-                self.refresh(&mut cache).await;
+            if !may_fetch {
+                return Err(unknown());
             }
+            cache.fetched_at
+        };
+        let _fetching = self.fetching.lock().await;
+        // Another call may have fetched while this one waited: use its result.
+        if self.cache.lock().fetched_at == seen_fetch {
+            self.refresh().await;
         }
-        cache
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| VerifyError::UnknownKey(kid.to_owned()))
+        self.cache.lock().keys.get(kid).cloned().ok_or_else(unknown)
     }
 
-    async fn refresh(&self, cache: &mut KeyCache) {
+    /// Fetches the keys with no lock on the cache held, then replaces them.
+    async fn refresh(&self) {
+        let fetched = self.source.fetch().await;
+        let mut cache = self.cache.lock();
         cache.fetched_at = Some(Instant::now());
-        match self.source.fetch().await {
+        match fetched {
             Ok(keys) => {
                 cache.keys = keys
                     .into_iter()

@@ -7,6 +7,14 @@
 //! marks it delivered. Delivery is at least once; the receiving method must be idempotent
 //! by the message id, which the caller puts into the request (for example as its
 //! `idempotency_key`), so the effect happens exactly once.
+//!
+//! A message its peer rejects for good (a status that retrying cannot change, e.g.
+//! INVALID_ARGUMENT or PERMISSION_DENIED) is marked failed and kept: the dispatcher logs
+//! it at ERROR (row id, peer, method, status) and logs the number of failed messages at
+//! WARN when it starts and after each new failure. [`failed_count`] reads that number
+//! (for a metric or a check), and [`retry_failed`] — or clearing `failed_time` by hand,
+//! see the README — puts failed messages back in the queue. Delivered messages are
+//! deleted after `outbox.retention_ms`; failed ones are never deleted automatically.
 
 pub mod entity;
 pub mod migration;
@@ -47,6 +55,9 @@ pub struct OutboxConfig {
     pub max_backoff_ms: u64,
     /// Most messages read per pass. Default 100.
     pub batch_size: u64,
+    /// How long delivered messages are kept before they are deleted, ms. Default
+    /// 604800000 (7 days). Failed messages are kept until retried or deleted by hand.
+    pub retention_ms: u64,
 }
 
 impl Default for OutboxConfig {
@@ -56,6 +67,7 @@ impl Default for OutboxConfig {
             initial_backoff_ms: 200,
             max_backoff_ms: 30_000,
             batch_size: 100,
+            retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -69,7 +81,13 @@ impl OutboxConfig {
         require_positive("outbox.poll_interval_ms", self.poll_interval_ms)?;
         require_positive("outbox.initial_backoff_ms", self.initial_backoff_ms)?;
         require_positive("outbox.max_backoff_ms", self.max_backoff_ms)?;
-        require_positive("outbox.batch_size", self.batch_size)
+        require_positive("outbox.batch_size", self.batch_size)?;
+        require_positive("outbox.retention_ms", self.retention_ms)
+    }
+
+    /// How long delivered messages are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_millis(self.retention_ms)
     }
 
     /// The delay before retry number `attempt` (1-based), with ±20 % jitter.
@@ -135,6 +153,59 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, entry: OutboxEntry) -> Result
     Ok(())
 }
 
+/// How many messages their peers rejected for good (`failed_time` set).
+///
+/// # Errors
+/// The database error.
+pub async fn failed_count<C: ConnectionTrait>(conn: &C) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait as _;
+    Entity::find()
+        .filter(Column::FailedTime.is_not_null())
+        .count(conn)
+        .await
+}
+
+/// Puts failed messages back in the queue, due now with their attempts reset: the ones
+/// in `ids`, or every failed message when `ids` is `None`. Returns how many. Retry only
+/// after fixing what the peer rejected (its `last_error` says what), or it fails again.
+///
+/// # Errors
+/// The database error.
+pub async fn retry_failed<C: ConnectionTrait>(
+    conn: &C,
+    ids: Option<&[Uuid]>,
+) -> Result<u64, DbErr> {
+    let mut update = Entity::update_many()
+        .col_expr(
+            Column::FailedTime,
+            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+        )
+        .col_expr(Column::Attempts, Expr::value(0))
+        .col_expr(Column::NextAttemptTime, Expr::value(Utc::now()))
+        .filter(Column::FailedTime.is_not_null());
+    if let Some(ids) = ids {
+        update = update.filter(Column::Id.is_in(ids.iter().copied()));
+    }
+    Ok(update.exec(conn).await?.rows_affected)
+}
+
+/// Deletes delivered messages older than `retention`; returns how many.
+///
+/// # Errors
+/// The database error.
+pub async fn prune_delivered<C: ConnectionTrait>(
+    conn: &C,
+    retention: Duration,
+) -> Result<u64, DbErr> {
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let deleted = Entity::delete_many()
+        .filter(Column::DeliveredTime.lt(cutoff))
+        .exec(conn)
+        .await?;
+    Ok(deleted.rows_affected)
+}
+
 /// Wakes the dispatcher when a transaction that enqueued messages has committed.
 #[derive(Debug, Clone, Default)]
 pub struct OutboxWaker(Arc<Notify>);
@@ -187,11 +258,30 @@ impl Dispatcher {
         self.waker.clone()
     }
 
-    /// Runs until `stop` is cancelled; a pass in progress finishes its current message.
+    /// Runs until `stop` is cancelled. Stopping does not wait for a pass in progress:
+    /// the delivery under way is abandoned (its message stays pending and is delivered
+    /// again after a restart — delivery is at least once) and no further one starts, so
+    /// shutdown keeps its drain bound.
     pub async fn run(self, stop: CancellationToken) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
+        self.report_failed().await;
+        // Prune at start, then about as often as the retention (at most hourly).
+        let prune_every = self.config.retention().min(Duration::from_secs(3600));
+        let mut next_prune = tokio::time::Instant::now();
         loop {
-            let full_batch = match self.pass().await {
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + prune_every;
+                match prune_delivered(&self.db, self.config.retention()).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "pruned delivered outbox messages"),
+                    Err(err) => tracing::warn!(error = %err, "cannot prune the outbox"),
+                }
+            }
+            let pass = tokio::select! {
+                () = stop.cancelled() => return,
+                pass = self.pass(&stop) => pass,
+            };
+            let full_batch = match pass {
                 Ok(count) => count as u64 >= self.config.batch_size,
                 Err(err) => {
                     tracing::warn!(error = %err, "outbox pass failed");
@@ -209,8 +299,21 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers every due message once; returns how many were due.
-    async fn pass(&self) -> Result<usize, DbErr> {
+    /// Logs the number of failed messages at WARN when there are any.
+    async fn report_failed(&self) {
+        match failed_count(&self.db).await {
+            Ok(0) => {}
+            Ok(failed) => tracing::warn!(
+                failed,
+                "outbox holds messages their peers rejected for good; \
+                 see last_error, fix the cause, then retry them (README: outbox)"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot count failed outbox messages"),
+        }
+    }
+
+    /// Delivers every due message once, until `stop`; returns how many were due.
+    async fn pass(&self, stop: &CancellationToken) -> Result<usize, DbErr> {
         let due = Entity::find()
             .filter(Column::DeliveredTime.is_null())
             .filter(Column::FailedTime.is_null())
@@ -224,10 +327,16 @@ impl Dispatcher {
         for message in due {
             let id = message.id;
             let attempts = message.attempts + 1;
-            let outcome = self.deliver(message).await;
+            let (peer, method) = (message.peer.clone(), message.method.clone());
+            // An abandoned delivery leaves its row as it was: due again next time.
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return Ok(count),
+                outcome = self.deliver(message) => outcome,
+            };
             let update = Entity::update_many()
                 .col_expr(Column::Attempts, Expr::value(attempts))
                 .filter(Column::Id.eq(id));
+            let failed = matches!(outcome, Outcome::Failed(_));
             let update = match outcome {
                 Outcome::Delivered => {
                     tracing::debug!(outbox_id = %id, attempts, "outbox message delivered");
@@ -242,13 +351,16 @@ impl Dispatcher {
                         .col_expr(Column::LastError, Expr::value(Some(error)))
                 }
                 Outcome::Failed(error) => {
-                    tracing::error!(outbox_id = %id, attempts, %error, "outbox message rejected by its peer; giving up");
+                    tracing::error!(outbox_id = %id, %peer, %method, attempts, status = %error, "outbox message rejected by its peer for good; kept as failed");
                     update
                         .col_expr(Column::FailedTime, Expr::value(Some(Utc::now())))
                         .col_expr(Column::LastError, Expr::value(Some(error)))
                 }
             };
             update.exec(&self.db).await?;
+            if failed {
+                self.report_failed().await;
+            }
         }
         Ok(count)
     }

@@ -11,6 +11,8 @@
 
 mod access;
 mod config;
+mod outbox;
 mod server;
 mod status;
 mod support;
+mod verifier;

@@ -1,0 +1,184 @@
+//! The outbox dispatcher: stopping mid-delivery, rejected messages kept visible and
+//! retryable, delivered messages pruned.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use trellis_platform::data::DatabaseConfig;
+use trellis_platform::outbox::entity::{Column, Entity};
+use trellis_platform::outbox::{
+    Dispatcher, OutboxConfig, OutboxEntry, OutboxWaker, enqueue, failed_count, prune_delivered,
+    retry_failed,
+};
+use trellis_platform::peer::{PeerConfig, Peers};
+use trellis_platform::testing::assert_eventually;
+use trellis_proto::notification_v1 as pb;
+
+use crate::support::{Answer, Migrator, Notifications, load, serve_notifications};
+
+async fn database() -> DatabaseConnection {
+    trellis_platform::data::connect::<Migrator>(&DatabaseConfig::with_url("sqlite::memory:"))
+        .await
+        .unwrap()
+}
+
+async fn enqueue_one(db: &DatabaseConnection) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    enqueue(
+        db,
+        OutboxEntry::new(
+            id,
+            "notification",
+            trellis_proto::paths::SEND_NOTIFICATION,
+            &pb::SendNotificationRequest::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// Peers with `notification` at `addr`, with a call deadline of an hour.
+fn peers(addr: std::net::SocketAddr) -> Peers {
+    let mut peer = PeerConfig::with_address(format!("http://{addr}"));
+    peer.timeout_ms = 3_600_000;
+    Peers::new(HashMap::from([("notification".to_owned(), peer)]))
+}
+
+async fn pending(db: &DatabaseConnection) -> usize {
+    Entity::find()
+        .filter(Column::DeliveredTime.is_null())
+        .filter(Column::FailedTime.is_null())
+        .all(db)
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn stopping_does_not_wait_for_a_delivery_in_progress() {
+    let started = Arc::new(Notify::new());
+    let addr = serve_notifications(Notifications(Answer::Hang {
+        started: Arc::clone(&started),
+    }))
+    .await;
+    let db = database().await;
+    enqueue_one(&db).await;
+    let dispatcher = Dispatcher::new(
+        db.clone(),
+        peers(addr),
+        OutboxConfig::default(),
+        OutboxWaker::default(),
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(dispatcher.run(stop.clone()));
+    started.notified().await;
+    stop.cancel();
+    // The delivery would hang for its hour-long deadline; the guard turns that into a
+    // failure.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), running).await;
+    assert!(stopped.is_ok(), "the dispatcher waited for its delivery");
+    assert_eq!(pending(&db).await, 1, "the abandoned message stays pending");
+}
+
+#[tokio::test]
+async fn a_rejected_message_is_kept_counted_and_can_be_retried() {
+    let addr = serve_notifications(Notifications(Answer::Fail(
+        tonic::Status::permission_denied("not you"),
+    )))
+    .await;
+    let db = database().await;
+    let id = enqueue_one(&db).await;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(
+        Dispatcher::new(
+            db.clone(),
+            peers(addr),
+            OutboxConfig::default(),
+            OutboxWaker::default(),
+        )
+        .run(stop.clone()),
+    );
+    assert_eventually(|| async { failed_count(&db).await.unwrap() == 1 }).await;
+    stop.cancel();
+    running.await.unwrap();
+
+    let row = Entity::find_by_id(id).one(&db).await.unwrap().unwrap();
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("not you")),
+        "{row:?}"
+    );
+    assert_eq!(retry_failed(&db, Some(&[id])).await.unwrap(), 1);
+    assert_eq!(failed_count(&db).await.unwrap(), 0);
+    assert_eq!(pending(&db).await, 1);
+}
+
+#[tokio::test]
+async fn delivered_messages_are_pruned_after_the_retention() {
+    let db = database().await;
+    let (old, recent, waiting) = (
+        enqueue_one(&db).await,
+        enqueue_one(&db).await,
+        enqueue_one(&db).await,
+    );
+    let now = chrono::Utc::now();
+    for (id, delivered) in [
+        (old, now - chrono::Duration::hours(2)),
+        (recent, now - chrono::Duration::minutes(1)),
+    ] {
+        Entity::update_many()
+            .col_expr(Column::DeliveredTime, Expr::value(Some(delivered)))
+            .filter(Column::Id.eq(id))
+            .exec(&db)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        prune_delivered(&db, Duration::from_secs(3 * 3600))
+            .await
+            .unwrap(),
+        0
+    );
+
+    // The dispatcher prunes with its configured retention (its peer is unreachable: the
+    // waiting message stays).
+    let stop = CancellationToken::new();
+    let config = OutboxConfig {
+        retention_ms: 3_600_000,
+        ..OutboxConfig::default()
+    };
+    let unreachable = "127.0.0.1:9".parse().unwrap();
+    let running = tokio::spawn(
+        Dispatcher::new(
+            db.clone(),
+            peers(unreachable),
+            config,
+            OutboxWaker::default(),
+        )
+        .run(stop.clone()),
+    );
+    assert_eventually(|| async { Entity::find_by_id(old).one(&db).await.unwrap().is_none() }).await;
+    stop.cancel();
+    running.await.unwrap();
+    for kept in [recent, waiting] {
+        assert!(Entity::find_by_id(kept).one(&db).await.unwrap().is_some());
+    }
+}
+
+#[test]
+fn outbox_retention_loads_and_is_validated() {
+    let config = load(&[("TRELLIS_PROBE__OUTBOX__RETENTION_MS", "86400000")]).unwrap();
+    assert_eq!(config.outbox.retention(), Duration::from_secs(86_400));
+    let err = load(&[("TRELLIS_PROBE__OUTBOX__RETENTION_MS", "0")])
+        .err()
+        .map(|err| err.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("outbox.retention_ms"), "{err}");
+}
