@@ -38,8 +38,7 @@ const KEY_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Service;
 
 /// Every setting of the auth service: the platform's sections (default port 50052,
-/// database `sqlite://.data/auth.db?mode=rwc`, peers `user`, `notification` and `auth`)
-/// and
+/// database `sqlite://.data/auth.db?mode=rwc`, peers `user` and `notification`) and
 /// [`config::Settings`], from `TRELLIS_AUTH__*`.
 pub type Config = trellis_platform::Config<Service>;
 
@@ -87,14 +86,12 @@ impl trellis_platform::Service for Service {
         env_prefix: "TRELLIS_AUTH",
     };
     const DEFAULT_PORT: u16 = 50052;
-    /// `user` (credential checks, roles), `notification` (sign-in notices, through the
-    /// outbox), and `auth` — this service itself, whose published keys verify the service
-    /// tokens `AuthInternalService` requires (set `peers.auth.addresses` when it does not
-    /// listen on 127.0.0.1:50052).
+    /// `user` (credential checks, roles) and `notification` (sign-in notices, through
+    /// the outbox). Tokens sent to `AuthInternalService` are verified against the local
+    /// key ring ([`LocalKeys`]), so auth needs no peer entry for itself.
     const DEFAULT_PEERS: &'static [(&'static str, &'static str)] = &[
         ("user", "http://127.0.0.1:50051"),
         ("notification", "http://127.0.0.1:50053"),
-        ("auth", "http://127.0.0.1:50052"),
     ];
     type Settings = config::Settings;
     type Migrator = storage::migration::Migrator;
