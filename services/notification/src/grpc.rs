@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     NewNotification, Notification, NotificationError, NotificationRepository, Notifications,
-    PageSize, ReplayFilter,
+    PageSize, ReplayFilter, check_mark_read_count,
 };
 
 /// Messages buffered per open stream.
@@ -112,7 +112,11 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
         request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         let user_id = Principal::user_of(&request)?.to_owned();
-        let ids = parse_ids("ids", &request.get_ref().ids)?;
+        let raw = &request.get_ref().ids;
+        // Counted before parsing: a huge list is refused without building one violation
+        // per element.
+        check_mark_read_count(raw.len())?;
+        let ids = parse_ids("ids", raw)?;
         let updated = self.notifications.mark_read(&user_id, &ids).await?;
         Ok(Response::new(pb::MarkReadResponse {
             updated_count: i32::try_from(updated).unwrap_or(i32::MAX),

@@ -40,6 +40,26 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
 /// Most notifications read from storage per replay batch.
 pub const REPLAY_BATCH: u64 = 100;
+/// Most ids one MarkRead may name. Larger requests are refused before any id is parsed
+/// or any storage is touched: one update binds every id, and databases cap bind
+/// parameters (SQLite 32,766, PostgreSQL 65,535), so an unbounded list would fail deep
+/// in storage instead of telling the client (OWASP API4:2023).
+pub const MAX_MARK_READ_IDS: usize = 1000;
+
+/// Checks how many ids a MarkRead names, before they are parsed.
+///
+/// # Errors
+/// [`NotificationError::Invalid`] naming `ids` when there are more than
+/// [`MAX_MARK_READ_IDS`]: one violation, whatever the count, so the status stays small.
+pub fn check_mark_read_count(count: usize) -> Result<(), NotificationError> {
+    if count > MAX_MARK_READ_IDS {
+        return Err(NotificationError::Invalid(vec![FieldViolation::new(
+            "ids",
+            format!("at most {MAX_MARK_READ_IDS} ids per request, got {count}"),
+        )]));
+    }
+    Ok(())
+}
 
 /// A ListNotifications page size that follows AIP-158's rules: at least 1, at most
 /// [`MAX_PAGE_SIZE`].
@@ -252,8 +272,10 @@ impl<R: NotificationRepository> Notifications<R> {
     /// notifications are ignored. Returns how many changed.
     ///
     /// # Errors
+    /// [`NotificationError::Invalid`] for more than [`MAX_MARK_READ_IDS`] ids;
     /// [`NotificationError::Unexpected`] when storage fails.
     pub async fn mark_read(&self, user_id: &str, ids: &[Uuid]) -> Result<u64, NotificationError> {
+        check_mark_read_count(ids.len())?;
         self.repository.mark_read(user_id, ids, Utc::now()).await
     }
 

@@ -105,3 +105,68 @@ async fn malformed_ids_are_invalid_argument_naming_each_index_and_mark_nothing()
         "a refused request marks nothing"
     );
 }
+
+/// MarkRead as `user_id` with `ids`, expecting a refusal.
+async fn mark_read_refused(
+    app: &mut crate::helpers::TestApp,
+    user_id: &str,
+    ids: Vec<String>,
+) -> tonic::Status {
+    let token = app.user_token(user_id);
+    app.notifications
+        .mark_read(with_token(pb::MarkReadRequest { ids }, &token))
+        .await
+        .expect_err("too many ids are refused")
+}
+
+/// gRPC clients refuse response headers above 16 KiB (grpc-go, grpc-java); keep a status
+/// far below that.
+const SMALL_STATUS_BYTES: usize = 8 * 1024;
+
+fn status_bytes(status: &tonic::Status) -> usize {
+    status.message().len() + status.details().len()
+}
+
+#[tokio::test]
+async fn more_than_1000_valid_ids_are_invalid_argument_naming_ids_and_mark_nothing() {
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    let kept = app.send(&ada, "Kept unread").await;
+    let mut many: Vec<String> = (0..40_000)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    many[0] = kept.id.clone();
+    let status = mark_read_refused(&mut app, &ada, many).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["ids"]);
+    assert!(status.message().contains("at most 1000"), "{status:?}");
+    assert_eq!(ids(&app.list_all(&ada, true).await), [kept.id]);
+
+    // The cap itself is accepted.
+    let token = app.user_token(&ada);
+    let at_cap: Vec<String> = (0..1000)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let updated = app
+        .notifications
+        .mark_read(with_token(pb::MarkReadRequest { ids: at_cap }, &token))
+        .await
+        .expect("1000 ids are accepted")
+        .into_inner()
+        .updated_count;
+    assert_eq!(updated, 0);
+}
+
+#[tokio::test]
+async fn two_hundred_thousand_empty_ids_get_one_small_invalid_argument() {
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    let status = mark_read_refused(&mut app, &ada, vec![String::new(); 200_000]).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["ids"]);
+    assert!(
+        status_bytes(&status) < SMALL_STATUS_BYTES,
+        "{} bytes",
+        status_bytes(&status)
+    );
+}
