@@ -1,7 +1,6 @@
 //! The gRPC layer of the notification service: wire ⇄ domain, the streams, and the one
 //! mapping from [`NotificationError`] to `Status`.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,13 +9,15 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{Instrument as _, Span};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::PageTokenCodec;
 use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id, parse_ids};
 use trellis_proto::notification_v1 as pb;
 use uuid::Uuid;
 
+use crate::domain::hub::Subscription;
 use crate::domain::{
     NewNotification, Notification, NotificationError, NotificationRepository, Notifications,
     PageSize, ReplayFilter, check_mark_read_count,
@@ -134,19 +135,32 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             "" => None,
             raw => Some(parse_id("after", raw)?),
         };
+        // The place is taken before the resume point is read, so nothing committed in
+        // between is missed.
+        let live = self.notifications.subscribe(&user_id)?;
+        let last_sent = match after {
+            Some(id) => Some(
+                self.notifications
+                    .resume_point(&user_id, "after", id)
+                    .await?,
+            ),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let live = self.notifications.subscribe(&user_id);
         let feed = Feed {
+            live,
             notifications: Arc::clone(&self.notifications),
             user_id,
             filter: ReplayFilter::All,
+            last_sent,
             tx,
             wrap: |n| pb::SubscribeResponse {
                 notification: Some(to_proto(&n)),
             },
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move { feed.run(after, live, None, shutdown).await });
+        // In the RPC's span, so the stream's log lines carry its method and request id.
+        tokio::spawn(feed.run(None, shutdown).instrument(Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -158,30 +172,40 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let user_id = Principal::user_of(&request)?.to_owned();
         let acks = request.into_inner();
+        let live = self.notifications.subscribe(&user_id)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let live = self.notifications.subscribe(&user_id);
         let feed = Feed {
+            live,
             notifications: Arc::clone(&self.notifications),
             user_id,
             filter: ReplayFilter::Unacknowledged,
+            last_sent: None,
             tx,
             wrap: |n| pb::ConnectResponse {
                 notification: Some(to_proto(&n)),
             },
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move { feed.run(None, live, Some(acks), shutdown).await });
+        tokio::spawn(feed.run(Some(acks), shutdown).instrument(Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Feeds one open stream: replay from storage, then live notifications, until the
-/// client goes away or the server shuts down.
+/// Feeds one open stream: replay from storage, then new notifications, until the client
+/// goes away or the server shuts down. Storage is the source of truth: a wake-up from the
+/// hub (or a lag) makes the stream read what committed after the last notification *it*
+/// sent, in commit order, so a notification that committed out of id order, or whose
+/// wake-up came late, is neither skipped nor sent twice.
 struct Feed<R, T> {
+    /// Declared first so the stream's place in the hub is freed before `tx` closes the
+    /// response: a client that saw its stream end may open another at once.
+    live: Subscription,
     notifications: Arc<Notifications<R>>,
     user_id: String,
     /// What to replay from storage: Connect replays only unacknowledged notifications.
     filter: ReplayFilter,
+    /// The sequence of the last notification this stream sent (or resumed after).
+    last_sent: Option<i64>,
     tx: mpsc::Sender<Result<T, Status>>,
     wrap: fn(Notification) -> T,
 }
@@ -191,15 +215,22 @@ struct Closed;
 
 impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
     async fn run(
-        self,
-        after: Option<Uuid>,
-        mut live: broadcast::Receiver<Notification>,
+        mut self,
         mut acks: Option<Streaming<pb::ConnectRequest>>,
         shutdown: CancellationToken,
     ) {
-        let mut sent = HashSet::new();
-        if self.replay(after, &mut sent).await.is_err() {
-            return;
+        let reason = self.feed(&mut acks, &shutdown).await;
+        tracing::debug!(reason, "notification stream ended");
+    }
+
+    /// Feeds until the stream ends; returns why, for the log.
+    async fn feed(
+        &mut self,
+        acks: &mut Option<Streaming<pb::ConnectRequest>>,
+        shutdown: &CancellationToken,
+    ) -> &'static str {
+        if self.catch_up().await.is_err() {
+            return "closed during replay";
         }
         loop {
             // Biased: acknowledgements already received are stored before the stream is
@@ -209,43 +240,45 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                 () = shutdown.cancelled() => {
                     let status = Status::unavailable("server shutting down; reconnect to resume");
                     drop(self.tx.send(Err(status)).await);
-                    return;
+                    return "server shutting down";
                 }
-                ack = next_ack(&mut acks) => match ack {
-                    Some(id) => {
+                ack = next_ack(acks) => match ack {
+                    Ok(Some(id)) => {
                         if let Err(err) = self.notifications.acknowledge(&self.user_id, id).await {
                             drop(self.tx.send(Err(Status::from(err))).await);
-                            return;
+                            return "acknowledgement failed";
                         }
                     }
-                    None => return,
+                    Ok(None) => return "client closed its side",
+                    Err(status) => {
+                        drop(self.tx.send(Err(status)).await);
+                        return "refused a request message";
+                    }
                 },
-                message = live.recv() => match message {
-                    Ok(notification) => {
-                        if sent.insert(notification.id) && self.send(notification).await.is_err() {
-                            return;
+                message = self.live.recv() => match message {
+                    // Already sent (found by a replay): nothing to read.
+                    Ok(sequence) if self.last_sent.is_some_and(|last| sequence <= last) => {}
+                    // New, or too far behind for the buffer: read what committed after
+                    // the last one sent, never from the start again.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if self.catch_up().await.is_err() {
+                            return "closed during replay";
                         }
                     }
-                    // Too far behind for the buffer: catch up from storage.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if self.replay(after, &mut sent).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+                    Err(broadcast::error::RecvError::Closed) => return "hub closed",
                 },
-                () = self.tx.closed() => return,
+                () = self.tx.closed() => return "client went away",
             }
         }
     }
 
-    /// Sends every stored notification after `after` not yet sent on this stream.
-    async fn replay(&self, after: Option<Uuid>, sent: &mut HashSet<Uuid>) -> Result<(), Closed> {
-        let mut cursor = after;
+    /// Sends every stored notification committed after the last one sent, in commit
+    /// order.
+    async fn catch_up(&mut self) -> Result<(), Closed> {
         loop {
             let batch = match self
                 .notifications
-                .replay_batch(&self.user_id, cursor, self.filter)
+                .replay_batch(&self.user_id, self.last_sent, self.filter)
                 .await
             {
                 Ok(batch) => batch,
@@ -255,13 +288,12 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                 }
             };
             for notification in batch.notifications {
-                if sent.insert(notification.id) {
-                    self.send(notification).await?;
-                }
+                let sequence = notification.sequence;
+                self.send(notification).await?;
+                self.last_sent = Some(sequence);
             }
-            match batch.next_after {
-                Some(next) => cursor = Some(next),
-                None => return Ok(()),
+            if batch.next_after.is_none() {
+                return Ok(());
             }
         }
     }
@@ -274,22 +306,29 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
     }
 }
 
-/// The next acknowledged id; `None` when the client closed its side (or for Subscribe,
-/// which has no acknowledgements: then it never completes). Malformed ids are skipped.
-async fn next_ack(acks: &mut Option<Streaming<pb::ConnectRequest>>) -> Option<Uuid> {
+/// The next acknowledged id; `Ok(None)` when the client closed its side or went away (or,
+/// for Subscribe, which has no acknowledgements, never).
+///
+/// # Errors
+/// INVALID_ARGUMENT when `ack_id` is not a UUID (naming `ack_id`) or the message does not
+/// decode as a `ConnectRequest` (tonic's codec reports that as INTERNAL, but it is the
+/// client's mistake); any other status of the request stream as it came.
+async fn next_ack(
+    acks: &mut Option<Streaming<pb::ConnectRequest>>,
+) -> Result<Option<Uuid>, Status> {
     let Some(stream) = acks else {
         return std::future::pending().await;
     };
-    loop {
-        match stream.message().await {
-            Ok(Some(request)) => match Uuid::parse_str(&request.ack_id) {
-                Ok(id) => return Some(id),
-                Err(_) => {
-                    tracing::debug!(ack_id = %request.ack_id, "ignoring malformed acknowledgement")
-                }
-            },
-            Ok(None) | Err(_) => return None,
-        }
+    match stream.message().await {
+        Ok(Some(request)) => parse_id("ack_id", &request.ack_id).map(Some),
+        Ok(None) => Ok(None),
+        Err(status) if status.code() == Code::Internal => Err(Status::invalid_argument(format!(
+            "malformed ConnectRequest: {}",
+            status.message()
+        ))),
+        // The client reset the stream: nobody is left to tell.
+        Err(status) if status.code() == Code::Cancelled => Ok(None),
+        Err(status) => Err(status),
     }
 }
 
@@ -302,14 +341,13 @@ impl<R: NotificationRepository>
         &self,
         request: Request<pb::SendNotificationRequest>,
     ) -> Result<Response<pb::SendNotificationResponse>, Status> {
-        let caller = Principal::of(&request)?
-            .service_name()
-            .unwrap_or("?")
-            .to_owned();
+        // The whole subject (`service:<name>`) scopes the idempotency key.
+        let sender = Principal::of(&request)?.subject.clone();
         let request = request.into_inner();
         let (notification, created) = self
             .notifications
             .send(NewNotification {
+                sender: &sender,
                 user_id: &request.user_id,
                 kind: &request.kind,
                 title: &request.title,
@@ -317,7 +355,7 @@ impl<R: NotificationRepository>
                 idempotency_key: &request.idempotency_key,
             })
             .await?;
-        tracing::info!(notification_id = %notification.id, %caller, created, "notification sent");
+        tracing::info!(notification_id = %notification.id, %sender, created, "notification sent");
         Ok(Response::new(pb::SendNotificationResponse {
             notification: Some(to_proto(&notification)),
             created,
@@ -330,6 +368,10 @@ impl From<NotificationError> for Status {
     fn from(err: NotificationError) -> Self {
         match err {
             NotificationError::Invalid(violations) => invalid_argument(&violations),
+            NotificationError::KeyReused => Status::already_exists(err.to_string()),
+            NotificationError::TooManyStreams(limit) => {
+                Status::resource_exhausted(limit.to_string())
+            }
             NotificationError::Unexpected(err) => internal(err.as_ref()),
         }
     }
@@ -345,5 +387,63 @@ pub fn to_proto(n: &Notification) -> pb::Notification {
         body: n.body.clone(),
         create_time: Some(SystemTime::from(n.create_time).into()),
         read_time: n.read_time.map(|t| SystemTime::from(t).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::domain::hub::Hub;
+    use crate::domain::testing::{InMemory, new_notification};
+
+    /// More notifications than the hub buffers per user, so a stream that reads none of
+    /// them meanwhile lags.
+    const PAST_THE_BUFFER: i64 = 300;
+
+    #[tokio::test]
+    async fn a_lagging_stream_resumes_after_the_last_notification_it_sent_not_from_the_start()
+    -> Result<(), NotificationError> {
+        let notifications = Arc::new(Notifications::new(InMemory::default(), Hub::default()));
+        let live = notifications.subscribe("ada")?;
+        for i in 0..PAST_THE_BUFFER {
+            notifications
+                .send(new_notification("ada", &format!("k{i}")))
+                .await?;
+        }
+        let (tx, mut rx) = mpsc::channel(1024);
+        let feed = Feed {
+            live,
+            notifications: Arc::clone(&notifications),
+            user_id: "ada".to_owned(),
+            filter: ReplayFilter::All,
+            last_sent: None,
+            tx,
+            wrap: |n| n,
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(feed.run(None, shutdown.clone()));
+
+        let mut sequences = Vec::new();
+        for _ in 0..PAST_THE_BUFFER {
+            let sent = rx.recv().await.expect("open").expect("healthy");
+            sequences.push(sent.sequence);
+        }
+        assert_eq!(sequences, (1..=PAST_THE_BUFFER).collect::<Vec<_>>());
+        // Handled after the lag and the buffered wake-ups, in that order.
+        let last = notifications.send(new_notification("ada", "last")).await?.0;
+        let sent = rx.recv().await.expect("open").expect("healthy");
+        assert_eq!(sent, last, "each exactly once, in commit order");
+
+        // The first replay read the 300, the new one read itself: the lag read nothing
+        // again (replaying from the start would have read 300 more).
+        let read = notifications
+            .repository()
+            .replayed_rows
+            .load(Ordering::Relaxed);
+        assert_eq!(read, PAST_THE_BUFFER as u64 + 1);
+        shutdown.cancel();
+        Ok(())
     }
 }

@@ -4,12 +4,12 @@
 //! Layers: [`grpc`] (wire types, streams, statuses), [`domain`] (rules and fan-out),
 //! [`storage`] (sea-orm). [`Service`] wires them onto the platform.
 
+pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod storage;
 
 use trellis_platform::auth::{Access, AccessPolicy};
-use trellis_platform::service::NoSettings;
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::notification_v1::notification_internal_service_server::NotificationInternalServiceServer;
 use trellis_proto::notification_v1::notification_service_server::NotificationServiceServer;
@@ -23,9 +23,10 @@ use storage::SeaOrmNotificationRepository;
 #[derive(Debug)]
 pub struct Service;
 
-/// Every setting of the notification service: only the platform's sections (default port
+/// Every setting of the notification service: the platform's sections (default port
 /// 50053, database `sqlite://.data/notification.db?mode=rwc`, peer `auth` at
-/// `http://127.0.0.1:50052` for signing keys), from `TRELLIS_NOTIFICATION__*`.
+/// `http://127.0.0.1:50052` for signing keys) and [`config::Settings`], from
+/// `TRELLIS_NOTIFICATION__*`.
 pub type Config = trellis_platform::Config<Service>;
 
 impl trellis_platform::Service for Service {
@@ -36,7 +37,7 @@ impl trellis_platform::Service for Service {
     const DEFAULT_PORT: u16 = 50053;
     const DEFAULT_PEERS: &'static [(&'static str, &'static str)] =
         &[("auth", "http://127.0.0.1:50052")];
-    type Settings = NoSettings;
+    type Settings = config::Settings;
     type Migrator = storage::migration::Migrator;
 
     /// End users call the public service, services the internal one.
@@ -48,7 +49,7 @@ impl trellis_platform::Service for Service {
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
         let repository = SeaOrmNotificationRepository::new(ctx.db().clone());
-        let notifications = Notifications::new(repository, Hub::default());
+        let notifications = Notifications::new(repository, Hub::new(ctx.settings().streams));
         let handlers =
             NotificationHandlers::new(notifications, ctx.page_tokens(), ctx.shutdown_token());
         ctx.add_service(NotificationServiceServer::new(handlers.clone()));

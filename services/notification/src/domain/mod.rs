@@ -8,18 +8,22 @@ pub mod hub;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
 use trellis_platform::pagination;
 use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
-use hub::Hub;
+use hub::{Hub, StreamLimitReached, Subscription};
 
 /// A stored notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// UUIDv7: id order is creation order.
+    /// UUIDv7, made before the notification is stored: id order is the order in which
+    /// sends *began*, not the order in which they committed.
     pub id: Uuid,
+    /// Position in commit order, assigned by storage inside the inserting transaction:
+    /// every notification committed later has a larger one, so "everything after
+    /// sequence N" never skips a notification that committed late. 0 until stored.
+    pub sequence: i64,
     /// The recipient's user id.
     pub user_id: String,
     /// What happened, e.g. `welcome`.
@@ -104,14 +108,14 @@ pub enum ReplayFilter {
     Unacknowledged,
 }
 
-/// One batch of a replay, oldest first.
+/// One batch of a replay, in commit order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayBatch {
     /// At most [`REPLAY_BATCH`] notifications.
     pub notifications: Vec<Notification>,
-    /// The id to continue after when the batch was full (more may follow); `None` when
-    /// the replay is complete.
-    pub next_after: Option<Uuid>,
+    /// The sequence to continue after when the batch was full (more may follow); `None`
+    /// when the replay is complete.
+    pub next_after: Option<i64>,
 }
 
 /// Everything that can go wrong in a notification operation.
@@ -120,6 +124,14 @@ pub enum NotificationError {
     /// Input broke field rules.
     #[error("invalid input")]
     Invalid(Vec<FieldViolation>),
+    /// The calling service used this idempotency key before for a notification with a
+    /// different recipient, kind, title or body: a retry must repeat the request exactly,
+    /// and a new notification needs a new key.
+    #[error("idempotency key already used for a different notification")]
+    KeyReused,
+    /// A stream cap is reached.
+    #[error(transparent)]
+    TooManyStreams(#[from] StreamLimitReached),
     /// Anything the caller cannot act on.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -127,11 +139,13 @@ pub enum NotificationError {
 
 /// Storage of notifications, implemented by the storage layer.
 pub trait NotificationRepository: Send + Sync + 'static {
-    /// Stores `notification` unless `idempotency_key` was stored before; returns the
-    /// stored notification and whether it is new.
+    /// Stores `notification` with the next sequence in commit order, unless `sender`
+    /// stored `idempotency_key` before (keys are scoped to their sender); returns the
+    /// stored notification (the earlier one for a known key) and whether it is new.
     fn insert_once(
         &self,
         notification: &Notification,
+        sender: &str,
         idempotency_key: &str,
     ) -> impl Future<Output = Result<(Notification, bool), NotificationError>> + Send;
     /// The user's notifications with an id below `before` (all when `None`), newest
@@ -143,15 +157,22 @@ pub trait NotificationRepository: Send + Sync + 'static {
         before: Option<Uuid>,
         limit: u64,
     ) -> impl Future<Output = Result<Vec<Notification>, NotificationError>> + Send;
-    /// The user's notifications with an id above `after`, oldest first, at most `limit`;
-    /// only unacknowledged ones when `unacked_only`.
+    /// The user's notifications with a sequence above `after` (all when `None`), in
+    /// sequence order, at most `limit`; only unacknowledged ones when `unacked_only`.
     fn after(
         &self,
         user_id: &str,
-        after: Option<Uuid>,
+        after: Option<i64>,
         unacked_only: bool,
         limit: u64,
     ) -> impl Future<Output = Result<Vec<Notification>, NotificationError>> + Send;
+    /// The sequence of the user's notification `id`; `None` when the user has none with
+    /// that id.
+    fn sequence_of(
+        &self,
+        user_id: &str,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<i64>, NotificationError>> + Send;
     /// Marks the user's notification acknowledged (delivered over Connect).
     fn acknowledge(
         &self,
@@ -177,6 +198,9 @@ const MAX_KEY: usize = 128;
 /// A notification to send, unvalidated.
 #[derive(Debug, Clone)]
 pub struct NewNotification<'a> {
+    /// The calling service's principal subject (`service:<name>`): the scope of
+    /// `idempotency_key`.
+    pub sender: &'a str,
     /// Recipient.
     pub user_id: &'a str,
     /// Kind.
@@ -185,8 +209,19 @@ pub struct NewNotification<'a> {
     pub title: &'a str,
     /// Body.
     pub body: &'a str,
-    /// Deduplication key.
+    /// Deduplication key, unique per sender.
     pub idempotency_key: &'a str,
+}
+
+impl NewNotification<'_> {
+    /// Whether `stored` carries this request's recipient, kind, title and body: only then
+    /// is a repeated idempotency key a retry.
+    fn matches(&self, stored: &Notification) -> bool {
+        stored.user_id == self.user_id
+            && stored.kind == self.kind
+            && stored.title == self.title
+            && stored.body == self.body
+    }
 }
 
 impl NewNotification<'_> {
@@ -231,10 +266,43 @@ impl<R: NotificationRepository> Notifications<R> {
         Self { repository, hub }
     }
 
-    /// A receiver of `user_id`'s new notifications. Subscribe *before* replaying, so
-    /// nothing stored in between is missed.
-    pub fn subscribe(&self, user_id: &str) -> broadcast::Receiver<Notification> {
-        self.hub.subscribe(user_id)
+    /// The repository, for tests that look behind the operations.
+    #[cfg(test)]
+    pub(crate) fn repository(&self) -> &R {
+        &self.repository
+    }
+
+    /// Opens a stream's place for `user_id`: it receives the sequences of their new
+    /// notifications and counts against the stream caps until dropped. Subscribe
+    /// *before* replaying, so nothing stored in between is missed.
+    ///
+    /// # Errors
+    /// [`NotificationError::TooManyStreams`] when the user or the instance is at its cap.
+    pub fn subscribe(&self, user_id: &str) -> Result<Subscription, NotificationError> {
+        Ok(self.hub.subscribe(user_id)?)
+    }
+
+    /// The sequence of `user_id`'s notification `id`, where a stream resuming after it
+    /// continues.
+    ///
+    /// # Errors
+    /// [`NotificationError::Invalid`] naming `field` when the user has no notification
+    /// `id`; [`NotificationError::Unexpected`] when storage fails.
+    pub async fn resume_point(
+        &self,
+        user_id: &str,
+        field: &str,
+        id: Uuid,
+    ) -> Result<i64, NotificationError> {
+        self.repository
+            .sequence_of(user_id, id)
+            .await?
+            .ok_or_else(|| {
+                NotificationError::Invalid(vec![FieldViolation::new(
+                    field,
+                    "is not one of your notifications",
+                )])
+            })
     }
 
     /// One page of `user_id`'s notifications with an id below `before` (from the newest
@@ -288,16 +356,16 @@ impl<R: NotificationRepository> Notifications<R> {
         self.repository.acknowledge(user_id, id, Utc::now()).await
     }
 
-    /// The next batch of `user_id`'s stored notifications with an id above `after` (from
-    /// the oldest when `None`), oldest first. Continue with [`ReplayBatch::next_after`]
-    /// until it is `None`.
+    /// The next batch of `user_id`'s stored notifications with a sequence above `after`
+    /// (from the first when `None`), in commit order. Continue with
+    /// [`ReplayBatch::next_after`] until it is `None`.
     ///
     /// # Errors
     /// [`NotificationError::Unexpected`] when storage fails.
     pub async fn replay_batch(
         &self,
         user_id: &str,
-        after: Option<Uuid>,
+        after: Option<i64>,
         filter: ReplayFilter,
     ) -> Result<ReplayBatch, NotificationError> {
         let unacked_only = filter == ReplayFilter::Unacknowledged;
@@ -306,7 +374,7 @@ impl<R: NotificationRepository> Notifications<R> {
             .after(user_id, after, unacked_only, REPLAY_BATCH)
             .await?;
         let next_after = if notifications.len() as u64 == REPLAY_BATCH {
-            notifications.last().map(|n| n.id)
+            notifications.last().map(|n| n.sequence)
         } else {
             None
         };
@@ -316,11 +384,14 @@ impl<R: NotificationRepository> Notifications<R> {
         })
     }
 
-    /// Stores a notification (once per idempotency key) and pushes a new one to the
-    /// user's open streams.
+    /// Stores a notification (once per sender and idempotency key) and wakes the user's
+    /// open streams for a new one. A repeated key with the same recipient, kind, title and
+    /// body is a retry: it returns the stored notification, not created.
     ///
     /// # Errors
-    /// [`NotificationError::Invalid`] for broken field rules.
+    /// [`NotificationError::Invalid`] for broken field rules;
+    /// [`NotificationError::KeyReused`] when the sender's key was used for a different
+    /// notification; [`NotificationError::Unexpected`] when storage fails.
     pub async fn send(
         &self,
         new: NewNotification<'_>,
@@ -331,6 +402,7 @@ impl<R: NotificationRepository> Notifications<R> {
         }
         let notification = Notification {
             id: Uuid::now_v7(),
+            sequence: 0,
             user_id: new.user_id.to_owned(),
             kind: new.kind.to_owned(),
             title: new.title.to_owned(),
@@ -340,8 +412,11 @@ impl<R: NotificationRepository> Notifications<R> {
         };
         let (stored, created) = self
             .repository
-            .insert_once(&notification, new.idempotency_key)
+            .insert_once(&notification, new.sender, new.idempotency_key)
             .await?;
+        if !created && !new.matches(&stored) {
+            return Err(NotificationError::KeyReused);
+        }
         if created {
             // Published after the commit: a stream that misses the broadcast finds the
             // row when it replays.
@@ -351,24 +426,48 @@ impl<R: NotificationRepository> Notifications<R> {
     }
 }
 
+/// An in-memory [`NotificationRepository`] for unit tests of this layer and the one above.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use parking_lot::Mutex;
 
     use super::*;
 
-    /// Notifications in memory, with the storage layer's ordering and filters.
+    /// Notifications in memory, with the storage layer's ordering, filters and
+    /// sender-scoped keys; counts the rows replays read.
     #[derive(Default)]
-    struct InMemory(Mutex<Vec<Notification>>);
+    pub(crate) struct InMemory {
+        rows: Mutex<Vec<(Notification, String, String)>>,
+        /// Rows returned by [`NotificationRepository::after`] so far.
+        pub(crate) replayed_rows: AtomicU64,
+    }
 
     impl NotificationRepository for InMemory {
         async fn insert_once(
             &self,
             notification: &Notification,
-            _idempotency_key: &str,
+            sender: &str,
+            idempotency_key: &str,
         ) -> Result<(Notification, bool), NotificationError> {
-            self.0.lock().push(notification.clone());
-            Ok((notification.clone(), true))
+            let mut rows = self.rows.lock();
+            if let Some((stored, ..)) = rows
+                .iter()
+                .find(|(_, s, k)| s == sender && k == idempotency_key)
+            {
+                return Ok((stored.clone(), false));
+            }
+            let stored = Notification {
+                sequence: rows.len() as i64 + 1,
+                ..notification.clone()
+            };
+            rows.push((
+                stored.clone(),
+                sender.to_owned(),
+                idempotency_key.to_owned(),
+            ));
+            Ok((stored, true))
         }
 
         async fn list(
@@ -379,9 +478,10 @@ mod tests {
             limit: u64,
         ) -> Result<Vec<Notification>, NotificationError> {
             let mut rows: Vec<_> = self
-                .0
+                .rows
                 .lock()
                 .iter()
+                .map(|(n, ..)| n)
                 .filter(|n| n.user_id == user_id && before.is_none_or(|b| n.id < b))
                 .filter(|n| !unread_only || n.read_time.is_none())
                 .cloned()
@@ -394,20 +494,36 @@ mod tests {
         async fn after(
             &self,
             user_id: &str,
-            after: Option<Uuid>,
+            after: Option<i64>,
             _unacked_only: bool,
             limit: u64,
         ) -> Result<Vec<Notification>, NotificationError> {
             let mut rows: Vec<_> = self
-                .0
+                .rows
                 .lock()
                 .iter()
-                .filter(|n| n.user_id == user_id && after.is_none_or(|a| n.id > a))
+                .map(|(n, ..)| n)
+                .filter(|n| n.user_id == user_id && after.is_none_or(|a| n.sequence > a))
                 .cloned()
                 .collect();
-            rows.sort_by_key(|n| n.id);
+            rows.sort_by_key(|n| n.sequence);
             rows.truncate(limit as usize);
+            self.replayed_rows
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
             Ok(rows)
+        }
+
+        async fn sequence_of(
+            &self,
+            user_id: &str,
+            id: Uuid,
+        ) -> Result<Option<i64>, NotificationError> {
+            Ok(self
+                .rows
+                .lock()
+                .iter()
+                .find(|(n, ..)| n.user_id == user_id && n.id == id)
+                .map(|(n, ..)| n.sequence))
         }
 
         async fn acknowledge(
@@ -426,7 +542,7 @@ mod tests {
             now: DateTime<Utc>,
         ) -> Result<u64, NotificationError> {
             let mut changed = 0;
-            for n in self.0.lock().iter_mut() {
+            for (n, ..) in self.rows.lock().iter_mut() {
                 if n.user_id == user_id && ids.contains(&n.id) && n.read_time.is_none() {
                     n.read_time = Some(now);
                     changed += 1;
@@ -436,20 +552,37 @@ mod tests {
         }
     }
 
+    /// A request to `user_id` from the user service with key `key`.
+    pub(crate) fn new_notification<'a>(user_id: &'a str, key: &'a str) -> NewNotification<'a> {
+        NewNotification {
+            sender: "service:user",
+            user_id,
+            kind: "welcome",
+            title: "Hi",
+            body: "Hello",
+            idempotency_key: key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{InMemory, new_notification};
+    use super::*;
+
     /// `count` notifications of `ada`, sent oldest first.
     async fn sent(count: usize) -> Result<(Notifications<InMemory>, Vec<Uuid>), NotificationError> {
         let notifications = Notifications::new(InMemory::default(), Hub::default());
         let mut ids = Vec::new();
         for i in 0..count {
             let key = format!("k{i}");
-            let new = NewNotification {
-                user_id: "ada",
-                kind: "welcome",
-                title: "Hi",
-                body: "Hello",
-                idempotency_key: &key,
-            };
-            ids.push(notifications.send(new).await?.0.id);
+            ids.push(
+                notifications
+                    .send(new_notification("ada", &key))
+                    .await?
+                    .0
+                    .id,
+            );
         }
         Ok((notifications, ids))
     }
@@ -524,7 +657,10 @@ mod tests {
             .await?;
         assert_eq!(first.notifications.len(), batch);
         assert_eq!(first.notifications.first().map(|n| n.id), Some(ids[0]));
-        assert_eq!(first.next_after, Some(ids[batch - 1]));
+        assert_eq!(
+            first.next_after,
+            first.notifications.last().map(|n| n.sequence)
+        );
 
         let rest = notifications
             .replay_batch("ada", first.next_after, ReplayFilter::All)
@@ -538,6 +674,7 @@ mod tests {
     #[test]
     fn fields_are_validated_with_their_names() {
         let new = NewNotification {
+            sender: "service:user",
             user_id: "",
             kind: "welcome",
             title: "Hi\u{0}",
@@ -546,5 +683,56 @@ mod tests {
         };
         let fields: Vec<_> = new.validate().into_iter().map(|v| v.field).collect();
         assert_eq!(fields, ["user_id", "title"]);
+    }
+
+    #[tokio::test]
+    async fn a_key_is_scoped_to_its_sender_and_reusing_it_for_another_payload_is_refused()
+    -> Result<(), NotificationError> {
+        let notifications = Notifications::new(InMemory::default(), Hub::default());
+        let (first, created) = notifications.send(new_notification("ada", "k")).await?;
+        assert!(created);
+
+        // The same request again is a retry.
+        let (again, created) = notifications.send(new_notification("ada", "k")).await?;
+        assert!(!created);
+        assert_eq!(again, first);
+
+        // Another sender's key is its own.
+        let (auths, created) = notifications
+            .send(NewNotification {
+                sender: "service:auth",
+                ..new_notification("ada", "k")
+            })
+            .await?;
+        assert!(created);
+        assert_ne!(auths.id, first.id);
+
+        // The same sender and key with any other field changed is refused.
+        let changes = [
+            NewNotification {
+                user_id: "grace",
+                ..new_notification("ada", "k")
+            },
+            NewNotification {
+                kind: "notice",
+                ..new_notification("ada", "k")
+            },
+            NewNotification {
+                title: "Other",
+                ..new_notification("ada", "k")
+            },
+            NewNotification {
+                body: "Other",
+                ..new_notification("ada", "k")
+            },
+        ];
+        for changed in changes {
+            let result = notifications.send(changed.clone()).await;
+            assert!(
+                matches!(result, Err(NotificationError::KeyReused)),
+                "{changed:?}: {result:?}"
+            );
+        }
+        Ok(())
     }
 }

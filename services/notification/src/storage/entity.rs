@@ -17,9 +17,13 @@ pub struct Model {
     pub title: String,
     /// Body.
     pub body: String,
-    /// The sender's deduplication key; unique.
-    #[sea_orm(unique)]
+    /// The sending service's principal subject (`service:<name>`); `""` for rows stored
+    /// before keys were scoped to their sender.
+    pub sender: String,
+    /// The sender's deduplication key; unique per sender.
     pub idempotency_key: String,
+    /// Position in commit order (see [`crate::domain::Notification::sequence`]); unique.
+    pub sequence: i64,
     /// Storage instant.
     pub create_time: DateTimeUtc,
     /// When the user marked it read.

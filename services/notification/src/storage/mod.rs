@@ -4,10 +4,11 @@ pub mod entity;
 pub mod migration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict, Query};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait as _, DatabaseConnection,
+    DatabaseTransaction, DbErr, DeriveIden, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, TransactionTrait as _,
 };
 use uuid::Uuid;
 
@@ -27,6 +28,37 @@ impl SeaOrmNotificationRepository {
     }
 }
 
+/// The one-row counter whose value is the last sequence handed out.
+#[derive(DeriveIden)]
+enum NotificationSequence {
+    Table,
+    Id,
+    Value,
+}
+
+/// Takes the next sequence inside `txn`. The update locks the counter's row until `txn`
+/// ends, so a concurrent insert waits for this one to commit (or roll back, which returns
+/// the value) and then gets a larger sequence: sequence order is commit order.
+async fn next_sequence(txn: &DatabaseTransaction) -> Result<i64, NotificationError> {
+    let increment = Query::update()
+        .table(NotificationSequence::Table)
+        .value(
+            NotificationSequence::Value,
+            Expr::col(NotificationSequence::Value).add(1),
+        )
+        .and_where(Expr::col(NotificationSequence::Id).eq(1))
+        .returning_col(NotificationSequence::Value)
+        .to_owned();
+    let row = txn
+        .query_one(&increment)
+        .await
+        .map_err(unexpected)?
+        .ok_or_else(|| {
+            NotificationError::Unexpected(anyhow::anyhow!("the sequence counter row is missing"))
+        })?;
+    row.try_get::<i64>("", "value").map_err(unexpected)
+}
+
 fn unexpected(err: DbErr) -> NotificationError {
     NotificationError::Unexpected(anyhow::Error::new(err).context("notification storage failed"))
 }
@@ -34,6 +66,7 @@ fn unexpected(err: DbErr) -> NotificationError {
 fn to_domain(row: entity::Model) -> Notification {
     Notification {
         id: row.id,
+        sequence: row.sequence,
         user_id: row.user_id,
         kind: row.kind,
         title: row.title,
@@ -47,15 +80,20 @@ impl NotificationRepository for SeaOrmNotificationRepository {
     async fn insert_once(
         &self,
         n: &Notification,
+        sender: &str,
         idempotency_key: &str,
     ) -> Result<(Notification, bool), NotificationError> {
+        let txn = self.db.begin().await.map_err(unexpected)?;
+        let sequence = next_sequence(&txn).await?;
         let row = entity::ActiveModel {
             id: Set(n.id),
             user_id: Set(n.user_id.clone()),
             kind: Set(n.kind.clone()),
             title: Set(n.title.clone()),
             body: Set(n.body.clone()),
+            sender: Set(sender.to_owned()),
             idempotency_key: Set(idempotency_key.to_owned()),
+            sequence: Set(sequence),
             create_time: Set(n.create_time),
             read_time: Set(None),
             ack_time: Set(None),
@@ -63,14 +101,21 @@ impl NotificationRepository for SeaOrmNotificationRepository {
         // ON CONFLICT DO NOTHING makes concurrent duplicates safe on both databases.
         let inserted = Entity::insert(row)
             .on_conflict(
-                OnConflict::column(Column::IdempotencyKey)
+                OnConflict::columns([Column::Sender, Column::IdempotencyKey])
                     .do_nothing()
                     .to_owned(),
             )
-            .exec_without_returning(&self.db)
+            .exec_without_returning(&txn)
             .await
             .map_err(unexpected)?;
+        if inserted == 1 {
+            txn.commit().await.map_err(unexpected)?;
+        } else {
+            // A known key: give the sequence back, so sequences have no gaps.
+            txn.rollback().await.map_err(unexpected)?;
+        }
         let stored = Entity::find()
+            .filter(Column::Sender.eq(sender))
             .filter(Column::IdempotencyKey.eq(idempotency_key))
             .one(&self.db)
             .await
@@ -105,22 +150,31 @@ impl NotificationRepository for SeaOrmNotificationRepository {
     async fn after(
         &self,
         user_id: &str,
-        after: Option<Uuid>,
+        after: Option<i64>,
         unacked_only: bool,
         limit: u64,
     ) -> Result<Vec<Notification>, NotificationError> {
         let mut query = Entity::find()
             .filter(Column::UserId.eq(user_id))
-            .order_by_asc(Column::Id)
+            .order_by_asc(Column::Sequence)
             .limit(limit);
         if unacked_only {
             query = query.filter(Column::AckTime.is_null());
         }
         if let Some(after) = after {
-            query = query.filter(Column::Id.gt(after));
+            query = query.filter(Column::Sequence.gt(after));
         }
         let rows = query.all(&self.db).await.map_err(unexpected)?;
         Ok(rows.into_iter().map(to_domain).collect())
+    }
+
+    async fn sequence_of(&self, user_id: &str, id: Uuid) -> Result<Option<i64>, NotificationError> {
+        let row = Entity::find_by_id(id)
+            .filter(Column::UserId.eq(user_id))
+            .one(&self.db)
+            .await
+            .map_err(unexpected)?;
+        Ok(row.map(|row| row.sequence))
     }
 
     async fn acknowledge(
@@ -158,5 +212,112 @@ impl NotificationRepository for SeaOrmNotificationRepository {
             .await
             .map_err(unexpected)?;
         Ok(result.rows_affected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_platform::data::{DatabaseConfig, connect};
+
+    use super::*;
+    use crate::domain::{Notifications, ReplayFilter, hub::Hub};
+
+    async fn repository() -> Result<SeaOrmNotificationRepository, anyhow::Error> {
+        let db =
+            connect::<migration::Migrator>(&DatabaseConfig::with_url("sqlite::memory:")).await?;
+        Ok(SeaOrmNotificationRepository::new(db))
+    }
+
+    /// Inserts a notification to `ada` titled `title` with `id`, as `sender` with `key`.
+    async fn insert(
+        repository: &SeaOrmNotificationRepository,
+        id: Uuid,
+        title: &str,
+        sender: &str,
+        key: &str,
+    ) -> Result<(Notification, bool), NotificationError> {
+        let notification = Notification {
+            id,
+            sequence: 0,
+            user_id: "ada".to_owned(),
+            kind: "welcome".to_owned(),
+            title: title.to_owned(),
+            body: "Hello".to_owned(),
+            create_time: trellis_platform::data::now(),
+            read_time: None,
+        };
+        repository.insert_once(&notification, sender, key).await
+    }
+
+    /// Two sends race: the one whose id was made first commits second. A subscriber that
+    /// received the first-committed one and resumes after it must still get the other.
+    #[tokio::test]
+    async fn resuming_never_skips_a_notification_committed_later_with_a_smaller_id()
+    -> Result<(), anyhow::Error> {
+        let repository = repository().await?;
+        let smaller = Uuid::now_v7();
+        let larger = Uuid::now_v7();
+        assert!(smaller < larger);
+        let (committed_first, _) =
+            insert(&repository, larger, "Committed first", "service:user", "a").await?;
+        let (committed_second, _) = insert(
+            &repository,
+            smaller,
+            "Committed second",
+            "service:user",
+            "b",
+        )
+        .await?;
+        assert!(committed_first.sequence < committed_second.sequence);
+
+        let notifications = Notifications::new(repository, Hub::default());
+        let resume = notifications
+            .resume_point("ada", "after", committed_first.id)
+            .await?;
+        let batch = notifications
+            .replay_batch("ada", Some(resume), ReplayFilter::All)
+            .await?;
+        let titles: Vec<_> = batch
+            .notifications
+            .iter()
+            .map(|n| n.title.as_str())
+            .collect();
+        assert_eq!(titles, ["Committed second"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn keys_are_unique_per_sender_and_a_known_key_takes_no_sequence()
+    -> Result<(), anyhow::Error> {
+        let repository = repository().await?;
+        let (users, created) = insert(
+            &repository,
+            Uuid::now_v7(),
+            "From user",
+            "service:user",
+            "k",
+        )
+        .await?;
+        assert!(created);
+        let (auths, created) = insert(
+            &repository,
+            Uuid::now_v7(),
+            "From auth",
+            "service:auth",
+            "k",
+        )
+        .await?;
+        assert!(created, "another sender's key is its own");
+        let (again, created) =
+            insert(&repository, Uuid::now_v7(), "Retry", "service:user", "k").await?;
+        assert!(!created);
+        assert_eq!(again, users);
+        let (next, _) = insert(&repository, Uuid::now_v7(), "Next", "service:user", "n").await?;
+        assert_eq!(
+            [users.sequence, auths.sequence, next.sequence],
+            [1, 2, 3],
+            "sequences follow commits without gaps"
+        );
+        Ok(())
     }
 }

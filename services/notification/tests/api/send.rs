@@ -35,25 +35,78 @@ async fn a_service_token_stores_a_notification_for_its_user() {
 }
 
 #[tokio::test]
-async fn the_same_idempotency_key_again_returns_the_stored_notification_not_created() {
+async fn the_same_request_again_returns_the_stored_notification_not_created() {
     let mut app = spawn_app().await;
     let ada = new_user_id();
     let first = send_request(&ada, "Welcome");
     let stored = app.send_as_service(first.clone()).await;
     assert!(stored.created);
-
-    // A retry — even one whose other fields differ — gets the original back.
-    let retry = pb::SendNotificationRequest {
-        title: "Welcome (retried)".into(),
-        body: "another body".into(),
-        ..first.clone()
-    };
-    for again in [first, retry] {
-        let replayed = app.send_as_service(again).await;
-        assert!(!replayed.created, "the key had been seen before");
-        assert_eq!(replayed.notification, stored.notification);
-    }
+    let replayed = app.send_as_service(first).await;
+    assert!(!replayed.created, "the key had been seen before");
+    assert_eq!(replayed.notification, stored.notification);
     assert_eq!(app.list_all(&ada, false).await.len(), 1, "stored once");
+}
+
+#[tokio::test]
+async fn a_key_reused_for_a_different_notification_is_already_exists_and_stores_nothing() {
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    let grace = new_user_id();
+    let first = send_request(&ada, "Welcome");
+    app.send_as_service(first.clone()).await;
+
+    let token = app.service_token();
+    let changed = [
+        pb::SendNotificationRequest {
+            user_id: grace.clone(),
+            ..first.clone()
+        },
+        pb::SendNotificationRequest {
+            kind: "notice".into(),
+            ..first.clone()
+        },
+        pb::SendNotificationRequest {
+            title: "Welcome (changed)".into(),
+            ..first.clone()
+        },
+        pb::SendNotificationRequest {
+            body: "another body".into(),
+            ..first.clone()
+        },
+    ];
+    for request in changed {
+        let status = app
+            .internal
+            .send_notification(with_token(request.clone(), &token))
+            .await
+            .expect_err("a reused key with another payload is refused");
+        assert_eq!(
+            status.code(),
+            Code::AlreadyExists,
+            "{request:?}: {status:?}"
+        );
+        assert!(status.message().contains("idempotency key"), "{status:?}");
+    }
+    assert_eq!(app.list_all(&ada, false).await.len(), 1);
+    assert!(app.list_all(&grace, false).await.is_empty());
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_the_calling_service() {
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    let request = send_request(&ada, "Same key, two senders");
+    let from_user = app.send_as_service(request.clone()).await;
+    let auth_token = app.issuer.service_token("auth");
+    let from_auth = app
+        .internal
+        .send_notification(with_token(request, &auth_token))
+        .await
+        .expect("another service's key is its own")
+        .into_inner();
+    assert!(from_user.created && from_auth.created);
+    assert_ne!(from_user.notification, from_auth.notification);
+    assert_eq!(app.list_all(&ada, false).await.len(), 2);
 }
 
 #[tokio::test]

@@ -105,6 +105,23 @@ async fn a_malformed_after_is_invalid_argument_naming_it() {
 }
 
 #[tokio::test]
+async fn an_after_that_is_not_one_of_the_callers_notifications_is_invalid_argument() {
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    let graces = app.send(&new_user_id(), "For Grace").await;
+    let token = app.user_token(&ada);
+    for after in [graces.id, uuid::Uuid::now_v7().to_string()] {
+        let status = app
+            .notifications
+            .subscribe(with_token(pb::SubscribeRequest { after }, &token))
+            .await
+            .expect_err("an unknown resume point is refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["after"]);
+    }
+}
+
+#[tokio::test]
 async fn shutdown_ends_an_open_stream_with_unavailable_well_within_the_drain_bound() {
     // A drain bound far beyond the hang guard below: the server can only stop in time if
     // the service ends its open stream itself when shutdown begins, rather than leaving

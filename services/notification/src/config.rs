@@ -1,0 +1,99 @@
+//! The notification service's own settings, beside the platform's sections: defaults in
+//! code, then an optional file, then `TRELLIS_NOTIFICATION__*` environment variables (see
+//! the README's configuration reference).
+
+use serde::Deserialize;
+use trellis_platform::config::{ConfigError, Validate, require_positive};
+
+pub use crate::domain::hub::StreamLimits;
+
+/// The notification service's own keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Caps on open `Subscribe`/`Connect` streams.
+    pub streams: StreamLimits,
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let streams = &self.streams;
+        require_positive("streams.max_per_user", streams.max_per_user as u64)?;
+        require_positive("streams.max_total", streams.max_total as u64)?;
+        if streams.max_per_user > streams.max_total {
+            return Err(ConfigError::invalid(
+                "streams.max_per_user",
+                format!("must not exceed streams.max_total ({})", streams.max_total),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::Config;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_from(
+            None,
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    fn error_of(env: &[(&str, &str)]) -> String {
+        load(env)
+            .map(drop)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_cap_streams_at_8_per_user_and_10000_in_all() -> Result<(), ConfigError> {
+        let config = load(&[])?;
+        assert_eq!(config.server.listen_addr.port(), 50053);
+        assert_eq!(
+            config.service.streams,
+            StreamLimits {
+                max_per_user: 8,
+                max_total: 10_000
+            }
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn environment_sets_the_stream_caps() -> Result<(), ConfigError> {
+        let config = load(&[
+            ("TRELLIS_NOTIFICATION__STREAMS__MAX_PER_USER", "2"),
+            ("TRELLIS_NOTIFICATION__STREAMS__MAX_TOTAL", "50"),
+        ])?;
+        assert_eq!(config.service.streams.max_per_user, 2);
+        assert_eq!(config.service.streams.max_total, 50);
+        Ok(())
+    }
+
+    #[test]
+    fn a_zero_or_inconsistent_cap_names_its_key() {
+        let message = error_of(&[("TRELLIS_NOTIFICATION__STREAMS__MAX_PER_USER", "0")]);
+        assert!(message.contains("streams.max_per_user"), "{message}");
+        let message = error_of(&[("TRELLIS_NOTIFICATION__STREAMS__MAX_TOTAL", "0")]);
+        assert!(message.contains("streams.max_total"), "{message}");
+        let message = error_of(&[
+            ("TRELLIS_NOTIFICATION__STREAMS__MAX_PER_USER", "20"),
+            ("TRELLIS_NOTIFICATION__STREAMS__MAX_TOTAL", "10"),
+        ]);
+        assert!(message.contains("streams.max_per_user"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_key_is_rejected_by_name() {
+        let message = error_of(&[("TRELLIS_NOTIFICATION__STREAMS__MAX_PER_USR", "1")]);
+        assert!(message.contains("max_per_usr"), "{message}");
+        let message = error_of(&[("TRELLIS_NOTIFICATION__STREAMS__MAX_TOTAL", "many")]);
+        assert!(message.contains("streams.max_total"), "{message}");
+    }
+}
