@@ -61,21 +61,14 @@ pub(crate) async fn spawn_app() -> TestApp {
 
 /// Starts the auth service on 127.0.0.1 (a port the system chose) with a fresh in-memory
 /// database, its `user` peer a fresh [`FakeUsers`], its `notification` peer the discard
-/// port (sign-in notices wait in the outbox), its `auth` peer itself (the keys that
-/// verify callers of `AuthInternalService`), and two service clients ([`CLIENT_ID`],
+/// port (sign-in notices wait in the outbox), and two service clients ([`CLIENT_ID`],
 /// [`USER_CLIENT_ID`]); then `configure` changes what a test needs. Waits until it
 /// reports SERVING.
 pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Config)) -> TestApp {
     let (users, users_serving) = FakeUsers::start().await;
     let listener = local_listener();
-    let own_address = listener.local_addr().expect("a bound address");
     let mut config = test_config::<auth_service::Service>();
     config.peers.get_mut("user").expect("a user peer").addresses = users_serving.uri();
-    config
-        .peers
-        .get_mut("auth")
-        .expect("an auth peer")
-        .addresses = format!("http://{own_address}");
     for (id, secret) in [
         (CLIENT_ID, CLIENT_SECRET),
         (USER_CLIENT_ID, USER_CLIENT_SECRET),
