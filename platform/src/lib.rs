@@ -35,5 +35,5 @@ pub mod testing;
 pub mod validation;
 
 pub use config::{ConfigError, ServiceInfo};
-pub use runtime::run;
-pub use service::{BuildError, Config, Context, Service};
+pub use runtime::{run, run_with};
+pub use service::{BuildError, Commands, Config, Context, NoCommands, Service};

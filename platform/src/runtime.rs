@@ -1,6 +1,7 @@
 //! The life of a service process: parse the command line, load and validate the config
-//! before anything binds, install telemetry, then serve (or run a health check) on a
-//! tokio runtime, and turn the outcome into an exit code.
+//! before anything binds, install telemetry, then serve (or run a health check, or one of
+//! the service's own [`Commands`]) on a tokio runtime, and turn the outcome into an exit
+//! code.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,30 +12,32 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::config::ServiceInfo;
-use crate::service::{Config, Service};
+use crate::service::{Commands, Config, NoCommands, Service};
 
 /// Exit code for an unusable configuration (sysexits' `EX_CONFIG`).
 const EXIT_CONFIG: u8 = 78;
 
-/// The command line every service binary accepts.
+/// The command line every service binary accepts, with the service's own subcommands `C`.
 #[derive(Debug, Parser)]
 #[command(version, about = "A Trellis gRPC service")]
-struct Cli {
+struct Cli<C: clap::Subcommand> {
     /// A config file (TOML, YAML or JSON) layered between the defaults and the
     /// environment.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Command<C>>,
 }
 
 #[derive(Debug, clap::Subcommand)]
-enum Command {
+enum Command<C: clap::Subcommand> {
     /// Serve gRPC (the default).
     Serve,
     /// Ask the running instance configured here for its health (grpc.health.v1 Check of
     /// ""); exit 0 when SERVING, 1 otherwise. For container HEALTHCHECKs.
     Healthcheck,
+    #[command(flatten)]
+    Service(C),
 }
 
 /// The whole `main` of a service binary: `fn main() -> ExitCode { run::<my::Service>() }`.
@@ -44,7 +47,16 @@ enum Command {
 /// process's exit code: 0 on a clean stop, 1 when building or serving failed, 78 when the
 /// config is unusable (its message names the key).
 pub fn run<S: Service>() -> ExitCode {
-    serve_config::<S, _, _, _>(|config| async move {
+    run_with::<S, NoCommands>()
+}
+
+/// [`run`] for a binary with its own subcommands `C` beside `serve` and `healthcheck`:
+/// `fn main() -> ExitCode { run_with::<my::Service, my::Commands>() }`. A command runs
+/// with the config `serve` would load and the migrated database (see [`Commands`]); it
+/// exits 0 when it succeeds, 1 when it fails (the error is printed to standard error), 78
+/// when the config is unusable.
+pub fn run_with<S: Service, C: Commands<S>>() -> ExitCode {
+    serve_config::<S, C, _, _, _>(|config| async move {
         crate::service::build(config)
             .await?
             .run_until_stopped()
@@ -54,15 +66,16 @@ pub fn run<S: Service>() -> ExitCode {
 }
 
 /// [`run`] with `serve` receiving the validated config and serving until a signal.
-fn serve_config<S, F, Fut, E>(serve: F) -> ExitCode
+fn serve_config<S, C, F, Fut, E>(serve: F) -> ExitCode
 where
     S: Service,
+    C: Commands<S>,
     F: FnOnce(Config<S>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
 {
     let service = &S::INFO;
-    let cli = Cli::parse();
+    let cli = Cli::<C>::parse();
     let config = match Config::<S>::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -82,6 +95,7 @@ where
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server)),
+        Command::Service(command) => runtime.block_on(run_command(service, command, config)),
         Command::Serve => {
             crate::telemetry::init(&config.telemetry);
             tracing::info!(
@@ -98,6 +112,29 @@ where
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Opens and migrates the database `config` names and runs `command` against it.
+async fn run_command<S: Service, C: Commands<S>>(
+    service: &ServiceInfo,
+    command: C,
+    config: Config<S>,
+) -> ExitCode {
+    let outcome = match crate::data::connect::<S::Migrator>(&config.database).await {
+        Ok(db) => command.run(config, db).await,
+        Err(err) => Err(err.into()),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!(
+                "{}: {}",
+                service.name,
+                crate::status::ErrorChain(err.as_ref())
+            );
+            ExitCode::FAILURE
         }
     }
 }
@@ -130,5 +167,45 @@ async fn healthcheck(service: &ServiceInfo, server: &crate::server::ServerConfig
             eprintln!("{} at {addr}: no answer within 5 s", service.name);
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command, NoCommands};
+
+    /// A service's own subcommands, as a service declares them.
+    #[derive(Debug, PartialEq, Eq, clap::Subcommand)]
+    enum Admin {
+        /// Grant something.
+        Grant { email: String },
+    }
+
+    #[test]
+    fn a_services_own_subcommands_parse_beside_the_platforms() -> Result<(), clap::Error> {
+        let cli = Cli::<Admin>::try_parse_from(["svc", "--config", "c.toml", "grant", "a@b.c"])?;
+        assert_eq!(
+            cli.command
+                .map(|c| matches!(c, Command::Service(Admin::Grant { email }) if email == "a@b.c")),
+            Some(true)
+        );
+        let cli = Cli::<Admin>::try_parse_from(["svc", "healthcheck"])?;
+        assert!(matches!(cli.command, Some(Command::Healthcheck)));
+        Ok(())
+    }
+
+    #[test]
+    fn without_commands_only_the_platforms_parse() -> Result<(), clap::Error> {
+        assert!(Cli::<NoCommands>::try_parse_from(["svc", "grant", "a@b.c"]).is_err());
+        assert!(
+            Cli::<NoCommands>::try_parse_from(["svc"])?
+                .command
+                .is_none()
+        );
+        let cli = Cli::<NoCommands>::try_parse_from(["svc", "serve"])?;
+        assert!(matches!(cli.command, Some(Command::Serve)));
+        Ok(())
     }
 }

@@ -15,6 +15,9 @@
 //!    database ping), health and reflection, binds the listener, and starts the outbox
 //!    dispatcher (if the service enqueued through [`Context::outbox`]) and every
 //!    background task, all stopped by graceful shutdown ([`crate::app::App`]).
+//!
+//! A service binary may add its own subcommands (management tasks such as granting a
+//! role) through [`Commands`].
 
 mod config;
 
@@ -90,6 +93,67 @@ pub trait Service: Sized + Send + Sync + 'static {
 /// cannot be set up.
 pub async fn build<S: Service>(config: Config<S>) -> Result<App, BuildError> {
     Launch::new(config).build().await
+}
+
+/// A service binary's own subcommands, beside the platform's `serve` and `healthcheck`
+/// (e.g. the user service's `admin grant EMAIL`, the way Django's `createsuperuser` is a
+/// management command of the project it manages).
+///
+/// Declare them as a `clap::Subcommand` enum and run the binary with
+/// [`crate::runtime::run_with`]`::<S, C>()`; a service without any calls
+/// [`crate::run`]`::<S>()`, which uses [`NoCommands`]. The platform parses the command
+/// line, loads and validates the same config `serve` would (`--config`, then the
+/// environment), opens the database and applies the service's migrations, then calls
+/// [`Commands::run`]. No telemetry is installed, no port is bound and no background task
+/// (the outbox dispatcher included) runs: a command's outbox messages are delivered by the
+/// running service.
+pub trait Commands<S: Service>: clap::Subcommand + Send + 'static {
+    /// Runs the command against `config` and `db` (migrated). Write what a person needs to
+    /// read to standard output; an error is printed to standard error with its source
+    /// chain and the process exits 1.
+    ///
+    /// # Errors
+    /// Whatever made the command fail (anything convertible, `anyhow::Error` included).
+    fn run(
+        self,
+        config: Config<S>,
+        db: DatabaseConnection,
+    ) -> impl Future<Output = Result<(), BuildError>> + Send;
+}
+
+/// The subcommands of a service that has none of its own: an empty set, so the binary
+/// accepts only `serve` and `healthcheck`.
+#[derive(Debug, Clone, Copy)]
+pub enum NoCommands {}
+
+impl clap::FromArgMatches for NoCommands {
+    fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
+    }
+
+    fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
+        match *self {}
+    }
+}
+
+impl clap::Subcommand for NoCommands {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        command
+    }
+
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        command
+    }
+
+    fn has_subcommand(_: &str) -> bool {
+        false
+    }
+}
+
+impl<S: Service> Commands<S> for NoCommands {
+    async fn run(self, _: Config<S>, _: DatabaseConnection) -> Result<(), BuildError> {
+        match self {}
+    }
 }
 
 /// [`build`] with the choices tests make: a pre-bound listener, a static key source.
