@@ -12,13 +12,19 @@ use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse
 use trellis_proto::user_v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::{DisplayName, Email, User, UserChanges, UserError, UserRepository, Users};
+use crate::domain::{
+    DisplayName, Email, Role, RoleChange, User, UserChanges, UserError, UserRepository, Users,
+};
 use crate::sign_up::SignUpLimiter;
 
 /// ListUsers page size when the request says 0 (AIP-158).
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Largest ListUsers page; larger requests are coerced to it (AIP-158).
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Most paths in an UpdateUser `update_mask`; more are INVALID_ARGUMENT before any is
+/// looked at (a user has two updatable fields, so ten leaves room for repeats and `*`
+/// without letting one request carry an unbounded list).
+pub const MAX_UPDATE_MASK_PATHS: usize = 10;
 /// The scope page tokens are bound to.
 const LIST_USERS_SCOPE: &str = "trellis.user.v1.UserService/ListUsers";
 
@@ -173,16 +179,39 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
 
     async fn grant_role(
         &self,
-        _request: Request<pb::GrantRoleRequest>,
+        request: Request<pb::GrantRoleRequest>,
     ) -> Result<Response<pb::GrantRoleResponse>, Status> {
-        Err(Status::unimplemented("GrantRole is not implemented yet"))
+        require_admin(&request, "granting roles needs the admin role")?;
+        let request = request.into_inner();
+        let (id, role) = role_request(&request.id, &request.role)?;
+        let user = self.users.change_role(id, role, RoleChange::Grant).await?;
+        tracing::info!(user_id = %id, role = role.as_str(), "role granted");
+        Ok(Response::new(pb::GrantRoleResponse {
+            user: Some(to_proto(&user)),
+        }))
     }
 
     async fn revoke_role(
         &self,
-        _request: Request<pb::RevokeRoleRequest>,
+        request: Request<pb::RevokeRoleRequest>,
     ) -> Result<Response<pb::RevokeRoleResponse>, Status> {
-        Err(Status::unimplemented("RevokeRole is not implemented yet"))
+        let caller = require_admin(&request, "revoking roles needs the admin role")?;
+        let request = request.into_inner();
+        let (id, role) = role_request(&request.id, &request.role)?;
+        // An admin cannot demote themselves, so as long as roles change only through this
+        // API there is always an admin left; another admin, or an operator with
+        // `user-service admin revoke`, can still remove the role.
+        if role == Role::Admin && caller_id(&caller) == Some(id) {
+            return Err(Status::failed_precondition(
+                "an admin cannot revoke their own admin role; another admin or \
+                 `user-service admin revoke` can",
+            ));
+        }
+        let user = self.users.change_role(id, role, RoleChange::Revoke).await?;
+        tracing::info!(user_id = %id, role = role.as_str(), "role revoked");
+        Ok(Response::new(pb::RevokeRoleResponse {
+            user: Some(to_proto(&user)),
+        }))
     }
 }
 
@@ -193,20 +222,26 @@ impl<R: UserRepository> pb::user_internal_service_server::UserInternalService fo
         request: Request<pb::VerifyCredentialsRequest>,
     ) -> Result<Response<pb::VerifyCredentialsResponse>, Status> {
         let request = request.into_inner();
+        // A mismatch is an answer (`user` unset), so a status other than OK always means
+        // the call itself failed and the caller charges no one's login throttle for it.
         let user = self
             .users
             .verify_credentials(&request.email, &request.password)
             .await?;
         Ok(Response::new(pb::VerifyCredentialsResponse {
-            user: Some(to_proto(&user)),
+            user: user.as_ref().map(to_proto),
         }))
     }
 
     async fn lookup_user(
         &self,
-        _request: Request<pb::LookupUserRequest>,
+        request: Request<pb::LookupUserRequest>,
     ) -> Result<Response<pb::LookupUserResponse>, Status> {
-        Err(Status::unimplemented("LookupUser is not implemented yet"))
+        let id = parse_id("id", &request.get_ref().id)?;
+        let user = self.users.get(id).await?;
+        Ok(Response::new(pb::LookupUserResponse {
+            user: Some(to_proto(&user)),
+        }))
     }
 }
 
@@ -225,11 +260,39 @@ fn authorize<T>(request: &Request<T>, id: Uuid, permission: Permission) -> Resul
     check(Principal::of(request)?, id, permission)
 }
 
+/// The caller, when it holds the admin role; PERMISSION_DENIED with `denial` otherwise.
+/// The role is read from the access token, so a revocation reaches a caller at their
+/// next refresh (the auth service re-reads roles then).
+fn require_admin<T>(request: &Request<T>, denial: &'static str) -> Result<Principal, Status> {
+    let caller = Principal::of(request)?;
+    if caller.is_admin() {
+        Ok(caller.clone())
+    } else {
+        Err(Status::permission_denied(denial))
+    }
+}
+
+/// The user id of `caller`, when it is a user.
+fn caller_id(caller: &Principal) -> Option<Uuid> {
+    caller.user_id().and_then(|own| Uuid::parse_str(own).ok())
+}
+
+/// The user id and role of a GrantRole/RevokeRole request, every bad field reported.
+fn role_request(id: &str, role: &str) -> Result<(Uuid, Role), Status> {
+    let id = trellis_platform::validation::uuid_field("id", id);
+    let role = Role::parse("role", role);
+    match (id, role) {
+        (Ok(id), Ok(role)) => Ok((id, role)),
+        (id, role) => {
+            let violations: Vec<FieldViolation> =
+                [id.err(), role.err()].into_iter().flatten().collect();
+            Err(invalid_argument(&violations))
+        }
+    }
+}
+
 fn check(caller: &Principal, id: Uuid, permission: Permission) -> Result<(), Status> {
-    let is_self = caller
-        .user_id()
-        .and_then(|own| Uuid::parse_str(own).ok())
-        .is_some_and(|own| own == id);
+    let is_self = caller_id(caller) == Some(id);
     let allowed = is_self || (permission == Permission::SelfOrAdmin && caller.is_admin());
     if allowed {
         Ok(())
@@ -247,7 +310,6 @@ impl From<UserError> for Status {
             UserError::Invalid(violations) => invalid_argument(&violations),
             UserError::NotFound => Status::not_found("user not found"),
             UserError::EmailTaken => Status::already_exists("email address is already registered"),
-            UserError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
             UserError::Overloaded { retry_after } => resource_exhausted(
                 "too many password checks in progress; try again shortly",
                 retry_after,
@@ -278,6 +340,15 @@ fn changes_from_mask(
     mask: Option<&prost_types::FieldMask>,
 ) -> Result<UserChanges, Status> {
     let paths: Vec<&str> = match mask {
+        Some(mask) if mask.paths.len() > MAX_UPDATE_MASK_PATHS => {
+            return Err(invalid_argument(&[FieldViolation::new(
+                "update_mask",
+                format!(
+                    "has {} paths; at most {MAX_UPDATE_MASK_PATHS} are allowed",
+                    mask.paths.len()
+                ),
+            )]));
+        }
         Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
         _ => {
             let mut implied = Vec::new();
@@ -335,6 +406,6 @@ pub fn to_proto(user: &User) -> pb::User {
         display_name: user.display_name.as_str().to_owned(),
         create_time: Some(SystemTime::from(user.create_time).into()),
         update_time: Some(SystemTime::from(user.update_time).into()),
-        roles: Vec::new(),
+        roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
     }
 }

@@ -3,8 +3,10 @@
 //! the storage layer implements.
 
 pub mod password;
+pub mod role;
 pub mod validation;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -13,6 +15,7 @@ use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
 pub use password::{PasswordHash, PasswordHasher};
+pub use role::Role;
 pub use validation::{DisplayName, Email, Password};
 
 /// A user as the domain sees it. Holds no password material.
@@ -20,10 +23,12 @@ pub use validation::{DisplayName, Email, Password};
 pub struct User {
     /// A UUIDv7: time-ordered, so ordering by id lists users oldest first.
     pub id: Uuid,
-    /// Normalised email address (see [`Email`]).
+    /// Email address as entered, unique regardless of case (see [`Email`]).
     pub email: Email,
     /// See [`DisplayName`].
     pub display_name: DisplayName,
+    /// The roles granted to the user (see [`Role`]).
+    pub roles: BTreeSet<Role>,
     /// When the user was created.
     pub create_time: DateTime<Utc>,
     /// When the user was last changed.
@@ -48,6 +53,15 @@ pub struct UserChanges {
     pub display_name: Option<DisplayName>,
 }
 
+/// Whether a role is being granted or revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleChange {
+    /// The user gets the role (a no-op when they have it).
+    Grant,
+    /// The user loses the role (a no-op when they lack it).
+    Revoke,
+}
+
 /// One page of users, oldest first.
 #[derive(Debug, Clone)]
 pub struct UserPage {
@@ -66,12 +80,9 @@ pub enum UserError {
     /// No user has this id.
     #[error("user not found")]
     NotFound,
-    /// Another user already has this email address.
+    /// Another user already has this email address (compared regardless of case).
     #[error("email address is already registered")]
     EmailTaken,
-    /// The email is unknown or the password wrong; deliberately not saying which.
-    #[error("invalid email or password")]
-    InvalidCredentials,
     /// Too much password hashing is in progress (see [`password`]): retry after
     /// `retry_after`.
     #[error("too many password checks in progress")]
@@ -86,7 +97,7 @@ pub enum UserError {
 
 /// Storage of users, implemented by the storage layer.
 pub trait UserRepository: Send + Sync + 'static {
-    /// Inserts a new user.
+    /// Inserts a new user with their roles.
     ///
     /// # Errors
     /// [`UserError::EmailTaken`] when the email exists; [`UserError::Unexpected`] otherwise.
@@ -95,9 +106,16 @@ pub trait UserRepository: Send + Sync + 'static {
         user: &User,
         password_hash: &PasswordHash,
     ) -> impl Future<Output = Result<(), UserError>> + Send;
-    /// Loads a user by id; `None` when absent.
+    /// Loads a user with their roles by id; `None` when absent.
     fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
-    /// Loads a user and their hash by normalised email; `None` when absent.
+    /// Loads a user with their roles by email, compared on [`Email::canonical`]; `None`
+    /// when absent.
+    fn find_by_email(
+        &self,
+        email: &Email,
+    ) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
+    /// Loads a user and their hash by email, compared on [`Email::canonical`]; `None`
+    /// when absent.
     fn get_credentials(
         &self,
         email: &Email,
@@ -118,8 +136,19 @@ pub trait UserRepository: Send + Sync + 'static {
         changes: &UserChanges,
         update_time: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
-    /// Deletes a user; `false` when there was none.
+    /// Deletes a user and, in the same transaction, enqueues the revocation of all
+    /// their refresh tokens at the auth service (the outbox retries it until auth
+    /// answers); `false` when there was no such user.
     fn delete(&self, id: Uuid) -> impl Future<Output = Result<bool, UserError>> + Send;
+    /// Grants or revokes `role`, setting `update_time` when that changed anything;
+    /// returns the user with their roles after the change, `None` when absent.
+    fn change_role(
+        &self,
+        id: Uuid,
+        role: Role,
+        change: RoleChange,
+        update_time: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
 }
 
 /// The user operations, over a repository and a password hasher.
@@ -162,6 +191,7 @@ impl<R: UserRepository> Users<R> {
             id: Uuid::now_v7(),
             email,
             display_name,
+            roles: BTreeSet::new(),
             create_time: now,
             update_time: now,
         };
@@ -209,7 +239,8 @@ impl<R: UserRepository> Users<R> {
             .ok_or(UserError::NotFound)
     }
 
-    /// Deletes the user with `id`.
+    /// Deletes the user with `id` and has their refresh tokens revoked (see
+    /// [`UserRepository::delete`]).
     ///
     /// # Errors
     /// [`UserError::NotFound`].
@@ -221,31 +252,61 @@ impl<R: UserRepository> Users<R> {
         }
     }
 
-    /// Returns the user whose credentials these are.
-    ///
-    /// An unknown email, a malformed one and a wrong password all give
-    /// [`UserError::InvalidCredentials`], and an unknown email costs a full hash
-    /// verification (against a dummy hash), so neither the answer nor its timing tells
-    /// whether an account exists (OWASP Authentication Cheat Sheet).
+    /// Returns the user with the email `email` (compared regardless of case).
     ///
     /// # Errors
-    /// [`UserError::InvalidCredentials`].
-    pub async fn verify_credentials(&self, email: &str, password: &str) -> Result<User, UserError> {
+    /// [`UserError::Invalid`] when `email` is not an address; [`UserError::NotFound`].
+    pub async fn find_by_email(&self, email: &str) -> Result<User, UserError> {
+        let email = Email::parse("email", email).map_err(|v| UserError::Invalid(vec![v]))?;
+        self.repository
+            .find_by_email(&email)
+            .await?
+            .ok_or(UserError::NotFound)
+    }
+
+    /// Grants or revokes `role` for the user with `id`; idempotent. Returns the user
+    /// with their roles after the change.
+    ///
+    /// # Errors
+    /// [`UserError::NotFound`].
+    pub async fn change_role(
+        &self,
+        id: Uuid,
+        role: Role,
+        change: RoleChange,
+    ) -> Result<User, UserError> {
+        self.repository
+            .change_role(id, role, change, now())
+            .await?
+            .ok_or(UserError::NotFound)
+    }
+
+    /// Returns the user whose credentials these are, `None` when they match no user.
+    ///
+    /// An unknown email, a malformed one and a wrong password all give `None`, and an
+    /// unknown email costs a full hash verification (against a dummy hash), so neither
+    /// the answer nor its timing tells whether an account exists (OWASP Authentication
+    /// Cheat Sheet). A mismatch is an answer, not an error: an error is always a fault.
+    ///
+    /// # Errors
+    /// [`UserError::Unexpected`] when storage or hashing fails.
+    pub async fn verify_credentials(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<User>, UserError> {
         let found = match Email::parse("email", email) {
             Ok(email) => self.repository.get_credentials(&email).await?,
             Err(_) => None,
         };
         match found {
             Some(found) => {
-                if self.hasher.verify(password, found.password_hash).await? {
-                    Ok(found.user)
-                } else {
-                    Err(UserError::InvalidCredentials)
-                }
+                let matches = self.hasher.verify(password, found.password_hash).await?;
+                Ok(matches.then_some(found.user))
             }
             None => {
                 self.hasher.verify_dummy(password).await?;
-                Err(UserError::InvalidCredentials)
+                Ok(None)
             }
         }
     }

@@ -12,14 +12,23 @@ pub const PASSWORD_MAX_BYTES: usize = 1024;
 /// Most bytes in an email address (RFC 5321 §4.5.3.1.3 path limit).
 pub const EMAIL_MAX_BYTES: usize = 254;
 
-/// An email address: surrounding whitespace trimmed, domain lower-cased (domains are
-/// case-insensitive, RFC 5321 §2.4; the local part is kept as given), syntax per RFC 5322
-/// without display text or domain literals.
+/// An email address as entered, surrounding whitespace trimmed, with syntax per RFC 5322
+/// (no display text, no domain literals), and its canonical form: the whole address
+/// lower-cased ([`str::to_lowercase`], Unicode-aware).
+///
+/// Addresses are compared on the canonical form only, so `Ann@Example.com` and
+/// `ann@example.com` are one address. RFC 5321 §2.4 lets a mail server treat local parts
+/// as case-sensitive, but no common provider does, and an address that differs from
+/// another only by case is far more often a typo or an impersonation than a second person
+/// (OWASP Authentication Cheat Sheet: user ids are case-insensitive).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Email(String);
+pub struct Email {
+    address: String,
+    canonical: String,
+}
 
 impl Email {
-    /// Validates and normalises `raw`; errors name `field`.
+    /// Validates and trims `raw`; errors name `field`.
     ///
     /// # Errors
     /// A [`FieldViolation`] when `raw` is not an address.
@@ -37,24 +46,35 @@ impl Email {
         let options = Options::default()
             .without_display_text()
             .without_domain_literal();
-        let parsed = EmailAddress::parse_with_options(trimmed, options)
+        EmailAddress::parse_with_options(trimmed, options)
             .map_err(|_| FieldViolation::new(field, "is not a valid email address"))?;
-        Ok(Self(format!(
-            "{}@{}",
-            parsed.local_part(),
-            parsed.domain().to_lowercase()
-        )))
+        Ok(Self::from_stored(trimmed.to_owned()))
     }
 
-    /// The normalised address.
+    /// The address as entered (trimmed).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.address
     }
 
-    /// Wraps an address read back from storage, where it was stored normalised.
-    pub fn from_stored(stored: String) -> Self {
-        Self(stored)
+    /// The form addresses are compared on: the whole address lower-cased.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
     }
+
+    /// Wraps an address read back from storage, where it was stored validated.
+    pub fn from_stored(address: String) -> Self {
+        Self {
+            canonical: canonical_email(&address),
+            address,
+        }
+    }
+}
+
+/// The canonical form of an (already trimmed) address: the whole address lower-cased. The
+/// migration that introduced `users.email_canonical` backfills it with this function, so
+/// stored and computed forms agree.
+pub fn canonical_email(address: &str) -> String {
+    address.to_lowercase()
 }
 
 /// A display name: trimmed, 1 to 100 characters (Unicode scalar values), no control
@@ -132,9 +152,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn email_is_trimmed_and_only_its_domain_lower_cased() {
-        let email = Email::parse("email", "  Ada.Lovelace@Example.COM \n").map(|e| e.0);
-        assert_eq!(email, Ok("Ada.Lovelace@example.com".to_owned()));
+    fn email_is_kept_as_entered_and_compared_lower_cased_whole() {
+        let email = Email::parse("email", "  Ada.Lovelace@Example.COM \n");
+        assert_eq!(
+            email.as_ref().map(|e| (e.as_str(), e.canonical())),
+            Ok(("Ada.Lovelace@Example.COM", "ada.lovelace@example.com"))
+        );
+        // Case variants of the local part are one address.
+        let variants = [
+            "ADMIN@example.com",
+            "admin@EXAMPLE.com",
+            "Admin@Example.Com",
+        ]
+        .map(|raw| Email::parse("email", raw).map(|e| e.canonical().to_owned()));
+        assert!(
+            variants
+                .iter()
+                .all(|c| c.as_deref() == Ok("admin@example.com")),
+            "{variants:?}"
+        );
     }
 
     #[test]

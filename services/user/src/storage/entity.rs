@@ -9,9 +9,12 @@ pub struct Model {
     /// UUIDv7, so id order is creation order.
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
-    /// Normalised email; unique index `users_email_key`.
-    #[sea_orm(unique)]
+    /// Email as entered (trimmed).
     pub email: String,
+    /// `email` lower-cased whole (`domain::validation::canonical_email`); unique index
+    /// `users_email_canonical_key`, so addresses are unique regardless of case.
+    #[sea_orm(unique)]
+    pub email_canonical: String,
     /// Display name.
     pub display_name: String,
     /// argon2id PHC string.

@@ -1,28 +1,35 @@
-//! User storage on sea-orm: the `users` table's entity, its migrations, and the
-//! [`UserRepository`](crate::domain::UserRepository) implementation. The same code runs
-//! on SQLite and PostgreSQL.
+//! User storage on sea-orm: the `users` and `user_roles` tables' entities, their
+//! migrations, and the [`UserRepository`](crate::domain::UserRepository) implementation.
+//! The same code runs on SQLite and PostgreSQL.
 
 pub mod entity;
 pub mod migration;
+pub mod user_role;
+
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _, SqlErr, TransactionTrait as _,
+    ActiveValue::Set, ColumnTrait as _, ConnectionTrait, DatabaseConnection, DbErr,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, SqlErr,
+    TransactionTrait as _, TryInsertResult,
 };
 use trellis_platform::outbox::{self, OutboxEntry, OutboxWaker};
+use trellis_proto::auth_v1::RevokeUserTokensRequest;
 use trellis_proto::notification_v1::SendNotificationRequest;
 use uuid::Uuid;
 
 use crate::domain::{
-    DisplayName, Email, PasswordHash, User, UserChanges, UserError, UserRepository,
-    UserWithCredentials,
+    DisplayName, Email, PasswordHash, Role, RoleChange, User, UserChanges, UserError,
+    UserRepository, UserWithCredentials,
 };
 use entity::{Column, Entity};
 
 /// The peer that receives notifications, as named in the `peers` config.
 pub const NOTIFICATION_PEER: &str = "notification";
+/// The peer that holds refresh tokens, as named in the `peers` config.
+pub const AUTH_PEER: &str = "auth";
 
 /// [`UserRepository`] over a sea-orm connection.
 #[derive(Debug, Clone)]
@@ -58,17 +65,79 @@ fn welcome(user: &User) -> OutboxEntry {
     )
 }
 
-fn to_domain(model: entity::Model) -> User {
+/// The revocation of every refresh token of the user `id`, as an outbox call to the auth
+/// service. Revoking is idempotent, so redelivery is harmless.
+fn revoke_tokens(id: Uuid) -> OutboxEntry {
+    let request = RevokeUserTokensRequest {
+        user_id: id.to_string(),
+    };
+    OutboxEntry::new(
+        Uuid::now_v7(),
+        AUTH_PEER,
+        trellis_proto::paths::REVOKE_USER_TOKENS,
+        &request,
+    )
+}
+
+fn to_domain(model: entity::Model, roles: BTreeSet<Role>) -> User {
     User {
         id: model.id,
         email: Email::from_stored(model.email),
         display_name: DisplayName::from_stored(model.display_name),
+        roles,
         create_time: model.create_time,
         update_time: model.update_time,
     }
 }
 
-/// A unique-index violation on `users.email` means the address is taken.
+/// The roles of each of `ids` (users without roles are absent), in one query.
+async fn roles_of(
+    db: &impl ConnectionTrait,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, BTreeSet<Role>>, UserError> {
+    let mut roles: HashMap<Uuid, BTreeSet<Role>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(roles);
+    }
+    let rows = user_role::Entity::find()
+        .filter(user_role::Column::UserId.is_in(ids.iter().copied()))
+        .all(db)
+        .await
+        .map_err(unexpected)?;
+    for row in rows {
+        if let Some(role) = Role::from_stored(&row.role) {
+            roles.entry(row.user_id).or_default().insert(role);
+        }
+    }
+    Ok(roles)
+}
+
+/// `models` as domain users, with their roles.
+async fn with_roles(
+    db: &impl ConnectionTrait,
+    models: Vec<entity::Model>,
+) -> Result<Vec<User>, UserError> {
+    let ids: Vec<Uuid> = models.iter().map(|m| m.id).collect();
+    let mut roles = roles_of(db, &ids).await?;
+    Ok(models
+        .into_iter()
+        .map(|model| {
+            let held = roles.remove(&model.id).unwrap_or_default();
+            to_domain(model, held)
+        })
+        .collect())
+}
+
+/// `model` as a domain user, with their roles.
+async fn one_with_roles(
+    db: &impl ConnectionTrait,
+    model: Option<entity::Model>,
+) -> Result<Option<User>, UserError> {
+    let models = model.into_iter().collect();
+    Ok(with_roles(db, models).await?.pop())
+}
+
+/// A unique-index violation on `users.email_canonical` means the address is taken.
 fn map_write_error(err: DbErr) -> UserError {
     if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
         UserError::EmailTaken
@@ -86,6 +155,7 @@ impl UserRepository for SeaOrmUserRepository {
         let model = entity::ActiveModel {
             id: Set(user.id),
             email: Set(user.email.as_str().to_owned()),
+            email_canonical: Set(user.email.canonical().to_owned()),
             display_name: Set(user.display_name.as_str().to_owned()),
             password_hash: Set(password_hash.as_phc().to_owned()),
             create_time: Set(user.create_time),
@@ -97,6 +167,20 @@ impl UserRepository for SeaOrmUserRepository {
             .exec_without_returning(&txn)
             .await
             .map_err(map_write_error)?;
+        let roles: Vec<user_role::ActiveModel> = user
+            .roles
+            .iter()
+            .map(|role| user_role::ActiveModel {
+                user_id: Set(user.id),
+                role: Set(role.as_str().to_owned()),
+            })
+            .collect();
+        if !roles.is_empty() {
+            user_role::Entity::insert_many(roles)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(unexpected)?;
+        }
         outbox::enqueue(&txn, welcome(user))
             .await
             .map_err(unexpected)?;
@@ -110,7 +194,16 @@ impl UserRepository for SeaOrmUserRepository {
             .one(&self.db)
             .await
             .map_err(unexpected)?;
-        Ok(model.map(to_domain))
+        one_with_roles(&self.db, model).await
+    }
+
+    async fn find_by_email(&self, email: &Email) -> Result<Option<User>, UserError> {
+        let model = Entity::find()
+            .filter(Column::EmailCanonical.eq(email.canonical()))
+            .one(&self.db)
+            .await
+            .map_err(unexpected)?;
+        one_with_roles(&self.db, model).await
     }
 
     async fn get_credentials(
@@ -118,13 +211,18 @@ impl UserRepository for SeaOrmUserRepository {
         email: &Email,
     ) -> Result<Option<UserWithCredentials>, UserError> {
         let model = Entity::find()
-            .filter(Column::Email.eq(email.as_str()))
+            .filter(Column::EmailCanonical.eq(email.canonical()))
             .one(&self.db)
             .await
             .map_err(unexpected)?;
-        Ok(model.map(|model| UserWithCredentials {
-            password_hash: PasswordHash::from_stored(model.password_hash.clone()),
-            user: to_domain(model),
+        let Some(model) = model else {
+            return Ok(None);
+        };
+        let password_hash = PasswordHash::from_stored(model.password_hash.clone());
+        let user = one_with_roles(&self.db, Some(model)).await?;
+        Ok(user.map(|user| UserWithCredentials {
+            user,
+            password_hash,
         }))
     }
 
@@ -134,7 +232,7 @@ impl UserRepository for SeaOrmUserRepository {
             query = query.filter(Column::Id.gt(after));
         }
         let models = query.all(&self.db).await.map_err(unexpected)?;
-        Ok(models.into_iter().map(to_domain).collect())
+        with_roles(&self.db, models).await
     }
 
     async fn update(
@@ -147,7 +245,9 @@ impl UserRepository for SeaOrmUserRepository {
             .col_expr(Column::UpdateTime, Expr::value(update_time))
             .filter(Column::Id.eq(id));
         if let Some(email) = &changes.email {
-            update = update.col_expr(Column::Email, Expr::value(email.as_str()));
+            update = update
+                .col_expr(Column::Email, Expr::value(email.as_str()))
+                .col_expr(Column::EmailCanonical, Expr::value(email.canonical()));
         }
         if let Some(display_name) = &changes.display_name {
             update = update.col_expr(Column::DisplayName, Expr::value(display_name.as_str()));
@@ -160,10 +260,95 @@ impl UserRepository for SeaOrmUserRepository {
     }
 
     async fn delete(&self, id: Uuid) -> Result<bool, UserError> {
-        let result = Entity::delete_by_id(id)
-            .exec(&self.db)
+        // The user goes, and the revocation of their tokens is enqueued, together or not
+        // at all. Roles go by the foreign key's cascade, and explicitly in case a SQLite
+        // connection has foreign keys off.
+        let txn = self.db.begin().await.map_err(unexpected)?;
+        user_role::Entity::delete_many()
+            .filter(user_role::Column::UserId.eq(id))
+            .exec(&txn)
             .await
             .map_err(unexpected)?;
-        Ok(result.rows_affected > 0)
+        let result = Entity::delete_by_id(id)
+            .exec(&txn)
+            .await
+            .map_err(unexpected)?;
+        if result.rows_affected == 0 {
+            txn.rollback().await.map_err(unexpected)?;
+            return Ok(false);
+        }
+        outbox::enqueue(&txn, revoke_tokens(id))
+            .await
+            .map_err(unexpected)?;
+        txn.commit().await.map_err(unexpected)?;
+        self.waker.wake();
+        Ok(true)
+    }
+
+    async fn change_role(
+        &self,
+        id: Uuid,
+        role: Role,
+        change: RoleChange,
+        update_time: DateTime<Utc>,
+    ) -> Result<Option<User>, UserError> {
+        let txn = self.db.begin().await.map_err(unexpected)?;
+        let Some(model) = Entity::find_by_id(id).one(&txn).await.map_err(unexpected)? else {
+            return Ok(None);
+        };
+        let changed = match change {
+            RoleChange::Grant => {
+                let row = user_role::ActiveModel {
+                    user_id: Set(id),
+                    role: Set(role.as_str().to_owned()),
+                };
+                let inserted = user_role::Entity::insert(row)
+                    .on_conflict_do_nothing()
+                    .exec_without_returning(&txn)
+                    .await;
+                match inserted {
+                    Ok(TryInsertResult::Inserted(rows)) => rows > 0,
+                    Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => false,
+                    // The user was deleted after the read above (PostgreSQL, which does
+                    // not serialize the two transactions).
+                    Err(err)
+                        if matches!(
+                            err.sql_err(),
+                            Some(SqlErr::ForeignKeyConstraintViolation(_))
+                        ) =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(err) => return Err(unexpected(err)),
+                }
+            }
+            RoleChange::Revoke => {
+                user_role::Entity::delete_many()
+                    .filter(user_role::Column::UserId.eq(id))
+                    .filter(user_role::Column::Role.eq(role.as_str()))
+                    .exec(&txn)
+                    .await
+                    .map_err(unexpected)?
+                    .rows_affected
+                    > 0
+            }
+        };
+        let model = if changed {
+            Entity::update_many()
+                .col_expr(Column::UpdateTime, Expr::value(update_time))
+                .filter(Column::Id.eq(id))
+                .exec(&txn)
+                .await
+                .map_err(unexpected)?;
+            entity::Model {
+                update_time,
+                ..model
+            }
+        } else {
+            model
+        };
+        let user = one_with_roles(&txn, Some(model)).await?;
+        txn.commit().await.map_err(unexpected)?;
+        Ok(user)
     }
 }

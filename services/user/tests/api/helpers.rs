@@ -52,20 +52,81 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut user_service::Con
     }
 }
 
+/// Creates a user with a valid password through `users`, asserting success.
+pub(crate) async fn sign_up(
+    users: &mut UserServiceClient<Channel>,
+    email: &str,
+    display_name: &str,
+) -> pb::User {
+    users
+        .create_user(pb::CreateUserRequest {
+            email: email.to_owned(),
+            display_name: display_name.to_owned(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .expect("user is created")
+        .into_inner()
+        .user
+        .expect("response carries the user")
+}
+
+/// The roles of the user `id`, read with GetUser as `token`, asserting success.
+pub(crate) async fn roles_of(
+    users: &mut UserServiceClient<Channel>,
+    id: &str,
+    token: &str,
+) -> Vec<String> {
+    users
+        .get_user(with_token(pb::GetUserRequest { id: id.to_owned() }, token))
+        .await
+        .expect("the user is read")
+        .into_inner()
+        .user
+        .expect("response carries the user")
+        .roles
+}
+
 impl TestApp {
     /// Creates a user with a valid password, asserting success.
     pub(crate) async fn create_user(&mut self, email: &str, display_name: &str) -> pb::User {
-        self.users
-            .create_user(pb::CreateUserRequest {
-                email: email.to_owned(),
-                display_name: display_name.to_owned(),
-                password: PASSWORD.to_owned(),
-            })
-            .await
-            .expect("user is created")
+        sign_up(&mut self.users, email, display_name).await
+    }
+
+    /// GrantRole of `role` to the user `id` as `token`; the user after the change.
+    pub(crate) async fn grant_role(
+        &mut self,
+        id: &str,
+        role: &str,
+        token: &str,
+    ) -> Result<pb::User, tonic::Status> {
+        let request = pb::GrantRoleRequest {
+            id: id.to_owned(),
+            role: role.to_owned(),
+        };
+        let response = self.users.grant_role(with_token(request, token)).await?;
+        Ok(response
             .into_inner()
             .user
-            .expect("response carries the user")
+            .expect("response carries the user"))
+    }
+
+    /// RevokeRole of `role` from the user `id` as `token`; the user after the change.
+    pub(crate) async fn revoke_role(
+        &mut self,
+        id: &str,
+        role: &str,
+        token: &str,
+    ) -> Result<pb::User, tonic::Status> {
+        let request = pb::RevokeRoleRequest {
+            id: id.to_owned(),
+            role: role.to_owned(),
+        };
+        let response = self.users.revoke_role(with_token(request, token)).await?;
+        Ok(response
+            .into_inner()
+            .user
+            .expect("response carries the user"))
     }
 
     /// Signals shutdown and returns the server task's result.

@@ -9,9 +9,11 @@ mod helpers;
 
 mod authz;
 mod credentials;
+mod deletion;
 mod errors;
 mod health;
 mod limits;
 mod properties;
 mod reflection;
+mod roles;
 mod users;

@@ -9,10 +9,11 @@ use trellis_proto::user_v1 as pb;
 use crate::helpers::{PASSWORD, spawn_app, violated_fields, with_token};
 
 #[tokio::test]
-async fn create_user_normalises_email_and_returns_no_secret() {
+async fn create_user_keeps_email_as_entered_and_returns_no_secret() {
     let mut app = spawn_app().await;
     let user = app.create_user("  Ada@Example.COM ", "Ada").await;
-    assert_eq!(user.email, "Ada@example.com");
+    assert_eq!(user.email, "Ada@Example.COM");
+    assert!(user.roles.is_empty(), "a new user holds no role");
     assert_eq!(user.display_name, "Ada");
     assert!(uuid::Uuid::parse_str(&user.id).is_ok());
     assert!(user.create_time.is_some() && user.create_time == user.update_time);
@@ -50,6 +51,58 @@ async fn create_user_with_a_taken_email_is_already_exists() {
         })
         .await
         .expect_err("duplicate email is rejected");
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn addresses_differing_only_by_case_are_one_account() {
+    let mut app = spawn_app().await;
+    let admin = app.create_user("admin@example.com", "Admin").await;
+    // The whole address, local part included, is compared regardless of case.
+    for variant in [
+        "ADMIN@example.com",
+        "Admin@Example.Com",
+        " admin@EXAMPLE.COM ",
+    ] {
+        let status = app
+            .users
+            .create_user(pb::CreateUserRequest {
+                email: variant.into(),
+                display_name: "Impostor".into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect_err("a case variant of a taken address is taken");
+        assert_eq!(status.code(), Code::AlreadyExists, "{variant}");
+    }
+    // Either case signs in to the same account.
+    for variant in ["admin@example.com", "ADMIN@EXAMPLE.COM"] {
+        let verified = app
+            .internal
+            .verify_credentials(with_token(
+                pb::VerifyCredentialsRequest {
+                    email: variant.into(),
+                    password: PASSWORD.into(),
+                },
+                &app.service_token(),
+            ))
+            .await
+            .expect("credentials are checked")
+            .into_inner()
+            .user;
+        assert_eq!(verified.map(|u| u.id), Some(admin.id.clone()), "{variant}");
+    }
+    // Nor can another user move to a case variant of it.
+    let grace = app.create_user("grace@example.com", "Grace").await;
+    let token = app.token_for(&grace);
+    let status = app
+        .users
+        .update_user(with_token(
+            email_update(&grace.id, "ADMIN@example.com"),
+            &token,
+        ))
+        .await
+        .expect_err("a case variant of a taken address is taken");
     assert_eq!(status.code(), Code::AlreadyExists);
 }
 
@@ -296,27 +349,73 @@ async fn update_user_changes_only_the_masked_fields() {
     let instant = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos));
     assert!(instant(&updated.update_time) >= instant(&created.update_time));
 
-    // No mask: every non-empty updatable field is updated (AIP-134).
-    let updated = app
-        .users
+    // No mask: every non-empty updatable field is updated (AIP-134); the address is kept
+    // as entered. Then a user may change only the case of their own address.
+    for email in ["ADA@Lovelace.ORG", "ada@lovelace.org"] {
+        let updated = app
+            .users
+            .update_user(with_token(email_update(&created.id, email), &token))
+            .await
+            .expect("implied mask update succeeds")
+            .into_inner()
+            .user
+            .expect("user returned");
+        assert_eq!(updated.email, email);
+        assert_eq!(updated.display_name, "Ada Lovelace");
+    }
+}
+
+/// An UpdateUser of `id`'s email to `email` with no mask (the mask is implied).
+fn email_update(id: &str, email: &str) -> pb::UpdateUserRequest {
+    pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: id.to_owned(),
+            email: email.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: None,
+    }
+}
+
+#[tokio::test]
+async fn update_mask_with_too_many_paths_is_invalid() {
+    let mut app = spawn_app().await;
+    let ada = app.create_user("ada@example.com", "Ada").await;
+    let token = app.token_for(&ada);
+    let request = |paths: usize| pb::UpdateUserRequest {
+        user: Some(pb::User {
+            id: ada.id.clone(),
+            display_name: "Ada Lovelace".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".to_owned(); paths],
+        }),
+    };
+    app.users
         .update_user(with_token(
-            pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: created.id.clone(),
-                    email: "ADA@Lovelace.ORG".into(),
-                    ..Default::default()
-                }),
-                update_mask: None,
-            },
+            request(user_service::grpc::MAX_UPDATE_MASK_PATHS),
             &token,
         ))
         .await
-        .expect("implied mask update succeeds")
-        .into_inner()
-        .user
-        .expect("user returned");
-    assert_eq!(updated.email, "ADA@lovelace.org");
-    assert_eq!(updated.display_name, "Ada Lovelace");
+        .expect("the most paths allowed are accepted");
+    let status = app
+        .users
+        .update_user(with_token(
+            request(user_service::grpc::MAX_UPDATE_MASK_PATHS + 1),
+            &token,
+        ))
+        .await
+        .expect_err("one path more is refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["update_mask"]);
+    // One violation for the whole mask, not one per path.
+    let huge = app
+        .users
+        .update_user(with_token(request(100_000), &token))
+        .await
+        .expect_err("a huge mask is refused");
+    assert_eq!(violated_fields(&huge), ["update_mask"]);
 }
 
 #[tokio::test]

@@ -1,0 +1,22 @@
+//! The `user_roles` table: one row per role a user holds.
+
+use sea_orm::entity::prelude::*;
+
+/// A row of `user_roles`; the primary key `(user_id, role)` makes a grant idempotent.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "user_roles")]
+pub struct Model {
+    /// The user's id (`users.id`; deleting the user deletes their roles).
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub user_id: Uuid,
+    /// The role's name (`domain::Role::as_str`), e.g. `"admin"`.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub role: String,
+}
+
+/// Relations are enforced by the schema (a foreign key with `ON DELETE CASCADE`), not
+/// navigated in queries.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
