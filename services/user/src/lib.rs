@@ -2,8 +2,9 @@
 //!
 //! Layers, each testable without the one above: [`grpc`] (wire types and statuses),
 //! [`domain`] (rules, no gRPC, no SQL), [`storage`] (sea-orm). [`Service`] wires them onto the
-//! platform.
+//! platform; [`admin`] holds the binary's management commands (`user-service admin grant`).
 
+pub mod admin;
 pub mod config;
 pub mod domain;
 pub mod grpc;

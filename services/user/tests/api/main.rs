@@ -7,6 +7,7 @@
 
 mod helpers;
 
+mod admin;
 mod authz;
 mod credentials;
 mod deletion;
