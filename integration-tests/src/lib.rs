@@ -26,7 +26,7 @@ pub use trellis_platform::testing::{assert_eventually, channel, wait_serving, wi
 
 /// The user service's client secret in the harness.
 const USER_CLIENT_SECRET: &str = "user-client-secret-for-tests";
-/// Emails whose sign-ins get the admin role in the harness.
+/// The account suites make an admin with [`System::grant_admin`].
 pub const ADMIN_EMAIL: &str = "admin@example.com";
 /// Failed sign-ins allowed per account per hour in the harness (small, to test it).
 pub const ACCOUNT_FAILURE_BUDGET: u32 = 6;
@@ -204,7 +204,6 @@ impl System {
             service: auth_service::config::Settings {
                 service_clients: [("user".to_owned(), SecretString::from(USER_CLIENT_SECRET))]
                     .into(),
-                admin_emails: ADMIN_EMAIL.to_owned(),
                 login_throttle: auth_service::config::ThrottleConfig {
                     max_failures_per_account_per_hour: ACCOUNT_FAILURE_BUDGET,
                     max_failures_per_source_per_hour: 10_000,
@@ -229,6 +228,42 @@ impl System {
         config.auth.client_secret = Some(SecretString::from(USER_CLIENT_SECRET));
         config.auth.min_refresh_interval_ms = 200;
         config
+    }
+
+    /// Gives the account with `email` the admin role the way an operator does: the user
+    /// service's `admin grant EMAIL` command, run in this process against the user
+    /// service's database. Its access tokens carry the role from the next login.
+    pub async fn grant_admin(&self, email: &str) {
+        use user_service::admin::AdminCommand;
+        use user_service::domain::{PasswordHasher, Users, password::HashCost};
+        use user_service::storage::{SeaOrmUserRepository, migration::Migrator};
+
+        let db = trellis_platform::data::connect::<Migrator>(&self.database("user"))
+            .await
+            .expect("the user service's database opens");
+        let hasher = PasswordHasher::new(HashCost::default()).expect("a hasher");
+        let users = Users::new(
+            SeaOrmUserRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
+            hasher,
+        );
+        let command = AdminCommand::Grant {
+            email: email.to_owned(),
+            create: false,
+            display_name: String::new(),
+        };
+        command
+            .execute(&users, || Ok(String::new()))
+            .await
+            .expect("the admin role is granted");
+    }
+
+    /// Signs `email` up, makes it an admin ([`Self::grant_admin`]) and logs it in, so
+    /// its access token carries the role.
+    pub async fn sign_up_admin(&self, email: &str) -> client::Session {
+        let user = client::sign_up(self, email).await;
+        self.grant_admin(email).await;
+        let tokens = client::log_in(self, email).await;
+        client::Session { user, tokens }
     }
 
     /// Stops every service gracefully.

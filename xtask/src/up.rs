@@ -1,6 +1,6 @@
 //! `cargo xtask up`: build every service, start them in dependency order with embedded
-//! defaults, wait for each to report SERVING, prefix and colour their logs, and stop them
-//! all gracefully on Ctrl-C.
+//! defaults, wait for each to report SERVING, make the dev admin, prefix and colour their
+//! logs, and stop them all gracefully on Ctrl-C.
 
 use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -46,8 +46,12 @@ const SERVICES: &[ServiceSpec] = &[
     },
 ];
 
-/// The account that gets the admin role under `up`, unless configured otherwise.
+/// The account `up` makes an admin, through the user service's management command
+/// (`user-service admin grant --create`), the way an operator makes the first admin.
 const DEV_ADMIN_EMAIL: &str = "admin@example.com";
+/// Where `up` keeps the dev admin's password (made at random on the first run, readable
+/// by the owner only), beside the services' SQLite files.
+const DEV_ADMIN_PASSWORD_FILE: &str = ".data/dev-admin-password";
 
 /// How long a service may take to report SERVING.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +119,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             binary,
         });
         let last = running.len() - 1;
-        if let Err(err) = wait_ready(&mut running[last], &incoming) {
+        let mut ready = wait_ready(&mut running[last], &incoming);
+        if ready.is_ok() && spec.name == "user" {
+            ready = grant_dev_admin(&root, spec, &running[last].binary, &environment);
+        }
+        if let Err(err) = ready {
             stop_all(&mut running);
             return Err(err);
         }
@@ -175,12 +183,7 @@ fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (key, value) in environment {
-        // A value the developer set wins.
-        if key.starts_with(spec.env_prefix) && std::env::var_os(key).is_none() {
-            command.env(key, value);
-        }
-    }
+    set_environment(&mut command, spec, environment);
     let format_key = format!("{}__TELEMETRY__LOG_FORMAT", spec.env_prefix);
     if std::env::var_os(&format_key).is_none() {
         command.env(format_key, "text");
@@ -210,6 +213,81 @@ fn start(
         forward(stderr, prefix, Some((events, spec.name)));
     }
     Ok(child)
+}
+
+/// Sets `spec`'s share of `environment` on `command`; a value the developer set wins.
+fn set_environment(command: &mut Command, spec: &ServiceSpec, environment: &[(&str, String)]) {
+    for (key, value) in environment {
+        if key.starts_with(spec.env_prefix) && std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
+}
+
+/// Gives [`DEV_ADMIN_EMAIL`] the admin role with `user-service admin grant --create`,
+/// run with the same config as the service (it may run meanwhile: they share the
+/// database). On the first run it creates the account, with the password in
+/// [`DEV_ADMIN_PASSWORD_FILE`]; later runs only make sure of the role.
+fn grant_dev_admin(
+    root: &Path,
+    spec: &ServiceSpec,
+    binary: &Path,
+    environment: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let password = dev_admin_password(root)?;
+    let mut command = Command::new(binary);
+    command
+        .current_dir(root)
+        .args(["admin", "grant", "--create", DEV_ADMIN_EMAIL])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    set_environment(&mut command, spec, environment);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {} admin grant", binary.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // The password goes through a pipe, never the command line.
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .context("passing the dev admin's password")?;
+    }
+    let output = child
+        .wait_with_output()
+        .context("waiting for user-service admin grant")?;
+    if !output.status.success() {
+        bail!(
+            "making {DEV_ADMIN_EMAIL} an admin failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    eprintln!("xtask: {}", String::from_utf8_lossy(&output.stdout).trim());
+    Ok(())
+}
+
+/// The dev admin's password from [`DEV_ADMIN_PASSWORD_FILE`], made at random (and the
+/// file created, owner-only) when there is none.
+fn dev_admin_password(root: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = root.join(DEV_ADMIN_PASSWORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(password) => return Ok(password.trim().to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    let password = random_secret()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| writeln!(file, "{password}"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(password)
 }
 
 fn forward(
@@ -325,7 +403,12 @@ fn print_banner(colour: bool) {
         "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n      localhost:50053 trellis.notification.v1.NotificationService/Subscribe"
     );
     println!();
-    println!("  {DEV_ADMIN_EMAIL}, once signed up, logs in with the admin role.");
+    println!(
+        "  {DEV_ADMIN_EMAIL} has the admin role; it logs in with the password in {DEV_ADMIN_PASSWORD_FILE}"
+    );
+    println!(
+        "  (roles: user-service admin grant|revoke EMAIL, or GrantRole/RevokeRole as an admin)"
+    );
     println!();
     println!("Press Ctrl-C to stop everything.");
     println!();
