@@ -292,10 +292,11 @@ impl UserRepository for SeaOrmUserRepository {
         change: RoleChange,
         update_time: DateTime<Utc>,
     ) -> Result<Option<User>, UserError> {
+        // The write comes first: on SQLite a transaction that reads before it writes
+        // cannot take the write lock once another connection has written meanwhile
+        // (SQLITE_BUSY at once, whatever the busy timeout), as when the service's outbox
+        // and the `admin` command share a database file.
         let txn = self.db.begin().await.map_err(unexpected)?;
-        let Some(model) = Entity::find_by_id(id).one(&txn).await.map_err(unexpected)? else {
-            return Ok(None);
-        };
         let changed = match change {
             RoleChange::Grant => {
                 let row = user_role::ActiveModel {
@@ -309,8 +310,7 @@ impl UserRepository for SeaOrmUserRepository {
                 match inserted {
                     Ok(TryInsertResult::Inserted(rows)) => rows > 0,
                     Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => false,
-                    // The user was deleted after the read above (PostgreSQL, which does
-                    // not serialize the two transactions).
+                    // No such user (the foreign key).
                     Err(err)
                         if matches!(
                             err.sql_err(),
@@ -333,19 +333,18 @@ impl UserRepository for SeaOrmUserRepository {
                     > 0
             }
         };
-        let model = if changed {
+        if changed {
             Entity::update_many()
                 .col_expr(Column::UpdateTime, Expr::value(update_time))
                 .filter(Column::Id.eq(id))
                 .exec(&txn)
                 .await
                 .map_err(unexpected)?;
-            entity::Model {
-                update_time,
-                ..model
-            }
-        } else {
-            model
+        }
+        let Some(model) = Entity::find_by_id(id).one(&txn).await.map_err(unexpected)? else {
+            // Nothing to keep (a role row without its user, were foreign keys off).
+            txn.rollback().await.map_err(unexpected)?;
+            return Ok(None);
         };
         let user = one_with_roles(&txn, Some(model)).await?;
         txn.commit().await.map_err(unexpected)?;
