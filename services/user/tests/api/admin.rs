@@ -1,6 +1,7 @@
 //! The management command `user-service admin grant|revoke EMAIL`: in-process over a
 //! migrated database, and as the built binary against a running service's SQLite file.
 
+use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use trellis_platform::data::{DatabaseConfig, connect};
@@ -14,7 +15,7 @@ use user_service::domain::{PasswordHasher, Role, Users};
 use user_service::storage::SeaOrmUserRepository;
 use user_service::storage::migration::Migrator;
 
-use crate::helpers::{PASSWORD, roles_of, sign_up};
+use crate::helpers::{PASSWORD, roles_of, sign_up, with_token};
 
 async fn users() -> Users<SeaOrmUserRepository> {
     let db = connect::<Migrator>(&DatabaseConfig::with_url("sqlite::memory:"))
@@ -155,6 +156,39 @@ async fn the_binary_grants_the_admin_role_in_a_running_services_database() {
 
     let token = issuer.user_token(&ada.id, &[]);
     assert_eq!(roles_of(&mut client, &ada.id, &token).await, ["admin"]);
+
+    // --create reads the new account's password from standard input, as `cargo xtask up`
+    // passes it.
+    let mut create = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .args(["admin", "grant", "--create", "root@example.com"])
+        .env("TRELLIS_USER__DATABASE__URL", &url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    create
+        .stdin
+        .take()
+        .expect("a pipe")
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .expect("the password is passed");
+    let created = create.wait_with_output().expect("the binary ends");
+    assert!(created.status.success(), "{created:?}");
+    let verified =
+        pb::user_internal_service_client::UserInternalServiceClient::new(server.channel.clone())
+            .verify_credentials(with_token(
+                pb::VerifyCredentialsRequest {
+                    email: "root@example.com".into(),
+                    password: PASSWORD.into(),
+                },
+                &issuer.service_token("auth"),
+            ))
+            .await
+            .expect("checked")
+            .into_inner()
+            .user
+            .map(|u| u.roles);
+    assert_eq!(verified, Some(vec!["admin".to_owned()]));
 
     let missing = run(&["admin", "grant", "nobody@example.com"]);
     assert_eq!(missing.status.code(), Some(1), "{missing:?}");
