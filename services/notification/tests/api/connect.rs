@@ -1,7 +1,8 @@
 //! NotificationService.Connect: the bidirectional stream on which the client acknowledges
 //! each notification; unacknowledged ones are pushed again on the next Connect.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -255,8 +256,29 @@ async fn streams_over_the_servers_cap_are_resource_exhausted() {
 #[derive(Clone, Default)]
 struct CapturedEvents(Arc<Mutex<Vec<CapturedEvent>>>);
 
-/// An event's message and the `rpc.method` of each `rpc` span around it.
-type CapturedEvent = (String, Vec<String>);
+/// The thread an event was logged on, its message and the `rpc.method` of each `rpc`
+/// span around it.
+type CapturedEvent = (ThreadId, String, Vec<String>);
+
+/// The events of this test binary, captured by a global subscriber installed once; `None`
+/// when another global subscriber came first (`TEST_LOG` set).
+///
+/// Global, not `set_default` per test: tracing caches each callsite's interest across
+/// threads, so a thread-scoped subscriber misses events whose callsite another test's
+/// thread registered first while no subscriber was interested.
+fn captured_events() -> Option<&'static CapturedEvents> {
+    static CAPTURE: OnceLock<Option<CapturedEvents>> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let events = CapturedEvents::default();
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(events.clone()),
+            )
+            .ok()
+            .map(|()| events)
+        })
+        .as_ref()
+}
 
 /// The `rpc.method` field of an `rpc` span, kept in the span's extensions.
 struct RpcMethod(String);
@@ -305,27 +327,37 @@ where
                     .collect()
             })
             .unwrap_or_default();
-        self.0
-            .lock()
-            .unwrap()
-            .push((message.value.unwrap_or_default(), methods));
+        self.0.lock().unwrap().push((
+            std::thread::current().id(),
+            message.value.unwrap_or_default(),
+            methods,
+        ));
     }
 }
 
 #[tokio::test]
 async fn the_stream_task_logs_inside_the_rpcs_span() {
-    // The test runtime has one thread, and the server runs on it: a subscriber set for
-    // this thread sees the service's events, and no other test's.
-    let events = CapturedEvents::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    // The test runtime has one thread, and the server runs on it: the events logged on
+    // this thread are the service's, and no other test's.
+    let Some(events) = captured_events() else {
+        eprintln!("skipped: another global subscriber is installed (TEST_LOG)");
+        return;
+    };
+    let this_thread = std::thread::current().id();
     let mut app = spawn_app().await;
     let ada = new_user_id();
     let connection = Connection::open(&mut app, &ada).await;
     // Once the client has seen the stream end, the task has logged its end.
     connection.close().await;
 
-    let events = events.0.lock().unwrap().clone();
+    let events: Vec<_> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(thread, _, _)| *thread == this_thread)
+        .map(|(_, message, methods)| (message.clone(), methods.clone()))
+        .collect();
     let ended: Vec<_> = events
         .iter()
         .filter(|(message, _)| message == "notification stream ended")
