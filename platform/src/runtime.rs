@@ -36,8 +36,28 @@ enum Command<C: clap::Subcommand> {
     /// Ask the running instance configured here for its health (grpc.health.v1 Check of
     /// ""); exit 0 when SERVING, 1 otherwise. For container HEALTHCHECKs.
     Healthcheck,
+    /// The transactional outbox's messages that peers rejected for good.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     #[command(flatten)]
     Service(C),
+}
+
+/// `<service> outbox …`: see and retry what the outbox could not deliver.
+#[derive(Debug, clap::Subcommand)]
+enum OutboxCommand {
+    /// List the messages peers rejected for good (oldest first), with their last error.
+    Failed {
+        /// The most messages to list.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Put failed messages back in the queue, due now, with their attempts reset: the
+    /// ones named, or every failed message. Fix what the peer rejected first.
+    Retry {
+        /// Message ids (from `outbox failed`); none retries every failed message.
+        ids: Vec<uuid::Uuid>,
+    },
 }
 
 /// The whole `main` of a service binary: `fn main() -> ExitCode { run::<my::Service>() }`.
@@ -95,7 +115,16 @@ where
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server)),
-        Command::Service(command) => runtime.block_on(run_command(service, command, config)),
+        Command::Outbox(command) => runtime.block_on(run_command(
+            service,
+            |_config: Config<S>, db| outbox_command(command, db),
+            config,
+        )),
+        Command::Service(command) => runtime.block_on(run_command(
+            service,
+            |config, db| command.run(config, db),
+            config,
+        )),
         Command::Serve => {
             crate::telemetry::init(&config.telemetry);
             tracing::info!(
@@ -117,13 +146,14 @@ where
 }
 
 /// Opens and migrates the database `config` names and runs `command` against it.
-async fn run_command<S: Service, C: Commands<S>>(
-    service: &ServiceInfo,
-    command: C,
-    config: Config<S>,
-) -> ExitCode {
+async fn run_command<S, F, Fut>(service: &ServiceInfo, command: F, config: Config<S>) -> ExitCode
+where
+    S: Service,
+    F: FnOnce(Config<S>, sea_orm::DatabaseConnection) -> Fut,
+    Fut: Future<Output = Result<(), crate::service::BuildError>>,
+{
     let outcome = match crate::data::connect::<S::Migrator>(&config.database).await {
-        Ok(db) => command.run(config, db).await,
+        Ok(db) => command(config, db).await,
         Err(err) => Err(err.into()),
     };
     match outcome {
@@ -137,6 +167,39 @@ async fn run_command<S: Service, C: Commands<S>>(
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an `outbox` subcommand, printing to standard output.
+async fn outbox_command(
+    command: OutboxCommand,
+    db: sea_orm::DatabaseConnection,
+) -> Result<(), crate::service::BuildError> {
+    match command {
+        OutboxCommand::Failed { limit } => {
+            let total = crate::outbox::failed_count(&db).await?;
+            for message in crate::outbox::failed_messages(&db, limit).await? {
+                println!(
+                    "{}\t{}\t{}\tattempts={}\tfailed={}\t{}",
+                    message.id,
+                    message.peer,
+                    message.method,
+                    message.attempts,
+                    message
+                        .failed_time
+                        .map(|time| time.to_rfc3339())
+                        .unwrap_or_default(),
+                    message.last_error.unwrap_or_default()
+                );
+            }
+            println!("{total} failed message(s)");
+        }
+        OutboxCommand::Retry { ids } => {
+            let ids = (!ids.is_empty()).then_some(ids.as_slice());
+            let retried = crate::outbox::retry_failed(&db, ids).await?;
+            println!("{retried} message(s) back in the queue");
+        }
+    }
+    Ok(())
 }
 
 async fn healthcheck(service: &ServiceInfo, server: &crate::server::ServerConfig) -> ExitCode {
@@ -174,7 +237,7 @@ async fn healthcheck(service: &ServiceInfo, server: &crate::server::ServerConfig
 mod tests {
     use clap::Parser as _;
 
-    use super::{Cli, Command, NoCommands};
+    use super::{Cli, Command, NoCommands, OutboxCommand};
 
     /// A service's own subcommands, as a service declares them.
     #[derive(Debug, PartialEq, Eq, clap::Subcommand)]
@@ -193,6 +256,23 @@ mod tests {
         );
         let cli = Cli::<Admin>::try_parse_from(["svc", "healthcheck"])?;
         assert!(matches!(cli.command, Some(Command::Healthcheck)));
+        Ok(())
+    }
+
+    #[test]
+    fn every_binary_has_the_outbox_commands() -> Result<(), clap::Error> {
+        let cli = Cli::<NoCommands>::try_parse_from(["svc", "outbox", "failed"])?;
+        assert!(matches!(
+            cli.command,
+            Some(Command::Outbox(OutboxCommand::Failed { limit: 100 }))
+        ));
+        let id = "0190f1c2-0000-7000-8000-000000000001";
+        let cli = Cli::<NoCommands>::try_parse_from(["svc", "outbox", "retry", id])?;
+        assert!(matches!(
+            cli.command,
+            Some(Command::Outbox(OutboxCommand::Retry { ids })) if ids.len() == 1
+        ));
+        assert!(Cli::<NoCommands>::try_parse_from(["svc", "outbox", "retry", "nope"]).is_err());
         Ok(())
     }
 

@@ -165,6 +165,22 @@ pub async fn failed_count<C: ConnectionTrait>(conn: &C) -> Result<u64, DbErr> {
         .await
 }
 
+/// The messages their peers rejected for good, oldest first, at most `limit`.
+///
+/// # Errors
+/// The database error.
+pub async fn failed_messages<C: ConnectionTrait>(
+    conn: &C,
+    limit: u64,
+) -> Result<Vec<entity::Model>, DbErr> {
+    Entity::find()
+        .filter(Column::FailedTime.is_not_null())
+        .order_by_asc(Column::FailedTime)
+        .limit(limit)
+        .all(conn)
+        .await
+}
+
 /// Puts failed messages back in the queue, due now with their attempts reset: the ones
 /// in `ids`, or every failed message when `ids` is `None`. Returns how many. Retry only
 /// after fixing what the peer rejected (its `last_error` says what), or it fails again.

@@ -122,7 +122,7 @@ pub trait Commands<S: Service>: clap::Subcommand + Send + 'static {
 }
 
 /// The subcommands of a service that has none of its own: an empty set, so the binary
-/// accepts only `serve` and `healthcheck`.
+/// accepts only the platform's `serve`, `healthcheck` and `outbox`.
 #[derive(Debug, Clone, Copy)]
 pub enum NoCommands {}
 

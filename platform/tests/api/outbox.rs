@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use trellis_platform::data::DatabaseConfig;
 use trellis_platform::outbox::entity::{Column, Entity};
 use trellis_platform::outbox::{
-    Dispatcher, OutboxConfig, OutboxEntry, OutboxWaker, enqueue, failed_count, prune_delivered,
-    retry_failed,
+    Dispatcher, OutboxConfig, OutboxEntry, OutboxWaker, enqueue, failed_count, failed_messages,
+    prune_delivered, retry_failed,
 };
 use trellis_platform::peer::{PeerConfig, Peers};
 use trellis_platform::testing::assert_eventually;
@@ -115,6 +115,13 @@ async fn a_rejected_message_is_kept_counted_and_can_be_retried() {
             .is_some_and(|e| e.contains("not you")),
         "{row:?}"
     );
+    let listed: Vec<_> = failed_messages(&db, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, [id], "`outbox failed` lists it");
     assert_eq!(retry_failed(&db, Some(&[id])).await.unwrap(), 1);
     assert_eq!(failed_count(&db).await.unwrap(), 0);
     assert_eq!(pending(&db).await, 1);

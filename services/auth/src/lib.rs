@@ -101,6 +101,8 @@ impl trellis_platform::Service for Service {
     fn access_policy() -> AccessPolicy {
         AccessPolicy::new(Access::Public)
             .internal(trellis_proto::paths::REVOKE_USER_TOKENS, &["user"])
+            // Any other internal method admits no one until it declares its callers.
+            .internal("trellis.auth.v1.AuthInternalService", &[])
     }
 
     /// Makes sure a signing key exists, then adds the handlers and key maintenance.

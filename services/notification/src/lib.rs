@@ -45,6 +45,8 @@ impl trellis_platform::Service for Service {
         // User (account notices) and auth (sign-in notices) send; nobody else may.
         AccessPolicy::new(Access::Authenticated)
             .internal(trellis_proto::paths::SEND_NOTIFICATION, &["user", "auth"])
+            // Any other internal method admits no one until it declares its callers.
+            .internal("trellis.notification.v1.NotificationInternalService", &[])
     }
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {

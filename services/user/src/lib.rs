@@ -55,6 +55,8 @@ impl trellis_platform::Service for Service {
                 &["auth"],
             )
             .internal("trellis.user.v1.UserInternalService/LookupUser", &["auth"])
+            // Any other internal method admits no one until it declares its callers.
+            .internal("trellis.user.v1.UserInternalService", &[])
     }
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
