@@ -48,8 +48,14 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root (the parent of this crate's directory).
+///
+/// Read from the `CARGO_MANIFEST_DIR` that `cargo run`/`cargo test` set when they start
+/// the process, before the one compiled in: clones sharing one target directory (as
+/// `.ci/run` does) can reuse a binary built in another clone, whose compiled-in path may
+/// be gone.
 fn workspace_root() -> PathBuf {
-    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     manifest_dir
         .parent()
         .map_or_else(|| manifest_dir.clone(), std::path::Path::to_path_buf)
