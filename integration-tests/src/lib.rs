@@ -234,27 +234,23 @@ impl System {
     /// service's `admin grant EMAIL` command, run in this process against the user
     /// service's database. Its access tokens carry the role from the next login.
     pub async fn grant_admin(&self, email: &str) {
-        use user_service::admin::AdminCommand;
-        use user_service::domain::{PasswordHasher, Users, password::HashCost};
-        use user_service::storage::{SeaOrmUserRepository, migration::Migrator};
+        use trellis_platform::Commands as _;
+        use user_service::admin::{AdminCommand, Command};
 
-        let db = trellis_platform::data::connect::<Migrator>(&self.database("user"))
-            .await
-            .expect("the user service's database opens");
-        let hasher = PasswordHasher::new(HashCost::default()).expect("a hasher");
-        let users = Users::new(
-            SeaOrmUserRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
-            hasher,
-        );
-        let command = AdminCommand::Grant {
+        let db = trellis_platform::data::connect::<user_service::storage::migration::Migrator>(
+            &self.database("user"),
+        )
+        .await
+        .expect("the user service's database opens");
+        // `grant` without `--create` reads nothing from standard input.
+        Command::Admin(AdminCommand::Grant {
             email: email.to_owned(),
             create: false,
             display_name: String::new(),
-        };
-        command
-            .execute(&users, || Ok(String::new()))
-            .await
-            .expect("the admin role is granted");
+        })
+        .run(self.user_config(), db)
+        .await
+        .expect("the admin role is granted");
     }
 
     /// Signs `email` up, makes it an admin ([`Self::grant_admin`]) and logs it in, so

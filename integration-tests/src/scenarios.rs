@@ -6,9 +6,7 @@
 
 use std::collections::HashSet;
 
-use sea_orm::{
-    ColumnTrait as _, Database, EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
-};
+use sea_orm::Database;
 use tonic::Code;
 use trellis_proto::auth_v1::RefreshTokenRequest;
 use trellis_proto::user_v1 as user;
@@ -141,15 +139,11 @@ pub async fn welcome_exactly_once_across_an_outage(system: &mut System) {
 /// From then on the sender's dispatcher delivers nothing more, so what the receiver holds
 /// is final. Panics when the database cannot be read or after [`assert_eventually`]'s 15 s.
 pub async fn wait_outbox_drained(database_url: &str) {
-    use trellis_platform::outbox::entity::{Column, Entity};
     let db = Database::connect(database_url)
         .await
         .expect("connect to the sender's database");
     assert_eventually(|| async {
-        Entity::find()
-            .filter(Column::DeliveredTime.is_null())
-            .filter(Column::FailedTime.is_null())
-            .count(&db)
+        trellis_platform::outbox::pending_count(&db)
             .await
             .expect("count pending outbox messages")
             == 0

@@ -47,6 +47,18 @@ pub fn scope<F: Future>(id: String, future: F) -> tokio::task::futures::TaskLoca
     REQUEST_ID.scope(id, future)
 }
 
+/// The address a per-source limit counts a caller against: an IPv4 address itself (also
+/// when written as an IPv4-mapped IPv6 address, RFC 4291 §2.5.5.2), and for IPv6 its /64
+/// prefix — one end site's subnet (RFC 6177), which a single host can rotate through.
+pub fn source_bucket(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX)).into()
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

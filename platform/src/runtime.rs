@@ -116,15 +116,12 @@ where
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server)),
         Command::Outbox(command) => runtime.block_on(run_command(
-            service,
             |_config: Config<S>, db| outbox_command(command, db),
             config,
         )),
-        Command::Service(command) => runtime.block_on(run_command(
-            service,
-            |config, db| command.run(config, db),
-            config,
-        )),
+        Command::Service(command) => {
+            runtime.block_on(run_command(|config, db| command.run(config, db), config))
+        }
         Command::Serve => {
             crate::telemetry::init(&config.telemetry);
             tracing::info!(
@@ -146,7 +143,7 @@ where
 }
 
 /// Opens and migrates the database `config` names and runs `command` against it.
-async fn run_command<S, F, Fut>(service: &ServiceInfo, command: F, config: Config<S>) -> ExitCode
+async fn run_command<S, F, Fut>(command: F, config: Config<S>) -> ExitCode
 where
     S: Service,
     F: FnOnce(Config<S>, sea_orm::DatabaseConnection) -> Fut,
@@ -161,7 +158,7 @@ where
         Err(err) => {
             eprintln!(
                 "{}: {}",
-                service.name,
+                S::INFO.name,
                 crate::status::ErrorChain(err.as_ref())
             );
             ExitCode::FAILURE

@@ -82,6 +82,16 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` saying when to try again (the gRPC
+/// error model's advice for load shedding and rate limits).
+pub fn resource_exhausted(message: &str, retry_after: std::time::Duration) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
 /// Checks a repeated request field's length against its cap.
 ///
 /// # Errors

@@ -34,6 +34,37 @@ pub fn uuid_field(field: impl Into<String>, raw: &str) -> Result<uuid::Uuid, Fie
     uuid::Uuid::parse_str(raw).map_err(|_| FieldViolation::new(field, "is not a valid UUID"))
 }
 
+/// Checks a free-text field: 1 to `max_chars` characters (Unicode scalar values) and no
+/// control characters, except newlines and tabs when `allow_newlines`.
+///
+/// # Errors
+/// A violation of `field`: `must be 1 to N characters` or `must not contain control
+/// characters`.
+pub fn text_field(
+    field: impl Into<String>,
+    value: &str,
+    max_chars: usize,
+    allow_newlines: bool,
+) -> Result<(), FieldViolation> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > max_chars {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be 1 to {max_chars} characters"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
+    {
+        return Err(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +81,27 @@ mod tests {
         );
         let id = uuid::Uuid::now_v7();
         assert_eq!(uuid_field("id", &id.to_string()), Ok(id));
+    }
+
+    #[test]
+    fn text_field_counts_characters_and_refuses_control_characters() {
+        assert_eq!(text_field("name", "Ada", 3, false), Ok(()));
+        assert_eq!(text_field("name", "äöü", 3, false), Ok(()));
+        assert_eq!(
+            text_field("name", "Adam", 3, false),
+            Err(FieldViolation::new("name", "must be 1 to 3 characters"))
+        );
+        assert_eq!(
+            text_field("name", "", 3, false),
+            Err(FieldViolation::new("name", "must be 1 to 3 characters"))
+        );
+        assert_eq!(
+            text_field("body", "a\nb", 3, false),
+            Err(FieldViolation::new(
+                "body",
+                "must not contain control characters"
+            ))
+        );
+        assert_eq!(text_field("body", "a\nb", 3, true), Ok(()));
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use trellis_platform::status::FieldViolation;
+use trellis_platform::validation::text_field;
 use uuid::Uuid;
 
 /// Longest name, in characters.
@@ -97,20 +98,9 @@ impl<R: GreetingRepository> Greetings<R> {
 }
 
 fn validate_name<'a>(field: &str, name: &'a str) -> Result<&'a str, GreeterError> {
-    let chars = name.chars().count();
-    let problem = if chars == 0 || chars > MAX_NAME_CHARS {
-        Some(format!("must be 1 to {MAX_NAME_CHARS} characters"))
-    } else if name.chars().any(char::is_control) {
-        Some("must not contain control characters".to_owned())
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(GreeterError::Invalid(vec![FieldViolation::new(
-            field, problem,
-        )])),
-        None => Ok(name),
-    }
+    text_field(field, name, MAX_NAME_CHARS, false)
+        .map(|()| name)
+        .map_err(|violation| GreeterError::Invalid(vec![violation]))
 }
 
 #[cfg(test)]

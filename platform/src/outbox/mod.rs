@@ -153,6 +153,19 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, entry: OutboxEntry) -> Result
     Ok(())
 }
 
+/// How many messages are still to deliver (neither delivered nor failed), due or not.
+///
+/// # Errors
+/// The database error.
+pub async fn pending_count<C: ConnectionTrait>(conn: &C) -> Result<u64, DbErr> {
+    use sea_orm::PaginatorTrait as _;
+    Entity::find()
+        .filter(Column::DeliveredTime.is_null())
+        .filter(Column::FailedTime.is_null())
+        .count(conn)
+        .await
+}
+
 /// How many messages their peers rejected for good (`failed_time` set).
 ///
 /// # Errors
@@ -269,11 +282,6 @@ impl Dispatcher {
         }
     }
 
-    /// The handle that wakes this dispatcher.
-    pub fn waker(&self) -> OutboxWaker {
-        self.waker.clone()
-    }
-
     /// Runs until `stop` is cancelled. Stopping does not wait for a pass in progress:
     /// the delivery under way is abandoned (its message stays pending and is delivered
     /// again after a restart — delivery is at least once) and no further one starts, so
@@ -340,6 +348,7 @@ impl Dispatcher {
             .all(&self.db)
             .await?;
         let count = due.len();
+        let mut any_failed = false;
         for message in due {
             let id = message.id;
             let attempts = message.attempts + 1;
@@ -352,7 +361,7 @@ impl Dispatcher {
             let update = Entity::update_many()
                 .col_expr(Column::Attempts, Expr::value(attempts))
                 .filter(Column::Id.eq(id));
-            let failed = matches!(outcome, Outcome::Failed(_));
+            any_failed |= matches!(outcome, Outcome::Failed(_));
             let update = match outcome {
                 Outcome::Delivered => {
                     tracing::debug!(outbox_id = %id, attempts, "outbox message delivered");
@@ -374,9 +383,9 @@ impl Dispatcher {
                 }
             };
             update.exec(&self.db).await?;
-            if failed {
-                self.report_failed().await;
-            }
+        }
+        if any_failed {
+            self.report_failed().await;
         }
         Ok(count)
     }

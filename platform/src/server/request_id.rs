@@ -9,7 +9,7 @@ use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
 use crate::context;
-pub use crate::context::{REQUEST_ID_HEADER, current_request_id};
+use crate::context::REQUEST_ID_HEADER;
 
 /// Installs the request id on every request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,6 +63,7 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+    use crate::context::current_request_id;
 
     /// What the handler sees as the request id header and the task-local id.
     async fn seen(given: &str) -> (Option<String>, Option<String>) {

@@ -12,7 +12,7 @@ use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnEos, OnResponse, TraceLayer};
 use tracing::Span;
 
-use super::request_id::REQUEST_ID_HEADER;
+use crate::context::REQUEST_ID_HEADER;
 
 /// The tracing layer the server installs.
 pub type RpcTraceLayer = TraceLayer<

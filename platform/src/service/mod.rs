@@ -123,32 +123,8 @@ pub trait Commands<S: Service>: clap::Subcommand + Send + 'static {
 
 /// The subcommands of a service that has none of its own: an empty set, so the binary
 /// accepts only the platform's `serve`, `healthcheck` and `outbox`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
 pub enum NoCommands {}
-
-impl clap::FromArgMatches for NoCommands {
-    fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand))
-    }
-
-    fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
-        match *self {}
-    }
-}
-
-impl clap::Subcommand for NoCommands {
-    fn augment_subcommands(command: clap::Command) -> clap::Command {
-        command
-    }
-
-    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
-        command
-    }
-
-    fn has_subcommand(_: &str) -> bool {
-        false
-    }
-}
 
 impl<S: Service> Commands<S> for NoCommands {
     async fn run(self, _: Config<S>, _: DatabaseConnection) -> Result<(), BuildError> {

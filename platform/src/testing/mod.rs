@@ -187,7 +187,7 @@ impl TestServer {
     }
 
     /// Starts shutdown without waiting for it; [`Self::stopped`] waits.
-    pub fn begin_stop(&mut self) {
+    fn begin_stop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

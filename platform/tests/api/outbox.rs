@@ -13,7 +13,7 @@ use trellis_platform::data::DatabaseConfig;
 use trellis_platform::outbox::entity::{Column, Entity};
 use trellis_platform::outbox::{
     Dispatcher, OutboxConfig, OutboxEntry, OutboxWaker, enqueue, failed_count, failed_messages,
-    prune_delivered, retry_failed,
+    pending_count, prune_delivered, retry_failed,
 };
 use trellis_platform::peer::{PeerConfig, Peers};
 use trellis_platform::testing::assert_eventually;
@@ -50,14 +50,8 @@ fn peers(addr: std::net::SocketAddr) -> Peers {
     Peers::new(HashMap::from([("notification".to_owned(), peer)]))
 }
 
-async fn pending(db: &DatabaseConnection) -> usize {
-    Entity::find()
-        .filter(Column::DeliveredTime.is_null())
-        .filter(Column::FailedTime.is_null())
-        .all(db)
-        .await
-        .unwrap()
-        .len()
+async fn pending(db: &DatabaseConnection) -> u64 {
+    pending_count(db).await.unwrap()
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use prost_types::Timestamp;
 use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic_types::StatusExt as _;
 use trellis_platform::peer::PeerChannel;
-use trellis_platform::status::{internal, invalid_argument, parse_id};
+use trellis_platform::status::{internal, invalid_argument, parse_id, resource_exhausted};
 use trellis_proto::auth_v1 as pb;
 use trellis_proto::user_v1 as user_pb;
 use trellis_proto::user_v1::user_internal_service_client::UserInternalServiceClient;
@@ -149,10 +149,9 @@ impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
         match err {
             AuthError::InvalidCredentials => Status::unauthenticated("invalid email or password"),
-            AuthError::Throttled { retry_after } => Status::with_error_details(
-                Code::ResourceExhausted,
+            AuthError::Throttled { retry_after } => resource_exhausted(
                 "too many failed sign-in attempts; try again later",
-                ErrorDetails::with_retry_info(Some(retry_after)),
+                retry_after,
             ),
             AuthError::InvalidRefreshToken => Status::unauthenticated("invalid refresh token"),
             AuthError::InvalidClient => Status::unauthenticated("invalid client credentials"),
@@ -160,11 +159,9 @@ impl From<AuthError> for Status {
             AuthError::UserServiceUnavailable => {
                 Status::unavailable("sign-in is unavailable; try again shortly")
             }
-            AuthError::UserServiceOverloaded { retry_after } => Status::with_error_details(
-                Code::ResourceExhausted,
-                "sign-in is overloaded; try again later",
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            ),
+            AuthError::UserServiceOverloaded { retry_after } => {
+                resource_exhausted("sign-in is overloaded; try again later", retry_after)
+            }
             AuthError::Unexpected(err) => internal(err.as_ref()),
         }
     }

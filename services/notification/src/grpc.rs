@@ -13,14 +13,16 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument as _, Span};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::PageTokenCodec;
-use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id, parse_ids};
+use trellis_platform::status::{
+    FieldViolation, check_max_items, internal, invalid_argument, parse_id, parse_ids,
+};
 use trellis_proto::notification_v1 as pb;
 use uuid::Uuid;
 
 use crate::domain::hub::Subscription;
 use crate::domain::{
-    NewNotification, Notification, NotificationError, NotificationRepository, Notifications,
-    PageSize, ReplayFilter, check_mark_read_count,
+    MAX_MARK_READ_IDS, NewNotification, Notification, NotificationError, NotificationRepository,
+    Notifications, PageSize, ReplayFilter,
 };
 
 /// Messages buffered per open stream.
@@ -116,7 +118,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
         let raw = &request.get_ref().ids;
         // Counted before parsing: a huge list is refused without building one violation
         // per element.
-        check_mark_read_count(raw.len())?;
+        check_max_items("ids", raw.len(), MAX_MARK_READ_IDS)?;
         let ids = parse_ids("ids", raw)?;
         let updated = self.notifications.mark_read(&user_id, &ids).await?;
         Ok(Response::new(pb::MarkReadResponse {

@@ -2,13 +2,14 @@
 //! domain errors to `tonic::Status` (in one place: `From<UserError> for Status`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic::{Request, Response, Status};
 use trellis_platform::auth::Principal;
 use trellis_platform::pagination::{self, PageError, PageTokenCodec};
-use trellis_platform::status::{FieldViolation, internal, invalid_argument, parse_id};
+use trellis_platform::status::{
+    FieldViolation, check_max_items, internal, invalid_argument, parse_id, resource_exhausted,
+};
 use trellis_proto::user_v1 as pb;
 use uuid::Uuid;
 
@@ -111,14 +112,8 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let principal = Principal::of(&request)?;
-        if !principal.is_admin() {
-            return Err(Status::permission_denied(
-                "listing users needs the admin role",
-            ));
-        }
         // Page tokens are bound to the admin they were issued to.
-        let caller = principal.subject.clone();
+        let caller = require_admin(&request, "listing users needs the admin role")?.subject;
         let request = request.into_inner();
         let page_size = pagination::page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             .map_err(|err| page_error("page_size", &err))?;
@@ -319,16 +314,6 @@ impl From<UserError> for Status {
     }
 }
 
-/// RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo` saying when to retry (gRPC's rich
-/// error model, as gRPC clients' retry policies read it).
-fn resource_exhausted(message: &str, retry_after: Duration) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        message,
-        ErrorDetails::with_retry_info(Some(retry_after)),
-    )
-}
-
 fn page_error(field: &str, err: &PageError) -> Status {
     invalid_argument(&[FieldViolation::new(field, err.to_string())])
 }
@@ -339,16 +324,10 @@ fn changes_from_mask(
     user: &pb::User,
     mask: Option<&prost_types::FieldMask>,
 ) -> Result<UserChanges, Status> {
+    if let Some(mask) = mask {
+        check_max_items("update_mask", mask.paths.len(), MAX_UPDATE_MASK_PATHS)?;
+    }
     let paths: Vec<&str> = match mask {
-        Some(mask) if mask.paths.len() > MAX_UPDATE_MASK_PATHS => {
-            return Err(invalid_argument(&[FieldViolation::new(
-                "update_mask",
-                format!(
-                    "has {} paths; at most {MAX_UPDATE_MASK_PATHS} are allowed",
-                    mask.paths.len()
-                ),
-            )]));
-        }
         Some(mask) if !mask.paths.is_empty() => mask.paths.iter().map(String::as_str).collect(),
         _ => {
             let mut implied = Vec::new();

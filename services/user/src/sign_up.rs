@@ -14,6 +14,8 @@ use std::time::Duration;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
+use trellis_platform::context::source_bucket;
+
 use crate::config::SignUpRate;
 
 /// Expired entries are dropped once per this many checks.
@@ -69,32 +71,18 @@ impl SignUpLimiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        let key = source.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), bucket_of);
+        let key = source.map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), source_bucket);
         limiter
             .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// Addresses (or /64 prefixes) the limiter holds state for.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.limiter
             .as_ref()
             .map_or(0, DefaultKeyedRateLimiter::len)
-    }
-}
-
-/// The bucket an address counts against: an IPv4 address itself (also when written as an
-/// IPv4-mapped IPv6 address), an IPv6 address's /64 prefix.
-fn bucket_of(source: IpAddr) -> IpAddr {
-    match source {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = v6.to_bits() & !u128::from(u64::MAX);
-                IpAddr::V6(Ipv6Addr::from_bits(prefix))
-            }
-        },
     }
 }
 

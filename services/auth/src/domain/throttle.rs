@@ -82,10 +82,7 @@ struct SourceKey(IpAddr);
 
 impl SourceKey {
     fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => Self(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => Self(IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into())),
-        }
+        Self(trellis_platform::context::source_bucket(ip))
     }
 }
 

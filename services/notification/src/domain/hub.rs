@@ -119,11 +119,13 @@ impl Hub {
     }
 
     /// Users with at least one open stream (the size of the per-user map).
+    #[cfg(test)]
     pub fn users(&self) -> usize {
         self.inner.lock().users.len()
     }
 
     /// Open streams, all users together.
+    #[cfg(test)]
     pub fn streams(&self) -> usize {
         self.inner.lock().total
     }

@@ -8,8 +8,9 @@ pub mod hub;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use trellis_platform::data::now;
 use trellis_platform::pagination;
-use trellis_platform::validation::FieldViolation;
+use trellis_platform::validation::{FieldViolation, text_field};
 use uuid::Uuid;
 
 use hub::{Hub, StreamLimitReached, Subscription};
@@ -50,21 +51,6 @@ pub const REPLAY_BATCH: u64 = 100;
 /// in storage instead of telling the client (OWASP API4:2023).
 pub const MAX_MARK_READ_IDS: usize = 1000;
 
-/// Checks how many ids a MarkRead names, before they are parsed.
-///
-/// # Errors
-/// [`NotificationError::Invalid`] naming `ids` when there are more than
-/// [`MAX_MARK_READ_IDS`]: one violation, whatever the count, so the status stays small.
-pub fn check_mark_read_count(count: usize) -> Result<(), NotificationError> {
-    if count > MAX_MARK_READ_IDS {
-        return Err(NotificationError::Invalid(vec![FieldViolation::new(
-            "ids",
-            format!("at most {MAX_MARK_READ_IDS} ids per request, got {count}"),
-        )]));
-    }
-    Ok(())
-}
-
 /// A ListNotifications page size that follows AIP-158's rules: at least 1, at most
 /// [`MAX_PAGE_SIZE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +64,7 @@ impl PageSize {
     /// [`NotificationError::Invalid`] naming `page_size` when `requested` is negative.
     pub fn parse(requested: i32) -> Result<Self, NotificationError> {
         pagination::page_size(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            .map(|size| Self(size.max(1)))
+            .map(Self)
             .map_err(|err| {
                 NotificationError::Invalid(vec![FieldViolation::new("page_size", err.to_string())])
             })
@@ -228,20 +214,8 @@ impl NewNotification<'_> {
     fn validate(&self) -> Vec<FieldViolation> {
         let mut violations = Vec::new();
         let mut check = |field: &'static str, value: &str, max: usize, allow_newlines: bool| {
-            let chars = value.chars().count();
-            if chars == 0 || chars > max {
-                violations.push(FieldViolation::new(
-                    field,
-                    format!("must be 1 to {max} characters"),
-                ));
-            } else if value
-                .chars()
-                .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
-            {
-                violations.push(FieldViolation::new(
-                    field,
-                    "must not contain control characters",
-                ));
+            if let Err(violation) = text_field(field, value, max, allow_newlines) {
+                violations.push(violation);
             }
         };
         check("user_id", self.user_id, 64, false);
@@ -340,11 +314,10 @@ impl<R: NotificationRepository> Notifications<R> {
     /// notifications are ignored. Returns how many changed.
     ///
     /// # Errors
-    /// [`NotificationError::Invalid`] for more than [`MAX_MARK_READ_IDS`] ids;
-    /// [`NotificationError::Unexpected`] when storage fails.
+    /// [`NotificationError::Unexpected`] when storage fails. The gRPC layer caps `ids` at
+    /// [`MAX_MARK_READ_IDS`] before they are parsed.
     pub async fn mark_read(&self, user_id: &str, ids: &[Uuid]) -> Result<u64, NotificationError> {
-        check_mark_read_count(ids.len())?;
-        self.repository.mark_read(user_id, ids, Utc::now()).await
+        self.repository.mark_read(user_id, ids, now()).await
     }
 
     /// Records that `user_id` received notification `id` (acknowledged over Connect), so
@@ -353,7 +326,7 @@ impl<R: NotificationRepository> Notifications<R> {
     /// # Errors
     /// [`NotificationError::Unexpected`] when storage fails.
     pub async fn acknowledge(&self, user_id: &str, id: Uuid) -> Result<(), NotificationError> {
-        self.repository.acknowledge(user_id, id, Utc::now()).await
+        self.repository.acknowledge(user_id, id, now()).await
     }
 
     /// The next batch of `user_id`'s stored notifications with a sequence above `after`
@@ -407,7 +380,7 @@ impl<R: NotificationRepository> Notifications<R> {
             kind: new.kind.to_owned(),
             title: new.title.to_owned(),
             body: new.body.to_owned(),
-            create_time: trellis_platform::data::now(),
+            create_time: now(),
             read_time: None,
         };
         let (stored, created) = self

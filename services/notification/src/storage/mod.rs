@@ -110,10 +110,19 @@ impl NotificationRepository for SeaOrmNotificationRepository {
             .map_err(unexpected)?;
         if inserted == 1 {
             txn.commit().await.map_err(unexpected)?;
-        } else {
-            // A known key: give the sequence back, so sequences have no gaps.
-            txn.rollback().await.map_err(unexpected)?;
+            // What was written is what is stored: no need to read it back.
+            return Ok((
+                Notification {
+                    sequence,
+                    read_time: None,
+                    ..n.clone()
+                },
+                true,
+            ));
         }
+        // A known key: give the sequence back, so sequences have no gaps, and answer with
+        // the notification stored under it.
+        txn.rollback().await.map_err(unexpected)?;
         let stored = Entity::find()
             .filter(Column::Sender.eq(sender))
             .filter(Column::IdempotencyKey.eq(idempotency_key))
@@ -123,7 +132,7 @@ impl NotificationRepository for SeaOrmNotificationRepository {
             .ok_or_else(|| {
                 NotificationError::Unexpected(anyhow::anyhow!("notification vanished after insert"))
             })?;
-        Ok((to_domain(stored), inserted == 1))
+        Ok((to_domain(stored), false))
     }
 
     async fn list(

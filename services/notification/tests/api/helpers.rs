@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pb::notification_internal_service_client::NotificationInternalServiceClient;
 use pb::notification_service_client::NotificationServiceClient;
 use tokio::task::JoinHandle;
+use tonic::Status;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::app::AppError;
@@ -79,6 +80,16 @@ impl TestApp {
     /// A service token (the user service's, which sends welcomes).
     pub(crate) fn service_token(&self) -> String {
         self.issuer.service_token("user")
+    }
+
+    /// Sends `request` as a service (the user service), asserting it is refused; returns
+    /// the status.
+    pub(crate) async fn send_refused(&mut self, request: pb::SendNotificationRequest) -> Status {
+        let token = self.service_token();
+        self.internal
+            .send_notification(with_token(request, &token))
+            .await
+            .expect_err("the request is refused")
     }
 
     /// Sends `request` as a service, asserting success; returns the response.

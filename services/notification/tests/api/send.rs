@@ -55,7 +55,6 @@ async fn a_key_reused_for_a_different_notification_is_already_exists_and_stores_
     let first = send_request(&ada, "Welcome");
     app.send_as_service(first.clone()).await;
 
-    let token = app.service_token();
     let changed = [
         pb::SendNotificationRequest {
             user_id: grace.clone(),
@@ -75,11 +74,7 @@ async fn a_key_reused_for_a_different_notification_is_already_exists_and_stores_
         },
     ];
     for request in changed {
-        let status = app
-            .internal
-            .send_notification(with_token(request.clone(), &token))
-            .await
-            .expect_err("a reused key with another payload is refused");
+        let status = app.send_refused(request.clone()).await;
         assert_eq!(
             status.code(),
             Code::AlreadyExists,
@@ -130,12 +125,9 @@ async fn fields_at_their_limits_are_accepted_counting_characters_not_bytes() {
 #[tokio::test]
 async fn empty_fields_are_invalid_argument_naming_each_field() {
     let mut app = spawn_app().await;
-    let token = app.service_token();
     let status = app
-        .internal
-        .send_notification(with_token(pb::SendNotificationRequest::default(), &token))
-        .await
-        .expect_err("empty fields are refused");
+        .send_refused(pb::SendNotificationRequest::default())
+        .await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), FIELDS);
 }
@@ -143,21 +135,15 @@ async fn empty_fields_are_invalid_argument_naming_each_field() {
 #[tokio::test]
 async fn too_long_fields_are_invalid_argument_naming_each_field() {
     let mut app = spawn_app().await;
-    let token = app.service_token();
     let status = app
-        .internal
-        .send_notification(with_token(
-            pb::SendNotificationRequest {
-                user_id: "u".repeat(65),
-                kind: "k".repeat(65),
-                title: "t".repeat(201),
-                body: "b".repeat(4001),
-                idempotency_key: "i".repeat(129),
-            },
-            &token,
-        ))
-        .await
-        .expect_err("too long fields are refused");
+        .send_refused(pb::SendNotificationRequest {
+            user_id: "u".repeat(65),
+            kind: "k".repeat(65),
+            title: "t".repeat(201),
+            body: "b".repeat(4001),
+            idempotency_key: "i".repeat(129),
+        })
+        .await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), FIELDS);
 }
@@ -165,22 +151,16 @@ async fn too_long_fields_are_invalid_argument_naming_each_field() {
 #[tokio::test]
 async fn control_characters_are_invalid_argument_naming_each_field() {
     let mut app = spawn_app().await;
-    let token = app.service_token();
     let status = app
-        .internal
-        .send_notification(with_token(
-            pb::SendNotificationRequest {
-                user_id: "ada\u{0}".into(),
-                kind: "welcome\u{7}".into(),
-                // A newline is a control character outside the body.
-                title: "Hello\nthere".into(),
-                body: "escape \u{1b}[31m".into(),
-                idempotency_key: "key\r".into(),
-            },
-            &token,
-        ))
-        .await
-        .expect_err("control characters are refused");
+        .send_refused(pb::SendNotificationRequest {
+            user_id: "ada\u{0}".into(),
+            kind: "welcome\u{7}".into(),
+            // A newline is a control character outside the body.
+            title: "Hello\nthere".into(),
+            body: "escape \u{1b}[31m".into(),
+            idempotency_key: "key\r".into(),
+        })
+        .await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), FIELDS);
 }
@@ -189,18 +169,12 @@ async fn control_characters_are_invalid_argument_naming_each_field() {
 async fn only_the_invalid_field_is_named_and_nothing_is_stored() {
     let mut app = spawn_app().await;
     let ada = new_user_id();
-    let token = app.service_token();
     let status = app
-        .internal
-        .send_notification(with_token(
-            pb::SendNotificationRequest {
-                kind: String::new(),
-                ..send_request(&ada, "Welcome")
-            },
-            &token,
-        ))
-        .await
-        .expect_err("an empty kind is refused");
+        .send_refused(pb::SendNotificationRequest {
+            kind: String::new(),
+            ..send_request(&ada, "Welcome")
+        })
+        .await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["kind"]);
     assert!(app.list_all(&ada, false).await.is_empty());

@@ -1,7 +1,7 @@
 //! Field rules for user input. Each type can only hold a valid value.
 
 use email_address::{EmailAddress, Options};
-use trellis_platform::validation::FieldViolation;
+use trellis_platform::validation::{FieldViolation, text_field};
 
 /// Most characters in a display name.
 pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
@@ -89,19 +89,7 @@ impl DisplayName {
     /// A [`FieldViolation`] when `raw` breaks a rule.
     pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldViolation> {
         let trimmed = raw.trim();
-        let chars = trimmed.chars().count();
-        if chars == 0 || chars > DISPLAY_NAME_MAX_CHARS {
-            return Err(FieldViolation::new(
-                field,
-                format!("must be 1 to {DISPLAY_NAME_MAX_CHARS} characters"),
-            ));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(FieldViolation::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
+        text_field(field, trimmed, DISPLAY_NAME_MAX_CHARS, false)?;
         Ok(Self(trimmed.to_owned()))
     }
 
