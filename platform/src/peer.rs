@@ -1,7 +1,9 @@
 //! Clients to peer services, by name: addresses from discovery (static for now, behind
 //! the [`Discovery`] trait so DNS and Consul can follow), load-balanced lazy channels, a
 //! deadline on every call (sent as `grpc-timeout`), the current request id forwarded as
-//! `x-request-id`, and service credentials attached as a bearer token.
+//! `x-request-id`, service credentials attached as a bearer token, and — with tracing on —
+//! a client span per call whose W3C trace context goes along
+//! ([`crate::telemetry::rpc::client_span`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,10 +19,12 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
 
 use crate::config::{ConfigError, require_positive};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
+use crate::telemetry::rpc::{self, PeerTarget};
 
 /// How to reach one peer.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +225,7 @@ impl Peers {
             .get(peer)
             .ok_or_else(|| PeerError::Unknown(peer.to_owned()))?;
         let addresses = self.discovery.resolve(peer)?;
+        let target = Arc::new(PeerTarget::new(peer, &addresses));
         let timeout = Duration::from_millis(config.timeout_ms);
         let mut endpoints = Vec::with_capacity(addresses.len());
         for address in addresses {
@@ -245,6 +250,7 @@ impl Peers {
             channel,
             timeout,
             credentials,
+            target,
         })
     }
 }
@@ -256,6 +262,8 @@ pub struct PeerChannel {
     channel: Channel,
     timeout: Duration,
     credentials: Option<Arc<dyn CredentialSource>>,
+    /// Where calls go, for the client spans.
+    target: Arc<PeerTarget>,
 }
 
 impl std::fmt::Debug for PeerChannel {
@@ -283,6 +291,7 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
         let credentials = self.credentials.clone();
         let timeout = self.timeout;
         let peer = Arc::clone(&self.peer);
+        let target = Arc::clone(&self.target);
         Box::pin(async move {
             let headers = request.headers_mut();
             if !headers.contains_key("grpc-timeout")
@@ -314,14 +323,22 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                     }
                 }
             }
-            match tokio::time::timeout(timeout, tower::Service::call(&mut channel, request)).await {
-                Ok(result) => result,
-                Err(_) => Ok(Status::deadline_exceeded(format!(
+            let path = request.uri().path().to_owned();
+            let span = rpc::client_span(&path, &target, request.headers_mut());
+            let call = tokio::time::timeout(timeout, tower::Service::call(&mut channel, request));
+            let response = match call.instrument(span.clone()).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(err)) => {
+                    rpc::record_status(&span, rpc::Side::Client, tonic::Code::Unavailable, None);
+                    return Err(err);
+                }
+                Err(_) => Status::deadline_exceeded(format!(
                     "{peer} did not answer within {} ms",
                     timeout.as_millis()
                 ))
-                .into_http()),
-            }
+                .into_http(),
+            };
+            Ok(rpc::finish_client_response(span, response))
         })
     }
 }

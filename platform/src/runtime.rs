@@ -123,13 +123,19 @@ where
             runtime.block_on(run_command(|config, db| command.run(config, db), config))
         }
         Command::Serve => {
-            crate::telemetry::init(&config.telemetry);
+            // Inside the runtime: the trace exporter's channel runs on it.
+            let telemetry = {
+                let _runtime = runtime.enter();
+                crate::telemetry::init(&config.telemetry, service.name, env!("CARGO_PKG_VERSION"))
+            };
             tracing::info!(
                 service = service.name,
                 version = env!("CARGO_PKG_VERSION"),
+                tracing = telemetry.tracing(),
                 "starting"
             );
-            match runtime.block_on(serve(config)) {
+            let drain_timeout = config.server.drain_timeout();
+            let code = match runtime.block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     let err: Box<dyn std::error::Error + Send + Sync> = err.into();
@@ -137,7 +143,11 @@ where
                     tracing::error!(error = %chain, "stopped with an error");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // On this thread, not a runtime worker (flushing there can stall the export
+            // it waits for), while the runtime still runs the exporter's connection.
+            telemetry.shutdown(drain_timeout);
+            code
         }
     }
 }

@@ -1,6 +1,13 @@
 //! One `tracing` span per RPC — `rpc{rpc.service rpc.method request_id}` — and one event
 //! when it finishes, carrying the gRPC status code and the latency in ms.
 //!
+//! With tracing on, the span is also the call's OpenTelemetry server span
+//! ([`crate::telemetry::rpc`]): named `package.Service/Method`, a child of the caller's
+//! `traceparent` (extracted before the span is entered), with `rpc.system`, the local and
+//! peer addresses (tonic's `TcpConnectInfo`, which the accept path keeps), and
+//! `rpc.grpc.status_code` when the response ends. The span ends with the response body,
+//! so a stream's span lasts as long as the stream.
+//!
 //! The code is read where the gRPC spec puts it: in the response headers of a
 //! trailers-only response (most errors), otherwise in the trailers, so a streaming RPC is
 //! logged when its stream ends, not when its headers are sent.
@@ -12,7 +19,10 @@ use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnEos, OnResponse, TraceLayer};
 use tracing::Span;
 
+use tonic::transport::server::TcpConnectInfo;
+
 use crate::context::REQUEST_ID_HEADER;
+use crate::telemetry::{self, propagation, rpc};
 
 /// The tracing layer the server installs.
 pub type RpcTraceLayer = TraceLayer<
@@ -42,28 +52,45 @@ pub struct MakeRpcSpan;
 
 impl<B> MakeSpan<B> for MakeRpcSpan {
     fn make_span(&mut self, request: &Request<B>) -> Span {
-        let path = request.uri().path().trim_start_matches('/');
-        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let path = request.uri().path();
+        let (service, method) = rpc::split_path(path);
         let request_id = request
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        // Health checks arrive every few seconds from orchestrators: keep them at DEBUG.
-        if service == "grpc.health.v1.Health" {
-            return tracing::debug_span!(
-                "rpc",
-                rpc.service = %service,
-                rpc.method = %method,
-                request_id = %request_id,
-            );
+        // One callsite per level (a span's level is static).
+        macro_rules! rpc_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "rpc",
+                    rpc.service = %service,
+                    rpc.method = %method,
+                    request_id = %request_id,
+                    otel.name = tracing::field::Empty,
+                    otel.kind = tracing::field::Empty,
+                )
+            };
         }
-        tracing::info_span!(
-            "rpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            request_id = %request_id,
-        )
+        // Health checks arrive every few seconds from orchestrators: keep them at DEBUG.
+        let span = if service == "grpc.health.v1.Health" {
+            rpc_span!(tracing::Level::DEBUG)
+        } else {
+            rpc_span!(tracing::Level::INFO)
+        };
+        if telemetry::tracing_enabled() && !span.is_disabled() {
+            span.record("otel.name", path.trim_start_matches('/'));
+            span.record("otel.kind", "server");
+            let connection = request.extensions().get::<TcpConnectInfo>();
+            rpc::record_server_attributes(
+                &span,
+                connection.and_then(TcpConnectInfo::local_addr),
+                connection.and_then(TcpConnectInfo::remote_addr),
+            );
+            propagation::set_parent_from_headers(&span, request.headers());
+        }
+        span
     }
 }
 
@@ -90,11 +117,11 @@ impl OnEos for RecordEos {
 }
 
 fn finished(headers: Option<&HeaderMap>, latency: Duration, span: &Span) {
-    let code = headers
-        .and_then(|h| h.get("grpc-status"))
-        .map_or(tonic::Code::Unknown, |v| {
-            tonic::Code::from_bytes(v.as_bytes())
-        });
+    let code = rpc::status_code(headers);
+    let message = headers
+        .and_then(|h| h.get("grpc-message"))
+        .and_then(|v| v.to_str().ok());
+    rpc::record_status(span, rpc::Side::Server, code, message);
     // Microsecond precision is plenty; it keeps log lines short.
     let latency_ms = (latency.as_micros() as f64) / 1e3;
     // A DEBUG (or disabled) span is a health check: its outcome is DEBUG too.

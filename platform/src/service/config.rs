@@ -4,7 +4,7 @@
 //! | key | section |
 //! |---|---|
 //! | `server.*` | [`ServerConfig`]: listen address (default port: the service's), limits, shutdown |
-//! | `telemetry.*` | [`TelemetryConfig`]: log format and filter |
+//! | `telemetry.*` | [`TelemetryConfig`]: log format and filter, OTLP trace export (the `OTEL_*` variables win) |
 //! | `database.*` | [`DatabaseConfig`]: default `sqlite://.data/<name>.db?mode=rwc` |
 //! | `auth.*` | [`AuthConfig`]: token verification and this service's client secret |
 //! | `peers.<name>.*` | [`PeerConfig`]: the service's peers, with its default addresses |

@@ -1,5 +1,28 @@
-//! Logging through `tracing`: human-readable text for a terminal, JSON lines for
-//! machines, filtered by `RUST_LOG`-style directives.
+//! Telemetry: logs through `tracing` (human-readable text for a terminal, JSON lines for
+//! machines, filtered by `RUST_LOG`-style directives) and OpenTelemetry traces exported
+//! over OTLP/gRPC when a collector is configured ([`otel`] says which settings apply).
+//!
+//! [`init`] installs both and returns a [`TelemetryGuard`]; the runtime flushes and shuts
+//! the tracer provider down through it at shutdown, off the async workers. With tracing
+//! on, spans follow OpenTelemetry's RPC conventions ([`rpc`]), the W3C trace context
+//! crosses every hop ([`propagation`]), and log lines carry the trace and span ids
+//! ([`logs`]).
+
+pub mod logs;
+pub mod otel;
+pub mod propagation;
+pub mod rpc;
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+pub use otel::OtelSettings;
+pub use propagation::{TraceContext, tracing_enabled};
 
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
@@ -16,6 +39,26 @@ pub struct TelemetryConfig {
     /// `RUST_LOG`-style directives, e.g. `info,sqlx=warn`. The `RUST_LOG` variable, when
     /// set, takes precedence. Default `info,sqlx=warn,sea_orm=warn`.
     pub log_filter: String,
+    /// The OTLP/gRPC collector traces go to, e.g. `http://otel-collector:4317`; unset
+    /// (the default) leaves tracing off. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` wins when set.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans; default the service's own name (e.g.
+    /// `user`). `OTEL_SERVICE_NAME` wins when set.
+    pub service_name: Option<String>,
+    /// Further resource attributes, `key=value,key=value` (values percent-encoded), e.g.
+    /// `deployment.environment=prod`. `OTEL_RESOURCE_ATTRIBUTES` wins when set.
+    pub resource_attributes: Option<String>,
+    /// `always_on`, `always_off`, `traceidratio`, `parentbased_always_on` (default),
+    /// `parentbased_always_off` or `parentbased_traceidratio`. `OTEL_TRACES_SAMPLER` wins
+    /// when set.
+    pub traces_sampler: Option<String>,
+    /// The ratio (0 to 1) of the `*traceidratio` samplers; default 1.
+    /// `OTEL_TRACES_SAMPLER_ARG` wins when set.
+    pub traces_sampler_arg: Option<f64>,
+    /// Turns tracing off even with an endpoint. Default false. `OTEL_SDK_DISABLED` wins
+    /// when set.
+    pub sdk_disabled: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -23,6 +66,12 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Auto,
             log_filter: "info,sqlx=warn,sea_orm=warn,sea_orm_migration=warn".to_owned(),
+            otlp_endpoint: None,
+            service_name: None,
+            resource_attributes: None,
+            traces_sampler: None,
+            traces_sampler_arg: None,
+            sdk_disabled: false,
         }
     }
 }
@@ -40,20 +89,78 @@ pub enum LogFormat {
 }
 
 impl TelemetryConfig {
-    /// Checks that the filter parses.
+    /// Checks that the filter parses and the trace settings — these keys and the standard
+    /// `OTEL_*` variables, which win over them — are valid ([`OtelSettings::resolve`]).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] for `telemetry.log_filter`.
+    /// [`ConfigError::Invalid`] for `telemetry.log_filter`, or naming the key or variable
+    /// holding a bad trace setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         EnvFilter::try_new(&self.log_filter)
-            .map(|_| ())
-            .map_err(|err| ConfigError::invalid("telemetry.log_filter", err.to_string()))
+            .map_err(|err| ConfigError::invalid("telemetry.log_filter", err.to_string()))?;
+        OtelSettings::resolve(self, "service", &|name| std::env::var(name).ok()).map(drop)
     }
 }
 
-/// Installs the global `tracing` subscriber. Call once, before the first log line; a
-/// second call leaves the first subscriber in place.
-pub fn init(config: &TelemetryConfig) {
+/// What [`init`] installed; [`TelemetryGuard::shutdown`] flushes the spans still queued.
+#[derive(Debug, Default)]
+#[must_use = "shut the guard down at exit, or queued spans are lost"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported.
+    pub fn tracing(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports the spans queued so far, waiting for the export. Blocking: call it off
+    /// the async runtime's workers (e.g. in `spawn_blocking`), since the export itself
+    /// runs on the runtime and a blocked worker can stall it.
+    ///
+    /// # Errors
+    /// The SDK's error (e.g. the collector did not answer in time).
+    pub fn flush(&self) -> Result<(), opentelemetry_sdk::error::OTelSdkError> {
+        self.provider
+            .as_ref()
+            .map_or(Ok(()), SdkTracerProvider::force_flush)
+    }
+
+    /// Flushes and shuts the tracer provider down, waiting at most `timeout` (the
+    /// server's drain bound). Blocking, like [`Self::flush`]: call it off the runtime's
+    /// workers while the runtime still runs (the runtime does this after serving).
+    pub fn shutdown(self, timeout: Duration) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown_with_timeout(timeout)
+        {
+            tracing::warn!(error = %err, "trace export did not finish at shutdown");
+        }
+    }
+}
+
+/// What becomes an exported span (or span event): INFO and above, but the database
+/// crates' chatter only from WARN (as the default log filter). Health checks are DEBUG
+/// spans, so they are never exported.
+fn span_filter() -> tracing_subscriber::filter::Targets {
+    use tracing::level_filters::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("sqlx", LevelFilter::WARN)
+        .with_target("sea_orm", LevelFilter::WARN)
+        .with_target("sea_orm_migration", LevelFilter::WARN)
+}
+
+/// Installs the global `tracing` subscriber and, when a collector is configured, the
+/// OpenTelemetry layer exporting spans as `default_service_name` at `service_version`.
+/// Call once, inside the tokio runtime that will serve (the exporter runs on it), before
+/// the first log line; a second call leaves the first subscriber in place and exports
+/// nothing.
+pub fn init(
+    config: &TelemetryConfig,
+    default_service_name: &str,
+    service_version: &str,
+) -> TelemetryGuard {
     use std::io::IsTerminal as _;
 
     let filter = std::env::var("RUST_LOG")
@@ -66,19 +173,69 @@ pub fn init(config: &TelemetryConfig) {
         LogFormat::Text => false,
         LogFormat::Json => true,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if json {
-        builder
-            .json()
+    // Validated at load; a failure here (a variable changed since) leaves tracing off.
+    let (provider, otel_error) =
+        match OtelSettings::resolve(config, default_service_name, &|name| {
+            std::env::var(name).ok()
+        }) {
+            Ok(Some(settings)) => match settings.build_provider(service_version) {
+                Ok(provider) => (Some(provider), None),
+                Err(err) => (None, Some(err.to_string())),
+            },
+            Ok(None) => (None, None),
+            Err(err) => (None, Some(err.to_string())),
+        };
+    // Spans are exported by their own filter, not the log filter: turning logs down to
+    // `warn` must not end tracing.
+    let otel_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("trellis"))
+            .with_threads(false)
+            .with_filter(span_filter())
+    });
+    let ids_layer = provider
+        .as_ref()
+        .map(|_| logs::TraceIdsLayer::default().with_filter(span_filter()));
+    let output = if json {
+        let mut layer = json_subscriber::layer()
+            .with_writer(std::io::stderr)
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
+            .with_span_list(false);
+        let inner = layer.inner_layer_mut();
+        inner.add_from_extension_ref::<logs::TraceIds, _, _>("trace_id", |ids| Some(&ids.trace_id));
+        inner.add_from_extension_ref::<logs::TraceIds, _, _>("span_id", |ids| Some(&ids.span_id));
+        layer.boxed()
     } else {
-        builder.with_ansi(terminal).try_init()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(terminal)
+            .event_format(logs::ShortTraceId(tracing_subscriber::fmt::format()))
+            .boxed()
     };
-    // Already installed (tests start several services in one process): keep the first.
-    drop(result);
+    let installed = tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(ids_layer)
+        .with(output.with_filter(filter))
+        .try_init()
+        .is_ok();
+    if let Some(error) = otel_error {
+        tracing::error!(%error, "trace export is off");
+    }
+    match provider {
+        Some(provider) if installed => {
+            propagation::enable();
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            TelemetryGuard {
+                provider: Some(provider),
+            }
+        }
+        // Already installed (tests start several services in one process): keep the
+        // first, and export nothing from here.
+        Some(provider) => {
+            drop(provider.shutdown());
+            TelemetryGuard::default()
+        }
+        None => TelemetryGuard::default(),
+    }
 }

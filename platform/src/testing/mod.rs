@@ -74,7 +74,12 @@ pub fn code<T>(result: Result<T, tonic::Status>) -> Result<(), tonic::Code> {
 /// calls keep the first). [`TestServer::start`] calls it.
 pub fn init_test_log() {
     if std::env::var_os("TEST_LOG").is_some() {
-        crate::telemetry::init(&crate::telemetry::TelemetryConfig::default());
+        // No collector: the guard holds nothing to flush.
+        drop(crate::telemetry::init(
+            &crate::telemetry::TelemetryConfig::default(),
+            "test",
+            env!("CARGO_PKG_VERSION"),
+        ));
     }
 }
 
