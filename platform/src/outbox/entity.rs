@@ -29,6 +29,9 @@ pub struct Model {
     pub failed_time: Option<DateTimeUtc>,
     /// The last failure, for operators.
     pub last_error: Option<String>,
+    /// The trace context of the span that enqueued it (a JSON object of W3C propagation
+    /// fields, see [`crate::telemetry::TraceContext::encode`]); `None` with tracing off.
+    pub trace_context: Option<String>,
 }
 
 /// `outbox_messages` has no relations.

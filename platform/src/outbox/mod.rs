@@ -15,6 +15,14 @@
 //! (for a metric or a check), and [`retry_failed`] — or clearing `failed_time` by hand,
 //! see the README — puts failed messages back in the queue. Delivered messages are
 //! deleted after `outbox.retention_ms`; failed ones are never deleted automatically.
+//!
+//! Traces: [`enqueue`] keeps the W3C trace context of the current span with the row
+//! (`trace_context`), and each delivery runs in an `outbox delivery` span that is a
+//! *child* of it — not a link — so a sign-in and the notification it causes are one
+//! trace: the enqueuing server span → `outbox delivery` → the peer call's client span →
+//! the peer's server span. The delivery span starts when the dispatcher picks the row up,
+//! after the enqueuing span ended; a retried message gets one delivery span per attempt,
+//! all under the same parent.
 
 pub mod entity;
 pub mod migration;
@@ -36,11 +44,13 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::config::{ConfigError, require_positive};
 use crate::context;
 use crate::peer::{PeerChannel, PeerError, Peers};
+use crate::telemetry::TraceContext;
 use entity::{Column, Entity};
 
 /// Settings of the outbox dispatcher.
@@ -142,6 +152,7 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, entry: OutboxEntry) -> Result
         method: Set(entry.method),
         payload: Set(entry.payload),
         request_id: Set(context::current_request_id()),
+        trace_context: Set(TraceContext::current().encode()),
         create_time: Set(now),
         attempts: Set(0),
         next_attempt_time: Set(now),
@@ -410,7 +421,9 @@ impl Dispatcher {
         };
         let request_id = message
             .request_id
+            .clone()
             .unwrap_or_else(|| Uuid::new_v4().to_string());
+        let span = delivery_span(&message);
         let call = async move {
             let mut grpc = tonic::client::Grpc::new(channel);
             grpc.ready()
@@ -419,7 +432,7 @@ impl Dispatcher {
             grpc.unary(tonic::Request::new(message.payload), path, RawCodec)
                 .await
         };
-        match context::scope(request_id, call).await {
+        match context::scope(request_id, call).instrument(span).await {
             Ok(_) => Outcome::Delivered,
             // Someone delivered it before us: the effect exists.
             Err(status) if status.code() == Code::AlreadyExists => Outcome::Delivered,
@@ -429,6 +442,21 @@ impl Dispatcher {
             Err(status) => Outcome::Failed(format!("{:?}: {}", status.code(), status.message())),
         }
     }
+}
+
+/// The span one delivery attempt of `message` runs in: a child of the trace context
+/// stored with the message, so the delivery continues the trace that enqueued it.
+fn delivery_span(message: &entity::Model) -> tracing::Span {
+    let span = tracing::info_span!(
+        "outbox delivery",
+        outbox_id = %message.id,
+        peer = %message.peer,
+        attempt = message.attempts + 1,
+    );
+    if let Some(stored) = &message.trace_context {
+        TraceContext::decode(stored).set_parent_of(&span);
+    }
+    span
 }
 
 /// Codes that may succeed later (the gRPC spec's transient failures, plus
@@ -488,5 +516,79 @@ impl tonic::codec::Decoder for RawCodec {
         let remaining = bytes::Buf::remaining(src);
         bytes::Buf::advance(src, remaining);
         Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use sea_orm_migration::{MigrationTrait, MigratorTrait};
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    struct Migrator;
+
+    impl MigratorTrait for Migrator {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![
+                Box::new(migration::CreateOutbox),
+                Box::new(migration::AddOutboxTraceContext),
+            ]
+        }
+    }
+
+    fn trace_id(span: &tracing::Span) -> String {
+        span.context().span().span_context().trace_id().to_string()
+    }
+
+    /// Enqueued inside a span, read back as the dispatcher reads it: the delivery span is
+    /// in the enqueuing span's trace. On this thread only (a current-thread runtime under
+    /// a thread-local subscriber with an OpenTelemetry layer).
+    #[test]
+    fn a_delivery_continues_the_trace_that_enqueued_the_message() -> Result<(), DbErr> {
+        crate::telemetry::propagation::enable_for_tests();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| DbErr::Custom(err.to_string()))?;
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                // One connection: each in-memory SQLite connection is its own database.
+                let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+                options.max_connections(1).min_connections(1);
+                let db = sea_orm::Database::connect(options).await?;
+                Migrator::up(&db, None).await?;
+                let origin = tracing::info_span!("login");
+                let entry = OutboxEntry {
+                    id: Uuid::now_v7(),
+                    peer: "notification".to_owned(),
+                    method: "/p.S/M".to_owned(),
+                    payload: Vec::new(),
+                };
+                enqueue(&db, entry).instrument(origin.clone()).await?;
+                let row = Entity::find()
+                    .one(&db)
+                    .await?
+                    .ok_or_else(|| DbErr::Custom("no row".to_owned()))?;
+                let stored = row.trace_context.clone().unwrap_or_default();
+                assert!(stored.contains(&trace_id(&origin)), "{stored}");
+                let delivery = delivery_span(&row);
+                assert_eq!(trace_id(&delivery), trace_id(&origin));
+
+                // A row without a context (written before, or with tracing off) starts a
+                // trace of its own.
+                let bare = entity::Model {
+                    trace_context: None,
+                    ..row
+                };
+                assert_ne!(trace_id(&delivery_span(&bare)), trace_id(&origin));
+                Ok(())
+            })
+        })
     }
 }

@@ -24,7 +24,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(trellis_platform::outbox::migration::CreateOutbox)]
+        vec![
+            Box::new(trellis_platform::outbox::migration::CreateOutbox),
+            Box::new(trellis_platform::outbox::migration::AddOutboxTraceContext),
+        ]
     }
 }
 

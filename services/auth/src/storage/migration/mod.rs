@@ -4,7 +4,7 @@ mod m20261121_000001_create_auth_tables;
 mod m20261122_000001_index_refresh_tokens_user_id;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use trellis_platform::outbox::migration::CreateOutbox;
+use trellis_platform::outbox::migration::{AddOutboxTraceContext, CreateOutbox};
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_auth_tables::Migration),
             Box::new(CreateOutbox),
             Box::new(m20261122_000001_index_refresh_tokens_user_id::Migration),
+            Box::new(AddOutboxTraceContext),
         ]
     }
 }
@@ -30,6 +31,7 @@ mod tests {
                 "m20261121_000001_create_auth_tables",
                 "m20261121_000100_create_outbox_messages",
                 "m20261122_000001_index_refresh_tokens_user_id",
+                "m20261122_000100_add_outbox_trace_context",
             ]
         );
     }

@@ -4,7 +4,7 @@ mod m20261121_000001_create_users;
 mod m20261121_000200_roles_and_canonical_email;
 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
-use trellis_platform::outbox::migration::CreateOutbox;
+use trellis_platform::outbox::migration::{AddOutboxTraceContext, CreateOutbox};
 
 /// Every migration, in order.
 #[derive(Debug)]
@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_users::Migration),
             Box::new(CreateOutbox),
             Box::new(m20261121_000200_roles_and_canonical_email::Migration),
+            Box::new(AddOutboxTraceContext),
         ]
     }
 }
@@ -118,6 +119,7 @@ mod tests {
                 "m20261121_000001_create_users",
                 "m20261121_000100_create_outbox_messages",
                 "m20261121_000200_roles_and_canonical_email",
+                "m20261122_000100_add_outbox_trace_context",
             ]
         );
     }
