@@ -259,10 +259,22 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                 },
                 message = self.live.recv() => match message {
                     // Already sent (found by a replay): nothing to read.
-                    Ok(sequence) if self.last_sent.is_some_and(|last| sequence <= last) => {}
-                    // New, or too far behind for the buffer: read what committed after
-                    // the last one sent, never from the start again.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(wake) if self.last_sent.is_some_and(|last| wake.sequence <= last) => {}
+                    // New: deliver it in a span that continues the trace of the call
+                    // that stored it (a child of its SendNotification server span).
+                    Ok(wake) => {
+                        let span = tracing::info_span!(
+                            "notification delivery",
+                            sequence = wake.sequence,
+                        );
+                        wake.trace.set_parent_of(&span);
+                        if self.catch_up().instrument(span).await.is_err() {
+                            return "closed during replay";
+                        }
+                    }
+                    // Too far behind for the buffer: read what committed after the last
+                    // one sent, never from the start again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
                         if self.catch_up().await.is_err() {
                             return "closed during replay";
                         }

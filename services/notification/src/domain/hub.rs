@@ -1,5 +1,7 @@
 //! Live fan-out: every open stream of a user is woken by each new notification of theirs,
-//! within caps on how many streams may be open, per user and in all.
+//! within caps on how many streams may be open, per user and in all. A wake-up carries the
+//! trace context of the call that stored the notification (`SendNotification`), so the
+//! stream's delivery joins that trace.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::broadcast;
+use trellis_platform::telemetry::TraceContext;
 
 use super::Notification;
 
@@ -47,6 +50,16 @@ pub enum StreamLimitReached {
     Total(usize),
 }
 
+/// What an open stream is woken with: a committed notification's sequence and the trace
+/// context of the call that stored it (empty while tracing is off).
+#[derive(Debug, Clone)]
+pub struct Wake {
+    /// The notification's sequence.
+    pub sequence: i64,
+    /// The trace context of the call that stored it.
+    pub trace: TraceContext,
+}
+
 /// Per-user broadcast channels of committed notifications' sequences, with the count of
 /// open streams. A user's entry exists exactly while they have a stream open.
 #[derive(Debug, Clone, Default)]
@@ -64,7 +77,7 @@ struct Inner {
 
 #[derive(Debug)]
 struct Entry {
-    sender: broadcast::Sender<i64>,
+    sender: broadcast::Sender<Wake>,
     /// Open streams of this user; the entry goes when it would reach 0.
     streams: usize,
 }
@@ -109,12 +122,16 @@ impl Hub {
         })
     }
 
-    /// Wakes `notification`'s user's open streams, if any, with its sequence.
+    /// Wakes `notification`'s user's open streams, if any, with its sequence and the
+    /// current span's trace context.
     pub fn publish(&self, notification: &Notification) {
         if let Some(entry) = self.inner.lock().users.get(&notification.user_id) {
             // An error means no receiver is left, which the entry's count rules out but
             // for a stream being dropped right now: nothing to deliver either way.
-            drop(entry.sender.send(notification.sequence));
+            drop(entry.sender.send(Wake {
+                sequence: notification.sequence,
+                trace: TraceContext::current(),
+            }));
         }
     }
 
@@ -135,18 +152,18 @@ impl Hub {
 /// notifications; dropping it frees its place, and the user's entry with the last one.
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: broadcast::Receiver<i64>,
+    receiver: broadcast::Receiver<Wake>,
     hub: Arc<Mutex<Inner>>,
     user_id: String,
 }
 
 impl Subscription {
-    /// The next new notification's sequence, as [`broadcast::Receiver::recv`].
+    /// The next new notification's wake-up, as [`broadcast::Receiver::recv`].
     ///
     /// # Errors
     /// [`broadcast::error::RecvError::Lagged`] when this stream fell more than the buffer
     /// behind (catch up from storage).
-    pub async fn recv(&mut self) -> Result<i64, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Wake, broadcast::error::RecvError> {
         self.receiver.recv().await
     }
 }
