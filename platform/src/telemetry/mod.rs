@@ -139,6 +139,51 @@ impl TelemetryGuard {
     }
 }
 
+/// The subscriber: log lines (`json` or text, with ANSI colours when `ansi`) filtered by
+/// `filter` into `writer`, and, with a `provider`, the OpenTelemetry layer and the trace
+/// ids of log lines.
+fn subscriber<W>(
+    json: bool,
+    ansi: bool,
+    filter: EnvFilter,
+    provider: Option<&SdkTracerProvider>,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // Spans are exported by their own filter, not the log filter: turning logs down to
+    // `warn` must not end tracing.
+    let otel_layer = provider.map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("trellis"))
+            .with_threads(false)
+            .with_filter(span_filter())
+    });
+    let ids_layer = logs::TraceIdsLayer::new(provider.is_some());
+    let output = if json {
+        let mut layer = json_subscriber::layer()
+            .with_writer(writer)
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false);
+        let inner = layer.inner_layer_mut();
+        inner.add_from_extension_ref::<logs::TraceIds, _, _>("trace_id", |ids| Some(&ids.trace_id));
+        inner.add_from_extension_ref::<logs::TraceIds, _, _>("span_id", |ids| Some(&ids.span_id));
+        layer.boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .event_format(logs::ShortTraceId(tracing_subscriber::fmt::format()))
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(ids_layer)
+        .with(output.with_filter(filter))
+}
+
 /// What becomes an exported span (or span event): INFO and above, but the database
 /// crates' chatter only from WARN (as the default log filter). Health checks are DEBUG
 /// spans, so they are never exported.
@@ -185,38 +230,7 @@ pub fn init(
             Ok(None) => (None, None),
             Err(err) => (None, Some(err.to_string())),
         };
-    // Spans are exported by their own filter, not the log filter: turning logs down to
-    // `warn` must not end tracing.
-    let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("trellis"))
-            .with_threads(false)
-            .with_filter(span_filter())
-    });
-    let ids_layer = provider
-        .as_ref()
-        .map(|_| logs::TraceIdsLayer::default().with_filter(span_filter()));
-    let output = if json {
-        let mut layer = json_subscriber::layer()
-            .with_writer(std::io::stderr)
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false);
-        let inner = layer.inner_layer_mut();
-        inner.add_from_extension_ref::<logs::TraceIds, _, _>("trace_id", |ids| Some(&ids.trace_id));
-        inner.add_from_extension_ref::<logs::TraceIds, _, _>("span_id", |ids| Some(&ids.span_id));
-        layer.boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(terminal)
-            .event_format(logs::ShortTraceId(tracing_subscriber::fmt::format()))
-            .boxed()
-    };
-    let installed = tracing_subscriber::registry()
-        .with(otel_layer)
-        .with(ids_layer)
-        .with(output.with_filter(filter))
+    let installed = subscriber(json, terminal, filter, provider.as_ref(), std::io::stderr)
         .try_init()
         .is_ok();
     if let Some(error) = otel_error {
@@ -237,5 +251,97 @@ pub fn init(
             TelemetryGuard::default()
         }
         None => TelemetryGuard::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    use super::*;
+
+    /// Log output captured in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut out) = self.0.lock() {
+                out.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines logged by `f` under the subscriber [`init`] would install, with tracing
+    /// on (`traced`) or off, and the ids of the span they were logged in.
+    fn logged(json: bool, traced: bool) -> (String, String, String) {
+        propagation::enable_for_tests();
+        let provider = SdkTracerProvider::builder().build();
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = subscriber(
+            json,
+            false,
+            EnvFilter::new("info"),
+            traced.then_some(&provider),
+            move || writer.clone(),
+        );
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("rpc", request_id = "req-1");
+            let _entered = span.enter();
+            tracing::info!("rpc finished");
+            let context = span.context();
+            let span_context = context.span().span_context().clone();
+            (
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            )
+        });
+        let out = captured.0.lock().map(|o| o.clone()).unwrap_or_default();
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            trace_id,
+            span_id,
+        )
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_id_and_the_request_id() {
+        let (out, trace_id, span_id) = logged(true, true);
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+        assert_eq!(line["trace_id"].as_str(), Some(trace_id.as_str()), "{out}");
+        assert_eq!(line["span_id"].as_str(), Some(span_id.as_str()), "{out}");
+        assert_eq!(trace_id.len(), 32);
+        assert_eq!(span_id.len(), 16);
+        assert_eq!(line["span"]["request_id"].as_str(), Some("req-1"), "{out}");
+        assert_eq!(line["message"].as_str(), Some("rpc finished"), "{out}");
+
+        // Tracing off: no ids at all.
+        let (out, _, _) = logged(true, false);
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_default();
+        assert!(
+            line.get("trace_id").is_none() && line.get("span_id").is_none(),
+            "{out}"
+        );
+        assert_eq!(line["span"]["request_id"].as_str(), Some("req-1"), "{out}");
+    }
+
+    #[test]
+    fn text_lines_start_with_a_short_trace_id() {
+        let (out, trace_id, _) = logged(false, true);
+        assert!(
+            out.starts_with(&format!("trace={} ", &trace_id[..8])),
+            "{out}"
+        );
+        let (out, _, _) = logged(false, false);
+        assert!(!out.contains("trace="), "{out}");
     }
 }
