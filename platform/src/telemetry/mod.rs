@@ -153,14 +153,22 @@ where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     // Spans are exported by their own filter, not the log filter: turning logs down to
-    // `warn` must not end tracing.
-    let otel_layer = provider.map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("trellis"))
-            .with_threads(false)
-            .with_filter(span_filter())
-    });
-    let ids_layer = logs::TraceIdsLayer::new(provider.is_some());
+    // `warn` must not end tracing. Every layer has a filter (one that enables nothing
+    // while tracing is off): a layer without one would make every callsite, down to
+    // TRACE in hyper and h2, be evaluated for it.
+    let export_filter = if provider.is_some() {
+        span_filter()
+    } else {
+        tracing_subscriber::filter::Targets::new()
+    };
+    let otel_layer = provider
+        .map(|provider| {
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("trellis"))
+                .with_threads(false)
+        })
+        .with_filter(export_filter.clone());
+    let ids_layer = logs::TraceIdsLayer::new(provider.is_some()).with_filter(export_filter);
     let output = if json {
         let mut layer = json_subscriber::layer()
             .with_writer(writer)
@@ -332,6 +340,30 @@ mod tests {
             "{out}"
         );
         assert_eq!(line["span"]["request_id"].as_str(), Some("req-1"), "{out}");
+    }
+
+    #[test]
+    fn events_below_the_log_filter_are_not_even_evaluated() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static EVALUATED: AtomicUsize = AtomicUsize::new(0);
+        fn evaluated() -> usize {
+            EVALUATED.fetch_add(1, Ordering::Relaxed)
+        }
+        let provider = SdkTracerProvider::builder().build();
+        for traced in [false, true] {
+            let subscriber = subscriber(
+                false,
+                false,
+                EnvFilter::new("info"),
+                traced.then_some(&provider),
+                std::io::sink,
+            );
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::debug!(n = evaluated(), "below the filter");
+                let _span = tracing::debug_span!("health", n = evaluated()).entered();
+            });
+        }
+        assert_eq!(EVALUATED.load(Ordering::Relaxed), 0);
     }
 
     #[test]
