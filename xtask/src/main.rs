@@ -3,6 +3,7 @@
 //! xtask depends on no workspace crate, so it builds fast and works even when the
 //! product does not compile.
 
+mod bench;
 mod images;
 #[cfg(test)]
 mod tidy;
@@ -29,6 +30,9 @@ enum Command {
     Images(images::Args),
     /// Build the images, then run every test (`cargo test --workspace`).
     Test(images::Args),
+    /// Build the load generator and the services (release), then measure: scenarios,
+    /// a bare-tonic baseline in the same run, SLO gates (`cargo xtask bench --help`).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(&args),
         Command::Images(args) => images::run_images(&args).map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,277 @@
+//! SLO gates (`--slo 'p99<20ms,errors<0.1%,rps>1000'`): each gate compares one figure of
+//! every measured row with a threshold; the command exits non-zero when any fails.
+//!
+//! | gate | figure |
+//! |---|---|
+//! | `p50`, `p90`, `p99`, `p999`, `max` `<`/`<=`/`>`/`>=` a duration (`20ms`, `1s`, `500us`) | latency |
+//! | `errors<0.1%` | failed calls / calls |
+//! | `errors<5` | failed calls, counted |
+//! | `rps>1000` | calls per second |
+
+use std::time::Duration;
+
+use crate::report::Figures;
+use crate::units::parse_duration;
+
+/// The figure a gate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    P50,
+    P90,
+    P99,
+    P999,
+    Max,
+    Errors,
+    Rps,
+}
+
+/// How the figure must compare with the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+}
+
+impl Comparison {
+    fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Self::Less => value < threshold,
+            Self::LessOrEqual => value <= threshold,
+            Self::Greater => value > threshold,
+            Self::GreaterOrEqual => value >= threshold,
+        }
+    }
+}
+
+/// What the figure is compared with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Threshold {
+    Latency(Duration),
+    /// 0 to 1.
+    ErrorRatio(f64),
+    ErrorCount(f64),
+    Rate(f64),
+}
+
+/// One gate, e.g. `p99<20ms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    text: String,
+    metric: Metric,
+    comparison: Comparison,
+    threshold: Threshold,
+}
+
+/// Parses a comma-separated list of gates.
+///
+/// # Errors
+/// A message naming the gate that does not parse.
+pub fn parse(spec: &str) -> Result<Vec<Gate>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(parse_gate)
+        .collect()
+}
+
+fn parse_gate(text: &str) -> Result<Gate, String> {
+    let at = text
+        .find(['<', '>'])
+        .ok_or_else(|| format!("gate `{text}` has no `<` or `>`"))?;
+    let (name, rest) = text.split_at(at);
+    let (comparison, value) = if let Some(v) = rest.strip_prefix("<=") {
+        (Comparison::LessOrEqual, v)
+    } else if let Some(v) = rest.strip_prefix(">=") {
+        (Comparison::GreaterOrEqual, v)
+    } else if let Some(v) = rest.strip_prefix('<') {
+        (Comparison::Less, v)
+    } else {
+        (Comparison::Greater, &rest[1..])
+    };
+    let value = value.trim();
+    let number = |v: &str| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .ok_or_else(|| format!("`{v}` in gate `{text}` is not a non-negative number"))
+    };
+    let (metric, threshold) = match name.trim() {
+        "p50" => (Metric::P50, None),
+        "p90" => (Metric::P90, None),
+        "p99" => (Metric::P99, None),
+        "p999" | "p99.9" => (Metric::P999, None),
+        "max" => (Metric::Max, None),
+        "errors" => match value.strip_suffix('%') {
+            Some(percent) => (
+                Metric::Errors,
+                Some(Threshold::ErrorRatio(number(percent)? / 100.0)),
+            ),
+            None => (Metric::Errors, Some(Threshold::ErrorCount(number(value)?))),
+        },
+        "rps" => (Metric::Rps, Some(Threshold::Rate(number(value)?))),
+        other => {
+            return Err(format!(
+                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps)"
+            ));
+        }
+    };
+    let threshold = match threshold {
+        Some(t) => t,
+        None => {
+            Threshold::Latency(parse_duration(value).map_err(|e| format!("gate `{text}`: {e}"))?)
+        }
+    };
+    Ok(Gate {
+        text: text.to_owned(),
+        metric,
+        comparison,
+        threshold,
+    })
+}
+
+impl Gate {
+    /// The gate as it was written.
+    #[must_use]
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// `None` when `figures` pass; otherwise what was measured, for the failure line.
+    #[must_use]
+    pub fn check(&self, figures: &Figures) -> Option<String> {
+        let l = &figures.latency_ms;
+        #[allow(clippy::cast_precision_loss)]
+        let (value, threshold, shown) = match (self.metric, self.threshold) {
+            (metric, Threshold::Latency(limit)) => {
+                let ms = match metric {
+                    Metric::P50 => l.p50,
+                    Metric::P90 => l.p90,
+                    Metric::P99 => l.p99,
+                    Metric::P999 => l.p999,
+                    _ => l.max,
+                };
+                (ms, limit.as_secs_f64() * 1e3, format!("{ms:.3} ms"))
+            }
+            (_, Threshold::ErrorRatio(limit)) => (
+                figures.error_ratio,
+                limit,
+                format!("{:.3}%", figures.error_ratio * 100.0),
+            ),
+            (_, Threshold::ErrorCount(limit)) => {
+                let n = figures.errors as f64;
+                (n, limit, format!("{} errors", figures.errors))
+            }
+            (_, Threshold::Rate(limit)) => {
+                (figures.rps, limit, format!("{:.0} req/s", figures.rps))
+            }
+        };
+        (!self.comparison.holds(value, threshold))
+            .then(|| format!("{}: measured {shown}", self.text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::report::Latency;
+
+    fn figures(p99_ms: f64, errors: u64, requests: u64, rps: f64) -> Figures {
+        #[allow(clippy::cast_precision_loss)]
+        let error_ratio = errors as f64 / requests as f64;
+        Figures {
+            requests,
+            rps,
+            latency_ms: Latency {
+                p50: p99_ms / 4.0,
+                p90: p99_ms / 2.0,
+                p99: p99_ms,
+                p999: p99_ms * 2.0,
+                max: p99_ms * 4.0,
+            },
+            errors,
+            error_ratio,
+            errors_by_code: BTreeMap::new(),
+            cpu_us_per_request: None,
+            rss_kib: BTreeMap::new(),
+            rss_kib_total: None,
+            delivery: None,
+        }
+    }
+
+    fn failures(spec: &str, f: &Figures) -> Vec<String> {
+        parse(spec)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|g| g.check(f))
+            .collect()
+    }
+
+    #[test]
+    fn every_figure_and_comparison_parses() -> Result<(), String> {
+        let gates = parse(
+            "p50<1ms, p90<=2ms,p99<20ms,p999<100ms,p99.9<1s,max<2s,errors<0.1%,errors<=5,rps>1000,rps>=10",
+        )?;
+        assert_eq!(gates.len(), 10);
+        assert_eq!(
+            gates[2].threshold,
+            Threshold::Latency(Duration::from_millis(20))
+        );
+        assert_eq!(gates[2].comparison, Comparison::Less);
+        assert_eq!(gates[1].comparison, Comparison::LessOrEqual);
+        assert_eq!(gates[6].threshold, Threshold::ErrorRatio(0.001));
+        assert_eq!(gates[7].threshold, Threshold::ErrorCount(5.0));
+        assert_eq!(gates[8].comparison, Comparison::Greater);
+        assert_eq!(gates[9].comparison, Comparison::GreaterOrEqual);
+        Ok(())
+    }
+
+    #[test]
+    fn malformed_gates_are_refused_with_their_text() {
+        for bad in [
+            "p99",
+            "p98<1ms",
+            "p99<20",
+            "p99<fast",
+            "errors<x%",
+            "rps>-1",
+            "rps>",
+        ] {
+            let err = parse(bad).err().unwrap_or_default();
+            assert!(
+                err.contains(bad.split(['<', '>']).next().unwrap_or(bad)),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn passing_figures_fail_no_gate() {
+        let f = figures(10.0, 0, 10_000, 5000.0);
+        assert!(failures("p99<20ms,errors<0.1%,rps>1000", &f).is_empty());
+    }
+
+    #[test]
+    fn each_failed_gate_is_reported_with_what_was_measured() {
+        let f = figures(30.0, 20, 10_000, 500.0);
+        let failed = failures("p99<20ms,errors<0.1%,rps>1000,max<1s", &f);
+        assert_eq!(failed.len(), 3, "{failed:?}");
+        assert!(
+            failed[0].starts_with("p99<20ms") && failed[0].contains("30.000 ms"),
+            "{failed:?}"
+        );
+        assert!(failed[1].contains("0.200%"), "{failed:?}");
+        assert!(failed[2].contains("500 req/s"), "{failed:?}");
+    }
+
+    #[test]
+    fn a_threshold_equal_to_the_figure_fails_strict_and_passes_inclusive() {
+        let f = figures(20.0, 5, 1000, 100.0);
+        assert_eq!(failures("p99<20ms", &f).len(), 1);
+        assert!(failures("p99<=20ms,errors<=5,rps>=100", &f).is_empty());
+        assert_eq!(failures("errors<5", &f).len(), 1);
+    }
+}

@@ -1,0 +1,412 @@
+//! Processes the bench starts: the three services (release binaries, a fresh SQLite
+//! database each in a temporary directory, free ports, the dev setup's credentials) or
+//! the bare-tonic baseline server, each pinned to the server CPUs with `taskset` when
+//! asked, waited for until they report SERVING, and stopped with SIGTERM at the end.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::load::{SystemUnderTest, Targets};
+
+/// How long a process may take to report SERVING.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The client id the bench's service credentials belong to: the user service's, which
+/// `SendNotification` admits (as `cargo xtask up` sets it up).
+pub const SERVICE_CLIENT_ID: &str = "user";
+
+/// A service the bench starts: binary, environment prefix, peers.
+struct ServiceSpec {
+    name: &'static str,
+    binary: &'static str,
+    env_prefix: &'static str,
+    peers: &'static [&'static str],
+}
+
+/// In dependency order (a service starts after those it calls), as `cargo xtask up`.
+const SERVICES: [ServiceSpec; 3] = [
+    ServiceSpec {
+        name: "notification",
+        binary: "notification-service",
+        env_prefix: "TRELLIS_NOTIFICATION",
+        peers: &["auth"],
+    },
+    ServiceSpec {
+        name: "user",
+        binary: "user-service",
+        env_prefix: "TRELLIS_USER",
+        peers: &["auth", "notification"],
+    },
+    ServiceSpec {
+        name: "auth",
+        binary: "auth-service",
+        env_prefix: "TRELLIS_AUTH",
+        peers: &["user", "notification"],
+    },
+];
+
+/// Whether `taskset` (util-linux) can be run.
+#[must_use]
+pub fn taskset_available() -> bool {
+    Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Pins every thread of this process to `cpus` (a `taskset` list such as `1` or `1-3`).
+/// Call it before starting the async runtime, so its workers are sized to the list.
+///
+/// # Errors
+/// `taskset` fails (no such CPU, not installed).
+pub fn pin_current_process(cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset")?;
+    if !status.success() {
+        bail!("taskset -c {cpus} failed ({status})");
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+///
+/// # Errors
+/// No port can be bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// 192 random bits from the OS, hex-encoded.
+fn random_secret() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0_u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// One process the bench started.
+#[derive(Debug)]
+struct Managed {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Processes the bench started, with their working directory; dropping it kills any
+/// still running ([`Running::stop`] ends them gracefully).
+#[derive(Debug)]
+pub struct Running {
+    processes: Vec<Managed>,
+    dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            processes: Vec::new(),
+            dir: tempfile::Builder::new()
+                .prefix("trellis-bench-")
+                .tempdir()
+                .context("making a temporary directory")?,
+        })
+    }
+
+    /// `(name, pid)` of each process.
+    #[must_use]
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.name.clone(), p.child.id()))
+            .collect()
+    }
+
+    /// Starts `program` with `args` and `env` as `name`, pinned to `cpus`, its output
+    /// in a log file of the working directory.
+    fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        cpus: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // taskset execs the program: the child's pid is the service's.
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        self.processes.push(Managed {
+            name: name.to_owned(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Polls `uri`'s health Check until it answers SERVING; fails when the newest
+    /// process exits first or [`READY_TIMEOUT`] passes.
+    async fn wait_serving(&mut self, uri: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let Some(process) = self.processes.last_mut() else {
+            bail!("no process to wait for");
+        };
+        loop {
+            if let Some(status) = process.child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({status}); its log:\n{}",
+                    process.name,
+                    tail(&process.log)
+                );
+            }
+            if serving(uri).await {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "{} did not report SERVING within {} s; its log:\n{}",
+                    process.name,
+                    READY_TIMEOUT.as_secs(),
+                    tail(&process.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM to every process, newest first, and waits for each (SIGKILL after
+    /// [`STOP_TIMEOUT`]). Reports a process that did not exit with status 0.
+    ///
+    /// # Errors
+    /// A process exited with a failure, or had to be killed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let processes = std::mem::take(&mut self.processes);
+        tokio::task::spawn_blocking(move || {
+            let mut failures = Vec::new();
+            for mut process in processes.into_iter().rev() {
+                if let Err(err) = stop_one(&mut process) {
+                    failures.push(format!("{err:#}\n{}", tail(&process.log)));
+                }
+            }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                bail!("{}", failures.join("\n"))
+            }
+        })
+        .await
+        .context("stopping the processes")?
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for process in &mut self.processes {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+}
+
+fn stop_one(process: &mut Managed) -> anyhow::Result<()> {
+    let pid = Pid::from_raw(i32::try_from(process.child.id())?);
+    // Already gone is fine: the wait below says how it ended.
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Some(status) = process.child.try_wait()? {
+            if status.success() {
+                return Ok(());
+            }
+            bail!("{} stopped with {status}", process.name);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+            bail!(
+                "{} did not stop within {} s and was killed",
+                process.name,
+                STOP_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last lines of a log file, for an error message.
+fn tail(path: &Path) -> String {
+    let Ok(file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+async fn serving(uri: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(uri.to_owned()) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .is_ok_and(|r| r.get_ref().status() == ServingStatus::Serving)
+}
+
+/// Starts the bare-tonic baseline server (`program baseline-server --listen ADDR`,
+/// normally this very binary) pinned to `cpus`.
+///
+/// # Errors
+/// It cannot be started or does not report SERVING.
+pub async fn start_baseline(
+    program: &Path,
+    cpus: Option<&str>,
+) -> anyhow::Result<(Running, SystemUnderTest)> {
+    let mut running = Running::new()?;
+    let address = format!("127.0.0.1:{}", free_port()?);
+    running.spawn(
+        "baseline",
+        program,
+        &["baseline-server", "--listen", &address],
+        &[],
+        cpus,
+    )?;
+    let uri = format!("http://{address}");
+    running.wait_serving(&uri).await?;
+    let sut = SystemUnderTest {
+        targets: Targets {
+            health: Some(uri),
+            ..Targets::default()
+        },
+        processes: running.pids(),
+        service_client: None,
+    };
+    Ok((running, sut))
+}
+
+/// Starts the three services from `bin_dir` (`user-service`, `auth-service`,
+/// `notification-service`) on free ports with fresh SQLite databases, pinned to `cpus`,
+/// with `extra_env` on top of the dev setup, and waits until each reports SERVING.
+///
+/// The dev setup (as `cargo xtask up`): a random client secret shared by the user
+/// service and auth, peers at each other's addresses; plus the sign-up rate limit off
+/// (`sign_up_rate.per_minute = 0`), since every sign-up comes from 127.0.0.1.
+///
+/// # Errors
+/// A binary is missing, or a service fails to start.
+pub async fn start_system(
+    bin_dir: &Path,
+    cpus: Option<&str>,
+    extra_env: &[(String, String)],
+) -> anyhow::Result<(Running, SystemUnderTest)> {
+    let mut running = Running::new()?;
+    let secret = random_secret()?;
+    let ports: Vec<(&str, u16)> = SERVICES
+        .iter()
+        .map(|s| Ok((s.name, free_port()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let address = |name: &str| {
+        let port = ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, p)| *p);
+        format!("http://127.0.0.1:{port}")
+    };
+    let data = running.dir.path().to_owned();
+    for spec in &SERVICES {
+        let binary = bin_dir.join(spec.binary);
+        if !binary.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build --release -p {}` or run `cargo xtask bench`",
+                binary.display(),
+                spec.binary
+            );
+        }
+        let prefix = spec.env_prefix;
+        let listen = address(spec.name).trim_start_matches("http://").to_owned();
+        let mut env = vec![
+            (format!("{prefix}__SERVER__LISTEN_ADDR"), listen),
+            (
+                format!("{prefix}__DATABASE__URL"),
+                format!("sqlite://{}/{}.db?mode=rwc", data.display(), spec.name),
+            ),
+        ];
+        for peer in spec.peers {
+            let key = format!("{prefix}__PEERS__{}__ADDRESSES", peer.to_uppercase());
+            env.push((key, address(peer)));
+        }
+        match spec.name {
+            "user" => {
+                env.push((format!("{prefix}__AUTH__CLIENT_SECRET"), secret.clone()));
+                env.push((
+                    format!("{prefix}__SIGN_UP_RATE__PER_MINUTE"),
+                    "0".to_owned(),
+                ));
+            }
+            "auth" => env.push((
+                format!(
+                    "{prefix}__SERVICE_CLIENTS__{}",
+                    SERVICE_CLIENT_ID.to_uppercase()
+                ),
+                secret.clone(),
+            )),
+            _ => {}
+        }
+        env.extend(extra_env.iter().cloned());
+        running.spawn(spec.name, &binary, &[], &env, cpus)?;
+        running.wait_serving(&address(spec.name)).await?;
+    }
+    let sut = SystemUnderTest {
+        targets: Targets {
+            user: Some(address("user")),
+            auth: Some(address("auth")),
+            notification: Some(address("notification")),
+            health: None,
+        },
+        processes: running.pids(),
+        service_client: Some((SERVICE_CLIENT_ID.to_owned(), secret)),
+    };
+    Ok((running, sut))
+}

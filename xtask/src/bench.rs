@@ -1,0 +1,93 @@
+//! `cargo xtask bench [ARGS…]`: build the load generator (`trellis-bench`) and the
+//! services in release mode, then run the load generator with ARGS passed through (see
+//! `cargo xtask bench --help` and the README's "Benchmarks" section).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// The service packages the bench starts (their binaries have the same names).
+const SERVICES: [&str; 3] = ["user-service", "auth-service", "notification-service"];
+
+/// Options of `cargo xtask bench`: everything is passed to `trellis-bench`.
+#[derive(Debug, clap::Args)]
+// `--help` goes to trellis-bench, which lists the options.
+#[command(disable_help_flag = true)]
+pub(crate) struct Args {
+    /// Arguments for trellis-bench (e.g. `--scenario health,get-user --duration 10s`;
+    /// `cargo xtask bench --help` lists them).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let root = crate::workspace_root();
+    let has = |flag: &str| {
+        args.args.iter().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        })
+    };
+    let help = has("--help") || has("-h");
+    // Two cargo runs, not one: built together, the services would share the bench's
+    // dependency features and be rebuilt, and differ from `cargo build --release -p …`.
+    let service_dir = if has("--target") || help {
+        None
+    } else {
+        eprintln!(
+            "xtask: building the services in release mode (a cold build takes many minutes)…"
+        );
+        let built = build(&root, &SERVICES)?;
+        let dir = built
+            .iter()
+            .find(|(name, _)| name == SERVICES[0])
+            .and_then(|(_, path)| path.parent())
+            .map(Path::to_path_buf)
+            .context("cargo built no user-service binary")?;
+        Some(dir)
+    };
+    eprintln!("xtask: building the load generator (trellis-bench) in release mode…");
+    let bench = build(&root, &["trellis-bench"])?
+        .into_iter()
+        .find(|(name, _)| name == "trellis-bench")
+        .map(|(_, path)| path)
+        .context("cargo built no trellis-bench binary")?;
+    let mut command = Command::new(&bench);
+    command.current_dir(&root);
+    if let Some(dir) = service_dir.filter(|_| !has("--bin-dir")) {
+        command.arg("--bin-dir").arg(dir);
+    }
+    let status = command
+        .args(&args.args)
+        .status()
+        .with_context(|| format!("running {}", bench.display()))?;
+    Ok(status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .map_or(ExitCode::FAILURE, ExitCode::from))
+}
+
+/// `cargo build --release` of `packages`; returns `(binary name, path)` pairs.
+fn build(root: &Path, packages: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    let output = command.output().context("running cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build --release failed ({})", output.status);
+    }
+    Ok(crate::executables(&output.stdout))
+}
