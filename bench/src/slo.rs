@@ -7,6 +7,9 @@
 //! | `errors<0.1%` | failed calls / calls |
 //! | `errors<5` | failed calls, counted |
 //! | `rps>1000` | calls per second |
+//!
+//! For `subscribe`, latency gates read the delivery latency (intended send to receipt on
+//! a stream), what a subscriber sees; `errors` and `rps` read the sends.
 
 use std::time::Duration;
 
@@ -141,7 +144,10 @@ impl Gate {
     /// `None` when `figures` pass; otherwise what was measured, for the failure line.
     #[must_use]
     pub fn check(&self, figures: &Figures) -> Option<String> {
-        let l = &figures.latency_ms;
+        let l = figures
+            .delivery
+            .as_ref()
+            .map_or(&figures.latency_ms, |d| &d.latency_ms);
         #[allow(clippy::cast_precision_loss)]
         let (value, threshold, shown) = match (self.metric, self.threshold) {
             (metric, Threshold::Latency(limit)) => {
@@ -265,6 +271,26 @@ mod tests {
         );
         assert!(failed[1].contains("0.200%"), "{failed:?}");
         assert!(failed[2].contains("500 req/s"), "{failed:?}");
+    }
+
+    #[test]
+    fn latency_gates_read_the_delivery_latency_of_a_subscribe_row() {
+        let mut f = figures(1.0, 0, 1000, 100.0);
+        f.delivery = Some(crate::report::DeliveryFigures {
+            per_second: 100.0,
+            received: 1000,
+            expected: 1000,
+            subscribers: 10,
+            latency_ms: Latency {
+                p50: 30.0,
+                p90: 30.0,
+                p99: 30.0,
+                p999: 30.0,
+                max: 30.0,
+            },
+        });
+        assert_eq!(failures("p99<20ms", &f).len(), 1);
+        assert!(failures("errors<1%,rps>50", &f).is_empty());
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 /// The service packages the bench starts (their binaries have the same names).
 const SERVICES: [&str; 3] = ["user-service", "auth-service", "notification-service"];
@@ -71,23 +71,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
 /// `cargo build --release` of `packages`; returns `(binary name, path)` pairs.
 fn build(root: &Path, packages: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut args = vec!["--release"];
     for package in packages {
-        command.args(["--package", package]);
+        args.extend(["--package", package]);
     }
-    let output = command.output().context("running cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build --release failed ({})", output.status);
-    }
-    Ok(crate::executables(&output.stdout))
+    crate::cargo_build(root, &args, &[])
 }

@@ -191,37 +191,22 @@ fn static_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     step(&format!(
         "building static release binaries for {host} (slow on a cold cache)"
     ));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
     if !rustflags.contains("crt-static") {
         rustflags.push_str(" -C target-feature=+crt-static");
     }
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(root)
-        // An explicit target keeps build scripts and proc-macros dynamic while the
-        // binaries link statically.
-        .args([
-            "build",
-            "--release",
-            "--target",
-            &host,
-            "--message-format=json-render-diagnostics",
-        ])
-        .env("RUSTFLAGS", rustflags.trim())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (service, _) in SERVICES {
-        command.args(["--package", &format!("{service}-service")]);
+    let packages: Vec<String> = SERVICES
+        .iter()
+        .map(|(service, _)| format!("{service}-service"))
+        .collect();
+    // An explicit target keeps build scripts and proc-macros dynamic while the binaries
+    // link statically.
+    let mut args = vec!["--release", "--target", &host];
+    for package in &packages {
+        args.extend(["--package", package]);
     }
-    let output = command.output().context("running cargo build")?;
-    if !output.status.success() {
-        bail!(
-            "cargo build of the static binaries failed ({})",
-            output.status
-        );
-    }
-    let binaries = crate::executables(&output.stdout);
+    let binaries = crate::cargo_build(root, &args, &[("RUSTFLAGS", rustflags.trim())])
+        .context("building the static binaries")?;
     for (service, _) in SERVICES {
         let name = format!("{service}-service");
         if !binaries.iter().any(|(n, _)| *n == name) {

@@ -90,6 +90,30 @@ fn test(args: &images::Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Runs `cargo build --message-format=json-render-diagnostics ARGS…` in `root` with
+/// `env` set (cargo's progress goes to stderr) and returns the executables it built.
+fn cargo_build(
+    root: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    use anyhow::Context as _;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--message-format=json-render-diagnostics"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !output.status.success() {
+        anyhow::bail!("cargo build {} failed ({})", args.join(" "), output.status);
+    }
+    Ok(executables(&output.stdout))
+}
+
 /// The `(binary name, path)` pairs of executables in cargo's JSON messages.
 fn executables(stdout: &[u8]) -> Vec<(String, PathBuf)> {
     let mut binaries = Vec::new();
