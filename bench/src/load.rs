@@ -45,6 +45,10 @@ const BENCH_KIND: &str = "bench";
 /// `http2_max_concurrent_streams` (200), so no stream waits for a slot.
 const SUBSCRIBERS_PER_CONNECTION: usize = 100;
 
+/// The error "code" of an open loop's request that was due in the window but found no
+/// free caller before the window ended (the server fell behind the rate).
+pub const UNSENT: &str = "UNSENT";
+
 /// How long subscribers keep listening after the last send of the window.
 const DELIVERY_GRACE: Duration = Duration::from_secs(2);
 
@@ -723,7 +727,9 @@ impl Caller {
             let intended = match &self.schedule {
                 Some(schedule) => {
                     let at = schedule.intended(index);
-                    if at >= self.window.end {
+                    // Past the window's end nothing more is sent, even a request due
+                    // in it that waited for a free caller: it counts as UNSENT.
+                    if at >= self.window.end || Instant::now() >= self.window.end {
                         break;
                     }
                     sleep_until(at).await;
@@ -852,6 +858,13 @@ pub async fn run(
             *measurement.errors.entry(code).or_default() += n;
         }
         expected += tally.expected_deliveries;
+    }
+    if let Some(schedule) = &schedule {
+        let due = schedule.count_between(window.start, window.end);
+        let unsent = due.saturating_sub(measurement.requests());
+        if unsent > 0 {
+            measurement.errors.insert(UNSENT.to_owned(), unsent);
+        }
     }
     if !sut.processes.is_empty() {
         measurement.server = Some(ServerUsage {

@@ -38,6 +38,28 @@ impl Schedule {
         let offset = index as f64 * self.period_secs;
         self.start + Duration::from_secs_f64(offset)
     }
+
+    /// How many requests are due in `[from, to)`.
+    #[must_use]
+    pub fn count_between(&self, from: Instant, to: Instant) -> u64 {
+        self.first_at_or_after(to)
+            .saturating_sub(self.first_at_or_after(from))
+    }
+
+    /// The index of the first request due at or after `t`.
+    fn first_at_or_after(&self, t: Instant) -> u64 {
+        let elapsed = t.saturating_duration_since(self.start).as_secs_f64();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // non-negative
+        let mut index = (elapsed / self.period_secs).ceil() as u64;
+        // The float estimate may be one off either way: settle it on `intended`.
+        while index > 0 && self.intended(index - 1) >= t {
+            index -= 1;
+        }
+        while self.intended(index) < t {
+            index += 1;
+        }
+        index
+    }
 }
 
 #[cfg(test)]
@@ -60,6 +82,20 @@ mod tests {
         let schedule = Schedule::new(start, 3.0)?;
         let late = schedule.intended(3_000_000) - start;
         assert!(late.abs_diff(Duration::from_secs(1_000_000)) < Duration::from_micros(1));
+        Ok(())
+    }
+
+    #[test]
+    fn requests_due_in_a_window_are_counted_exactly() -> Result<(), String> {
+        let start = Instant::now();
+        let schedule = Schedule::new(start, 1000.0)?;
+        let at = |ms| start + Duration::from_millis(ms);
+        // Due at 100 ms … 399 ms: the window's start is in, its end is out.
+        assert_eq!(schedule.count_between(at(100), at(400)), 300);
+        assert_eq!(schedule.count_between(start, at(1)), 1);
+        assert_eq!(schedule.count_between(at(5), at(5)), 0);
+        let odd = Schedule::new(start, 3.0)?;
+        assert_eq!(odd.count_between(start, at(1000)), 3);
         Ok(())
     }
 

@@ -76,7 +76,7 @@ async fn an_error_status_is_counted_as_an_error_by_its_code() {
 }
 
 #[tokio::test]
-async fn an_open_loop_sends_at_most_the_scheduled_calls() {
+async fn an_open_loop_accounts_for_exactly_the_calls_due_in_the_window() {
     let (uri, _stop) = health_server().await;
     let scenario = Scenario::Health {
         service: String::new(),
@@ -86,5 +86,33 @@ async fn an_open_loop_sends_at_most_the_scheduled_calls() {
         .await
         .expect("run");
     assert!(m.ok > 0, "{m:?}");
-    assert!(m.requests() <= 30, "{}", m.requests());
+    assert_eq!(m.requests(), 30, "{:?}", m.errors);
+}
+
+#[tokio::test]
+async fn requests_an_open_loop_could_not_send_in_the_window_count_as_unsent() {
+    let (uri, _stop) = health_server().await;
+    let scenario = Scenario::Health {
+        service: String::new(),
+    };
+    // A million a second on one caller: far more than one call at a time can send.
+    let load = Load {
+        connections: 1,
+        streams: 1,
+        ..short_load(Some(1_000_000.0))
+    };
+    let m = trellis_bench::run(&scenario, &sut(uri), &load)
+        .await
+        .expect("run");
+    let unsent = m
+        .errors
+        .get(trellis_bench::load::UNSENT)
+        .copied()
+        .unwrap_or(0);
+    assert!(unsent > 0, "{:?}", m.errors);
+    assert_eq!(
+        m.requests(),
+        300_000,
+        "every request due in the window is accounted for"
+    );
 }
