@@ -295,10 +295,16 @@ impl Measurement {
         }
     }
 
-    /// Calls in the window, OK or not.
+    /// Calls due in the window, OK or not (with an open loop's [`UNSENT`] ones).
     #[must_use]
     pub fn requests(&self) -> u64 {
         self.ok + self.error_count()
+    }
+
+    /// Calls actually made in the window: [`Self::requests`] but the [`UNSENT`] ones.
+    #[must_use]
+    pub fn sent(&self) -> u64 {
+        self.requests() - self.errors.get(UNSENT).copied().unwrap_or(0)
     }
 
     /// Failed calls in the window.

@@ -58,9 +58,9 @@ pub struct DeliveryFigures {
 /// What one scenario measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figures {
-    /// Calls in the window, OK or not.
+    /// Calls due in the window, OK or not (an open loop's `UNSENT` ones included).
     pub requests: u64,
-    /// Calls per second of the window.
+    /// Calls made per second of the window (`UNSENT` ones excluded).
     pub rps: f64,
     /// Latency of every call in the window.
     pub latency_ms: Latency,
@@ -70,7 +70,7 @@ pub struct Figures {
     pub error_ratio: f64,
     /// Failed calls by gRPC code.
     pub errors_by_code: BTreeMap<String, u64>,
-    /// Server CPU time (all watched processes) per call, µs.
+    /// Server CPU time (all watched processes) per call made, µs.
     pub cpu_us_per_request: Option<f64>,
     /// Resident memory of each watched process at the end of the window, KiB.
     pub rss_kib: BTreeMap<String, u64>,
@@ -83,6 +83,7 @@ pub struct Figures {
 impl From<&Measurement> for Figures {
     fn from(m: &Measurement) -> Self {
         let requests = m.requests();
+        let sent = m.sent();
         let errors = m.error_count();
         let seconds = m.window.as_secs_f64();
         #[allow(clippy::cast_precision_loss)] // counts far below 2^53
@@ -98,14 +99,14 @@ impl From<&Measurement> for Figures {
         let server = m.server.as_ref();
         Self {
             requests,
-            rps: per_second(requests),
+            rps: per_second(sent),
             latency_ms: Latency::of(&m.latency),
             errors,
             error_ratio: ratio(errors, requests),
             errors_by_code: m.errors.clone(),
-            cpu_us_per_request: server.filter(|_| requests > 0).map(|s| {
+            cpu_us_per_request: server.filter(|_| sent > 0).map(|s| {
                 #[allow(clippy::cast_precision_loss)]
-                let per = s.cpu.as_secs_f64() * 1e6 / requests as f64;
+                let per = s.cpu.as_secs_f64() * 1e6 / sent as f64;
                 per
             }),
             rss_kib: server.map(|s| s.rss_kib.clone()).unwrap_or_default(),
@@ -457,6 +458,17 @@ mod tests {
         let on = &report.rows[1].figures;
         assert_eq!(on.errors, 25);
         assert!((on.error_ratio - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn unsent_calls_are_errors_but_not_throughput() {
+        let mut m = measurement("health", &[100; 100], &[], 100);
+        m.errors.insert(crate::load::UNSENT.to_owned(), 100);
+        let f = Figures::from(&m);
+        assert_eq!(f.requests, 200);
+        assert!((f.rps - 50.0).abs() < 1e-9, "{}", f.rps);
+        assert!((f.error_ratio - 0.5).abs() < 1e-9);
+        assert_eq!(f.cpu_us_per_request, Some(1000.0));
     }
 
     #[test]
