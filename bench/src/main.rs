@@ -166,7 +166,12 @@ fn cpu_lists(args: &RunArgs) -> (Option<String>, Option<String>) {
     }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let (server, client) = if cpus >= 2 {
-        (Some("0".to_owned()), Some(format!("1-{}", cpus - 1)))
+        let rest = if cpus == 2 {
+            "1".to_owned()
+        } else {
+            format!("1-{}", cpus - 1)
+        };
+        (Some("0".to_owned()), Some(rest))
     } else {
         (None, None)
     };
