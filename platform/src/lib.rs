@@ -1,7 +1,7 @@
 //! The Trellis platform: everything a production gRPC service needs besides its business
 //! logic — configuration, the server (health, reflection, limits, per-RPC tracing,
 //! graceful shutdown), telemetry, error statuses, pagination tokens, data access, peers,
-//! authentication and the outbox.
+//! authentication, the outbox and Prometheus metrics.
 //!
 //! A service implements [`Service`] (its name, defaults, settings, migrations, access
 //! policy and handlers) and its `main.rs` is one call:
@@ -14,7 +14,8 @@
 //!
 //! Modules form layers with no cycle (a tidy test in xtask checks it): leaves first —
 //! `config` (loading, errors), `context` (request context), `validation`, `status`,
-//! `pagination`, `telemetry`, `data`; then `server`, `peer`, `auth`, `outbox`; then `app`; then
+//! `pagination`, `telemetry`, `data`, `metrics`; then `server`, `peer`, `auth`, `outbox`; then
+//! `app`; then
 //! `service` (the builder), `runtime` and `testing` on top.
 
 pub mod app;
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod data;
+pub mod metrics;
 pub mod outbox;
 pub mod pagination;
 pub mod peer;

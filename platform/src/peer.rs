@@ -1,7 +1,8 @@
 //! Clients to peer services, by name: addresses from discovery (static for now, behind
 //! the [`Discovery`] trait so DNS and Consul can follow), load-balanced lazy channels, a
 //! deadline on every call (sent as `grpc-timeout`), the current request id forwarded as
-//! `x-request-id`, service credentials attached as a bearer token, and — with tracing on —
+//! `x-request-id`, service credentials attached as a bearer token, the
+//! `grpc_client_*` metrics of every call ([`crate::metrics`]), and — with tracing on —
 //! a client span per call whose W3C trace context goes along
 //! ([`crate::telemetry::rpc::client_span`]).
 
@@ -25,6 +26,7 @@ use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::Auth
 use crate::config::{ConfigError, require_positive};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
 use crate::telemetry::rpc::{self, PeerTarget};
+use crate::metrics::{ClientMetrics, Metrics};
 
 /// How to reach one peer.
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +173,7 @@ pub struct Peers {
     configs: HashMap<String, PeerConfig>,
     discovery: Arc<dyn Discovery>,
     credentials: Option<Arc<dyn CredentialSource>>,
+    metrics: ClientMetrics,
 }
 
 impl std::fmt::Debug for Peers {
@@ -182,13 +185,22 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    /// Peers from configuration, with static discovery and no credentials.
+    /// Peers from configuration, with static discovery, no credentials and no metrics.
     pub fn new(configs: HashMap<String, PeerConfig>) -> Self {
         Self {
             discovery: Arc::new(StaticDiscovery::new(&configs)),
             configs,
             credentials: None,
+            metrics: ClientMetrics::default(),
         }
+    }
+
+    /// Records the `grpc_client_*` metrics of calls through channels made after this
+    /// into `metrics` (the service's handle).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.client();
+        self
     }
 
     /// Attaches `credentials` to every call made through channels made after this.
@@ -251,6 +263,7 @@ impl Peers {
             timeout,
             credentials,
             target,
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -264,6 +277,7 @@ pub struct PeerChannel {
     credentials: Option<Arc<dyn CredentialSource>>,
     /// Where calls go, for the client spans.
     target: Arc<PeerTarget>,
+    metrics: ClientMetrics,
 }
 
 impl std::fmt::Debug for PeerChannel {
@@ -284,7 +298,7 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
         tower::Service::poll_ready(&mut self.channel, cx)
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         // Use the channel that was polled ready; leave a clone for the next call.
         let clone = self.channel.clone();
         let mut channel = std::mem::replace(&mut self.channel, clone);
@@ -292,54 +306,57 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
         let timeout = self.timeout;
         let peer = Arc::clone(&self.peer);
         let target = Arc::clone(&self.target);
-        Box::pin(async move {
-            let headers = request.headers_mut();
-            if !headers.contains_key("grpc-timeout")
-                && let Ok(value) = HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
-            {
-                headers.insert("grpc-timeout", value);
-            }
-            if !headers.contains_key(REQUEST_ID_HEADER) {
-                let id = current_request_id().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                if let Ok(value) = HeaderValue::from_str(&id) {
-                    headers.insert(REQUEST_ID_HEADER, value);
+        self.metrics
+            .observe(request, move |mut request| async move {
+                let headers = request.headers_mut();
+                if !headers.contains_key("grpc-timeout")
+                    && let Ok(value) = HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
+                {
+                    headers.insert("grpc-timeout", value);
                 }
-            }
-            if let Some(credentials) = credentials {
-                match credentials.token().await {
-                    Ok(token) => {
-                        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
-                            request
-                                .headers_mut()
-                                .insert(http::header::AUTHORIZATION, value);
+                if !headers.contains_key(REQUEST_ID_HEADER) {
+                    let id =
+                        current_request_id().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    if let Ok(value) = HeaderValue::from_str(&id) {
+                        headers.insert(REQUEST_ID_HEADER, value);
+                    }
+                }
+                if let Some(credentials) = credentials {
+                    match credentials.token().await {
+                        Ok(token) => {
+                            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                                request
+                                    .headers_mut()
+                                    .insert(http::header::AUTHORIZATION, value);
+                            }
+                        }
+                        Err(status) => {
+                            return Ok(Status::unavailable(format!(
+                                "no service credentials for calling {peer}: {}",
+                                status.message()
+                            ))
+                            .into_http());
                         }
                     }
-                    Err(status) => {
-                        return Ok(Status::unavailable(format!(
-                            "no service credentials for calling {peer}: {}",
-                            status.message()
-                        ))
-                        .into_http());
+                }
+                let path = request.uri().path().to_owned();
+                let span = rpc::client_span(&path, &target, request.headers_mut());
+                let call =
+                    tokio::time::timeout(timeout, tower::Service::call(&mut channel, request));
+                let response = match call.instrument(span.clone()).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(err)) => {
+                        rpc::record_status(&span, rpc::Side::Client, tonic::Code::Unavailable, None);
+                        return Err(err);
                     }
-                }
-            }
-            let path = request.uri().path().to_owned();
-            let span = rpc::client_span(&path, &target, request.headers_mut());
-            let call = tokio::time::timeout(timeout, tower::Service::call(&mut channel, request));
-            let response = match call.instrument(span.clone()).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(err)) => {
-                    rpc::record_status(&span, rpc::Side::Client, tonic::Code::Unavailable, None);
-                    return Err(err);
-                }
-                Err(_) => Status::deadline_exceeded(format!(
-                    "{peer} did not answer within {} ms",
-                    timeout.as_millis()
-                ))
-                .into_http(),
-            };
-            Ok(rpc::finish_client_response(span, response))
-        })
+                    Err(_) => Status::deadline_exceeded(format!(
+                        "{peer} did not answer within {} ms",
+                        timeout.as_millis()
+                    ))
+                    .into_http(),
+                };
+                Ok(rpc::finish_client_response(span, response))
+            })
     }
 }
 

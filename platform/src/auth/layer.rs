@@ -1,4 +1,6 @@
-//! The server layer that enforces an [`AccessPolicy`] and attaches the [`Principal`].
+//! The server layer that enforces an [`AccessPolicy`] and attaches the [`Principal`],
+//! counting rejected tokens by reason
+//! (`trellis_auth_token_verification_failures_total{reason}`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -6,22 +8,85 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use prometheus::{IntCounter, IntCounterVec, Opts};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{Access, AccessPolicy, TokenVerifier, UNAUTHENTICATED_MESSAGE};
+use super::{Access, AccessPolicy, TokenVerifier, UNAUTHENTICATED_MESSAGE, VerifyError};
+use crate::metrics::{Metrics, MetricsError};
 
 /// Enforces `policy`, verifying bearer tokens with `verifier`.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    inner: Arc<(TokenVerifier, AccessPolicy)>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
+    verifier: TokenVerifier,
+    policy: AccessPolicy,
+    failures: Option<Failures>,
+}
+
+/// `trellis_auth_token_verification_failures_total`, one handle per reason.
+#[derive(Debug, Clone)]
+struct Failures(Vec<(&'static str, IntCounter)>);
+
+impl Failures {
+    fn count(&self, reason: &str) {
+        if let Some((_, counter)) = self.0.iter().find(|(name, _)| *name == reason) {
+            counter.inc();
+        }
+    }
 }
 
 impl AuthLayer {
     /// A layer that authenticates with `verifier` according to `policy`.
     pub fn new(verifier: TokenVerifier, policy: AccessPolicy) -> Self {
         Self {
-            inner: Arc::new((verifier, policy)),
+            inner: Arc::new(Inner {
+                verifier,
+                policy,
+                failures: None,
+            }),
+        }
+    }
+
+    /// Counts rejected tokens in `metrics`, as
+    /// `trellis_auth_token_verification_failures_total{reason}` (the reasons of
+    /// [`VerifyError::REASONS`], each present at zero from the start).
+    ///
+    /// # Errors
+    /// [`MetricsError::Register`] when `metrics` already has the family.
+    pub fn with_metrics(self, metrics: &Metrics) -> Result<Self, MetricsError> {
+        let family = metrics.register(IntCounterVec::new(
+            Opts::new(
+                "trellis_auth_token_verification_failures_total",
+                "Access tokens rejected by this service, by reason.",
+            ),
+            &["reason"],
+        )?)?;
+        let failures = Failures(
+            VerifyError::REASONS
+                .iter()
+                .map(|reason| (*reason, family.with_label_values(&[*reason])))
+                .collect(),
+        );
+        let Inner {
+            verifier, policy, ..
+        } = Arc::unwrap_or_clone(self.inner);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                verifier,
+                policy,
+                failures: Some(failures),
+            }),
+        })
+    }
+
+    fn rejected(&self, reason: &str) {
+        if let Some(failures) = &self.inner.failures {
+            failures.count(reason);
         }
     }
 }
@@ -32,7 +97,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Authenticated {
             inner,
-            auth: Arc::clone(&self.inner),
+            auth: self.clone(),
         }
     }
 }
@@ -41,7 +106,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
-    auth: Arc<(TokenVerifier, AccessPolicy)>,
+    auth: AuthLayer,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Authenticated<S>
@@ -63,9 +128,11 @@ where
         // Take the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = Arc::clone(&self.auth);
+        let auth = self.auth.clone();
         Box::pin(async move {
-            let (verifier, policy) = &*auth;
+            let Inner {
+                verifier, policy, ..
+            } = &*auth.inner;
             let access = policy.access(request.uri().path());
             if access == Access::Public {
                 return inner.call(request).await;
@@ -81,11 +148,13 @@ where
                 })
                 .map(str::trim);
             let Some(token) = token else {
+                auth.rejected("missing");
                 return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
             };
             let principal = match verifier.verify(token).await {
                 Ok(principal) => principal,
                 Err(err) => {
+                    auth.rejected(err.reason());
                     tracing::info!(reason = %err, "access token rejected");
                     return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
                 }

@@ -162,6 +162,53 @@ pub enum VerifyError {
     UnknownKey(String),
 }
 
+impl VerifyError {
+    /// Every value [`Self::reason`] returns, plus `missing` (no bearer token at all).
+    pub const REASONS: [&'static str; 12] = [
+        "missing",
+        "malformed",
+        "no_key_id",
+        "unknown_key",
+        "bad_signature",
+        "wrong_algorithm",
+        "expired",
+        "not_yet_valid",
+        "wrong_issuer",
+        "wrong_audience",
+        "missing_claim",
+        "invalid",
+    ];
+
+    /// Why, as a short fixed label (for the metric
+    /// `trellis_auth_token_verification_failures_total{reason}`): one of
+    /// [`Self::REASONS`] but `missing`.
+    pub fn reason(&self) -> &'static str {
+        use jsonwebtoken::errors::ErrorKind;
+        match self {
+            Self::NoKeyId => "no_key_id",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::Invalid(err) => match err.kind() {
+                ErrorKind::InvalidToken
+                | ErrorKind::Base64(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::Utf8(_)
+                | ErrorKind::InvalidClaimFormat(_) => "malformed",
+                ErrorKind::InvalidSignature => "bad_signature",
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::MissingAlgorithm
+                | ErrorKind::UnsupportedAlgorithm => "wrong_algorithm",
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not_yet_valid",
+                ErrorKind::InvalidIssuer => "wrong_issuer",
+                ErrorKind::InvalidAudience => "wrong_audience",
+                ErrorKind::MissingRequiredClaim(_) => "missing_claim",
+                _ => "invalid",
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,

@@ -12,7 +12,7 @@
 //! INVALID_ARGUMENT or PERMISSION_DENIED) is marked failed and kept: the dispatcher logs
 //! it at ERROR (row id, peer, method, status) and logs the number of failed messages at
 //! WARN when it starts and after each new failure. [`failed_count`] reads that number
-//! (for a metric or a check), and [`retry_failed`] — or clearing `failed_time` by hand,
+//! (for a check; [`watch`] exports it and the backlog as metrics), and [`retry_failed`] — or clearing `failed_time` by hand,
 //! see the README — puts failed messages back in the queue. Delivered messages are
 //! deleted after `outbox.retention_ms`; failed ones are never deleted automatically.
 //!
@@ -25,7 +25,10 @@
 //! all under the same parent.
 
 pub mod entity;
+mod gauges;
 pub mod migration;
+
+pub use gauges::{oldest_pending_time, watch};
 
 use std::collections::HashMap;
 use std::str::FromStr as _;

@@ -2,7 +2,8 @@
 //!
 //! [`ServerBuilder`] collects the service's gRPC services and descriptor sets; [`ServerBuilder::bind`]
 //! adds health (`grpc.health.v1`, Check and Watch, for `""` and each service), reflection
-//! (`grpc.reflection.v1` and `v1alpha`), per-RPC tracing, limits and the drain layer, and
+//! (`grpc.reflection.v1` and `v1alpha`), per-RPC metrics ([`crate::metrics`]) and tracing,
+//! limits and the drain layer, and
 //! binds the listener; [`BoundServer::run_until`] serves until a shutdown future completes,
 //! then shuts down gracefully:
 //!
@@ -33,6 +34,7 @@ use tonic_health::server::HealthReporter;
 use trellis_proto::MessageLimits;
 
 use crate::config::{ConfigError, require_positive};
+use crate::metrics::{Metrics, MetricsError, MetricsLayer};
 
 /// How long connections may stay open after the drain bound, before they are dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -206,6 +208,9 @@ pub enum ServerError {
     /// A descriptor set given for reflection could not be decoded.
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC metrics could not be set up.
+    #[error("cannot set up the gRPC metrics")]
+    Metrics(#[from] MetricsError),
     /// The transport failed while serving.
     #[error("server failed")]
     Transport(#[from] tonic::transport::Error),
@@ -257,6 +262,7 @@ pub struct ServerBuilder {
     route_layers: Vec<RouteLayer>,
     listener: Option<std::net::TcpListener>,
     shutdown: CancellationToken,
+    metrics: Option<Metrics>,
 }
 
 /// A layer applied to the service's routes, type-erased so the builder stays one type.
@@ -283,7 +289,16 @@ impl ServerBuilder {
             route_layers: Vec::new(),
             listener: None,
             shutdown: CancellationToken::new(),
+            metrics: None,
         }
+    }
+
+    /// Records the `grpc_server_*` metrics of every call into `metrics` (the service's
+    /// handle); without it, into a handle of the server's own that nothing serves.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Wraps every service added so far *and later* — but not health or reflection,
@@ -364,7 +379,8 @@ impl ServerBuilder {
     ///
     /// # Errors
     /// [`ServerError::Bind`] when the address is taken or not allowed;
-    /// [`ServerError::Reflection`] when a descriptor set is malformed.
+    /// [`ServerError::Reflection`] or [`ServerError::Metrics`] when a descriptor set is
+    /// malformed; [`ServerError::Metrics`] when `metrics` already served a server.
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
         let Self {
             config,
@@ -375,7 +391,13 @@ impl ServerBuilder {
             route_layers,
             listener,
             shutdown,
+            metrics,
         } = self;
+        let metrics = match metrics {
+            Some(metrics) => metrics,
+            None => Metrics::new()?,
+        };
+        let metrics = metrics.server_layer(&service_names, &descriptor_sets)?;
 
         // Route layers (authentication) wrap the service's own routes only.
         let routes = if route_layers.is_empty() {
@@ -443,6 +465,7 @@ impl ServerBuilder {
             health,
             readiness,
             shutdown,
+            metrics,
         })
     }
 }
@@ -456,6 +479,7 @@ pub struct BoundServer {
     health: Health,
     readiness: Option<ReadinessProbe>,
     shutdown: CancellationToken,
+    metrics: MetricsLayer,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -494,6 +518,7 @@ impl BoundServer {
             health,
             readiness,
             shutdown: shutdown_started,
+            metrics,
         } = self;
         let health = Arc::new(health);
         let stop_accepting = CancellationToken::new();
@@ -522,6 +547,7 @@ impl BoundServer {
             // ([`connection`]), since tonic's own grace skips the GOAWAY.
             .max_connection_age(config.max_connection_age())
             .timeout(config.request_timeout())
+            .layer(metrics)
             .layer(request_id::RequestIdLayer)
             .layer(trace::layer())
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(

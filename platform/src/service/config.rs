@@ -9,6 +9,7 @@
 //! | `auth.*` | [`AuthConfig`]: token verification and this service's client secret |
 //! | `peers.<name>.*` | [`PeerConfig`]: the service's peers, with its default addresses |
 //! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
+//! | `metrics.*` | [`MetricsConfig`]: the Prometheus endpoint (default port: the service's metrics port; 0 disables it) |
 //! | `page_token_secret` | the key that signs page tokens (random per process when unset) |
 //! | `local_development` | `true` only on a developer's machine: known default secrets are accepted |
 //! | anything else | the service's own [`Service::Settings`] |
@@ -23,6 +24,7 @@ use super::Service;
 use crate::auth::AuthConfig;
 use crate::config::{self, ConfigError, Validate as _};
 use crate::data::DatabaseConfig;
+use crate::metrics::MetricsConfig;
 use crate::outbox::OutboxConfig;
 use crate::pagination::PageTokenCodec;
 use crate::peer::PeerConfig;
@@ -30,8 +32,9 @@ use crate::server::ServerConfig;
 use crate::telemetry::TelemetryConfig;
 
 /// The top-level keys of the platform's sections; every other key is the service's.
-const PLATFORM_KEYS: [&str; 8] = [
+const PLATFORM_KEYS: [&str; 9] = [
     "server",
+    "metrics",
     "telemetry",
     "database",
     "auth",
@@ -60,6 +63,9 @@ pub const MIN_PAGE_TOKEN_SECRET_BYTES: usize = 32;
 pub struct Config<S: Service> {
     /// Listen address, limits, shutdown. Default port [`Service::DEFAULT_PORT`].
     pub server: ServerConfig,
+    /// The Prometheus endpoint: `metrics.host` (default `0.0.0.0`) and `metrics.port`
+    /// (default [`Service::DEFAULT_METRICS_PORT`]; 0 disables the endpoint).
+    pub metrics: MetricsConfig,
     /// Log format and filter.
     pub telemetry: TelemetryConfig,
     /// Default `sqlite://.data/<name>.db?mode=rwc`.
@@ -86,6 +92,7 @@ impl<S: Service> Default for Config<S> {
     fn default() -> Self {
         Self {
             server: ServerConfig::with_port(S::DEFAULT_PORT),
+            metrics: MetricsConfig::with_port(S::DEFAULT_METRICS_PORT),
             telemetry: TelemetryConfig::default(),
             database: DatabaseConfig::with_url(default_database_url::<S>()),
             auth: AuthConfig::default(),
@@ -105,6 +112,7 @@ impl<S: Service> Clone for Config<S> {
     fn clone(&self) -> Self {
         Self {
             server: self.server.clone(),
+            metrics: self.metrics.clone(),
             telemetry: self.telemetry.clone(),
             database: self.database.clone(),
             auth: self.auth.clone(),
@@ -122,6 +130,7 @@ impl<S: Service> std::fmt::Debug for Config<S> {
         f.debug_struct("Config")
             .field("service", &S::INFO.name)
             .field("server", &self.server)
+            .field("metrics", &self.metrics)
             .field("telemetry", &self.telemetry)
             .field("database", &self.database)
             .field("auth", &self.auth)
@@ -165,6 +174,10 @@ impl<S: Service> Config<S> {
                 ServerConfig::with_port(S::DEFAULT_PORT)
                     .listen_addr
                     .to_string(),
+            ),
+            (
+                "metrics.port".to_owned(),
+                S::DEFAULT_METRICS_PORT.to_string(),
             ),
             ("database.url".to_owned(), default_database_url::<S>()),
         ];

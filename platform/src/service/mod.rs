@@ -12,8 +12,10 @@
 //!    keys, or of the key source the service chose ([`Context::use_key_source`])
 //!    ([`crate::auth`]);
 //! 5. adds the access policy, the message limits of every gRPC service, readiness (a
-//!    database ping), health and reflection, binds the listener, and starts the outbox
-//!    dispatcher (if the service enqueued through [`Context::outbox`]) and every
+//!    database ping), health and reflection, binds the listener and the metrics
+//!    endpoint ([`crate::metrics`]: the gRPC families, process, database pool, outbox and
+//!    whatever the service registered through [`Context::metrics`]), and starts the
+//!    outbox dispatcher (if the service enqueued through [`Context::outbox`]) and every
 //!    background task, all stopped by graceful shutdown ([`crate::app::App`]).
 //!
 //! A service binary may add its own subcommands (management tasks such as granting a
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::auth::{Access, AccessPolicy, AuthLayer, KeySource, RemoteKeySource, TokenVerifier};
 use crate::config::{ServiceInfo, Validate};
+use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::outbox::{Dispatcher, OutboxWaker};
 use crate::pagination::PageTokenCodec;
 use crate::peer::{ClientCredentials, CredentialSource, PeerChannel, PeerError, Peers};
@@ -51,6 +54,9 @@ pub trait Service: Sized + Send + Sync + 'static {
     const INFO: ServiceInfo;
     /// The default gRPC port, e.g. 50051.
     const DEFAULT_PORT: u16;
+    /// The default port of the Prometheus endpoint (`metrics.port`): the gRPC port +
+    /// 1000, e.g. 51051.
+    const DEFAULT_METRICS_PORT: u16 = Self::DEFAULT_PORT.saturating_add(1000);
     /// Peers and their default addresses, e.g. `[("auth", "http://127.0.0.1:50052")]`;
     /// `peers.<name>.*` overrides them.
     const DEFAULT_PEERS: &'static [(&'static str, &'static str)] = &[];
@@ -132,11 +138,12 @@ impl<S: Service> Commands<S> for NoCommands {
     }
 }
 
-/// [`build`] with the choices tests make: a pre-bound listener, a static key source.
+/// [`build`] with the choices tests make: pre-bound listeners, a static key source.
 pub struct Launch<S: Service> {
     config: Config<S>,
     keys: Option<Arc<dyn KeySource>>,
     listener: Option<std::net::TcpListener>,
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl<S: Service> std::fmt::Debug for Launch<S> {
@@ -144,6 +151,7 @@ impl<S: Service> std::fmt::Debug for Launch<S> {
         f.debug_struct("Launch")
             .field("config", &self.config)
             .field("listener", &self.listener)
+            .field("metrics_listener", &self.metrics_listener)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +163,7 @@ impl<S: Service> Launch<S> {
             config,
             keys: None,
             listener: None,
+            metrics_listener: None,
         }
     }
 
@@ -172,6 +181,14 @@ impl<S: Service> Launch<S> {
         self
     }
 
+    /// Serves the metrics endpoint on `listener` (e.g. a test's `127.0.0.1:0`) instead of
+    /// binding `metrics.host:metrics.port`, even when `metrics.port` is 0.
+    #[must_use]
+    pub fn metrics_listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// Builds the service (see the module docs).
     ///
     /// # Errors
@@ -181,9 +198,12 @@ impl<S: Service> Launch<S> {
             config,
             keys,
             listener,
+            metrics_listener,
         } = self;
         let db = crate::data::connect::<S::Migrator>(&config.database).await?;
-        let peers = Peers::new(config.peers.clone());
+        let metrics = Metrics::new()?;
+        metrics.watch_database(&db)?;
+        let peers = Peers::new(config.peers.clone()).with_metrics(&metrics);
         let identity = config.auth.peer.clone();
         let credentials: Option<Arc<dyn CredentialSource>> = match &config.auth.client_secret {
             Some(secret) => Some(Arc::new(ClientCredentials::new(
@@ -193,7 +213,7 @@ impl<S: Service> Launch<S> {
             ))),
             None => None,
         };
-        let mut server = ServerBuilder::new(config.server.clone());
+        let mut server = ServerBuilder::new(config.server.clone()).metrics(metrics.clone());
         if let Some(listener) = listener {
             server = server.listener(listener);
         }
@@ -207,6 +227,8 @@ impl<S: Service> Launch<S> {
             background: Vec::new(),
             outbox: None,
             keys,
+            metrics,
+            metrics_listener,
         };
         S::build(&mut ctx).await?;
         ctx.finish(S::access_policy()).await
@@ -229,6 +251,8 @@ pub struct Context<S: Service> {
     background: Vec<Background>,
     outbox: Option<OutboxWaker>,
     keys: Option<Arc<dyn KeySource>>,
+    metrics: Metrics,
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl<S: Service> std::fmt::Debug for Context<S> {
@@ -254,6 +278,29 @@ impl<S: Service> Context<S> {
     /// The database, migrated.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// This service's metrics, served on its metrics endpoint: register the service's
+    /// own there, named `trellis_<service>_…`.
+    ///
+    /// ```ignore
+    /// use trellis_platform::metrics::prometheus::IntCounter;
+    /// // A counter the handlers keep (clones share the value):
+    /// let sent = ctx.metrics().register(IntCounter::new(
+    ///     "trellis_example_emails_sent_total",
+    ///     "Emails handed to the mail relay.",
+    /// )?)?;
+    /// // A value the service already keeps, read at each scrape:
+    /// let hub = hub.clone();
+    /// ctx.metrics().gauge_fn("trellis_example_open_streams", "Open streams.", move || {
+    ///     hub.open_streams() as i64
+    /// })?;
+    /// ```
+    ///
+    /// [`Metrics::on_scrape`] refreshes gauges from a slower source (a database count)
+    /// before each scrape.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The page-token codec (keyed by `page_token_secret`, else random per process).
@@ -331,6 +378,8 @@ impl<S: Service> Context<S> {
             background,
             outbox,
             keys,
+            metrics,
+            metrics_listener,
             ..
         } = self;
         if policy.requires_token() {
@@ -341,7 +390,7 @@ impl<S: Service> Context<S> {
                 )),
             };
             let verifier = TokenVerifier::new(&config.auth, keys);
-            server = server.route_layer(AuthLayer::new(verifier, policy));
+            server = server.route_layer(AuthLayer::new(verifier, policy).with_metrics(&metrics)?);
         }
         let shutdown = server.shutdown_token();
         let server = server
@@ -357,9 +406,11 @@ impl<S: Service> Context<S> {
             if credentials.is_none() {
                 tracing::warn!("auth.client_secret is not set: outbox messages wait until it is");
             }
+            crate::outbox::watch(&metrics, &db)?;
             let dispatcher = Dispatcher::new(db.clone(), peers, config.outbox.clone(), waker);
             tasks.push(tokio::spawn(dispatcher.run(shutdown)));
         }
-        Ok(App::new(server, db, tasks))
+        let endpoint = MetricsEndpoint::bind(&config.metrics, metrics_listener, metrics).await?;
+        Ok(App::new(server, db, tasks).with_metrics_endpoint(endpoint))
     }
 }

@@ -1,7 +1,8 @@
 //! The testkit (feature `testing`), one for every suite: start any service in-process
 //! ([`TestServer`]), ask it what grpcurl would ([`reflection`]), sign tokens for users, admins and services ([`TestIssuer`]), serve
-//! those keys as a fake identity peer ([`FakeAuth`]), and wait on observable state
-//! instead of sleeping ([`assert_eventually`]).
+//! those keys as a fake identity peer ([`FakeAuth`]), read its metrics endpoint
+//! ([`metrics`]), and wait on observable state instead of sleeping
+//! ([`assert_eventually`]).
 //!
 //! Helpers panic on failure: a failed expectation is the test failing.
 
@@ -9,6 +10,7 @@
 
 mod fake_auth;
 mod issuer;
+pub mod metrics;
 pub mod reflection;
 
 pub use fake_auth::FakeAuth;
@@ -141,11 +143,13 @@ pub async fn wait_serving(addr: SocketAddr) {
 }
 
 /// The config tests start from: `S`'s defaults on 127.0.0.1 (port chosen by the system),
-/// in-memory SQLite, a short drain and readiness interval, every default peer pointed at
-/// the discard port (nothing listens there, so no other process is reached).
+/// in-memory SQLite, a short drain and readiness interval, no metrics endpoint (give
+/// [`Launch::metrics_listener`] one), every default peer pointed at the discard port
+/// (nothing listens there, so no other process is reached).
 pub fn test_config<S: Service>() -> Config<S> {
     let mut config = Config::<S>::default();
     config.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.metrics = crate::metrics::MetricsConfig::disabled();
     config.server.drain_timeout_ms = TEST_DRAIN_MS;
     config.server.readiness_interval_ms = 50;
     config.database = crate::data::DatabaseConfig::with_url("sqlite::memory:");
@@ -160,6 +164,9 @@ pub fn test_config<S: Service>() -> Config<S> {
 pub struct TestServer {
     /// The address it serves on.
     pub addr: SocketAddr,
+    /// Its metrics endpoint's address, when it has one ([`Launch::metrics_listener`]);
+    /// read it with [`metrics::scrape`].
+    pub metrics_addr: Option<SocketAddr>,
     /// A channel to it, for generated clients.
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -178,6 +185,7 @@ impl TestServer {
             .await
             .unwrap_or_else(|err| panic!("{} does not build: {err}", S::INFO.name));
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             drop(stopped.await);
@@ -185,6 +193,7 @@ impl TestServer {
         wait_serving(addr).await;
         Self {
             addr,
+            metrics_addr,
             channel: channel(addr),
             shutdown: Some(shutdown),
             task: Some(task),

@@ -1,5 +1,6 @@
 //! The platform's own suite, on in-process servers: access policies, statuses, the
-//! server's HTTP/2 limits, the outbox dispatcher and configuration rules.
+//! server's HTTP/2 limits, the outbox dispatcher, configuration rules and the metrics
+//! endpoint.
 
 // Tests panic on purpose: a failed expectation is the test failing.
 #![allow(
@@ -11,6 +12,7 @@
 
 mod access;
 mod config;
+mod metrics;
 mod outbox;
 mod server;
 mod status;

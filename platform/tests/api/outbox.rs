@@ -1,5 +1,5 @@
 //! The outbox dispatcher: stopping mid-delivery, rejected messages kept visible and
-//! retryable, delivered messages pruned.
+//! retryable, delivered messages pruned; the backlog as metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,13 +10,15 @@ use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilte
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use trellis_platform::data::DatabaseConfig;
+use trellis_platform::metrics::Metrics;
 use trellis_platform::outbox::entity::{Column, Entity};
 use trellis_platform::outbox::{
     Dispatcher, OutboxConfig, OutboxEntry, OutboxWaker, enqueue, failed_count, failed_messages,
-    pending_count, prune_delivered, retry_failed,
+    oldest_pending_time, pending_count, prune_delivered, retry_failed,
 };
 use trellis_platform::peer::{PeerConfig, Peers};
 use trellis_platform::testing::assert_eventually;
+use trellis_platform::testing::metrics::sample;
 use trellis_proto::notification_v1 as pb;
 
 use crate::support::{Answer, Migrator, Notifications, load, serve_notifications};
@@ -171,6 +173,71 @@ async fn delivered_messages_are_pruned_after_the_retention() {
     for kept in [recent, waiting] {
         assert!(Entity::find_by_id(kept).one(&db).await.unwrap().is_some());
     }
+}
+
+async fn set_time(
+    db: &DatabaseConnection,
+    id: uuid::Uuid,
+    column: Column,
+    time: chrono::DateTime<chrono::Utc>,
+) {
+    Entity::update_many()
+        .col_expr(column, Expr::value(Some(time)))
+        .filter(Column::Id.eq(id))
+        .exec(db)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_backlog_gauges_read_pending_failed_and_the_oldest_pending_age_at_each_scrape() {
+    let db = database().await;
+    let metrics = Metrics::new().unwrap();
+    trellis_platform::outbox::watch(&metrics, &db).unwrap();
+    let scrape = async || {
+        let text = metrics.scrape().await.unwrap();
+        let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name}\n{text}"));
+        (
+            value("trellis_outbox_pending_messages"),
+            value("trellis_outbox_failed_messages"),
+            value("trellis_outbox_oldest_pending_age_seconds"),
+        )
+    };
+    assert_eq!(scrape().await, (0.0, 0.0, 0.0));
+    assert_eq!(oldest_pending_time(&db).await.unwrap(), None);
+
+    let (old, rejected, recent) = (
+        enqueue_one(&db).await,
+        enqueue_one(&db).await,
+        enqueue_one(&db).await,
+    );
+    let now = chrono::Utc::now();
+    set_time(
+        &db,
+        old,
+        Column::CreateTime,
+        now - chrono::Duration::minutes(10),
+    )
+    .await;
+    set_time(
+        &db,
+        rejected,
+        Column::CreateTime,
+        now - chrono::Duration::hours(1),
+    )
+    .await;
+    set_time(&db, rejected, Column::FailedTime, now).await;
+    let (pending, failed, age) = scrape().await;
+    assert_eq!((pending, failed), (2.0, 1.0));
+    // The failed message is older, but no longer pending.
+    assert!((600.0..660.0).contains(&age), "{age}");
+
+    set_time(&db, old, Column::DeliveredTime, now).await;
+    let (pending, _, age) = scrape().await;
+    assert_eq!(pending, 1.0);
+    assert!(age < 60.0, "{age}");
+    set_time(&db, recent, Column::DeliveredTime, now).await;
+    assert_eq!(scrape().await, (0.0, 1.0, 0.0));
 }
 
 #[test]
