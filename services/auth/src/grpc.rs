@@ -7,6 +7,7 @@ use std::time::Duration;
 use prost_types::Timestamp;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt as _;
+use trellis_platform::metrics::prometheus::IntCounter;
 use trellis_platform::peer::PeerChannel;
 use trellis_platform::status::{internal, invalid_argument, parse_id, resource_exhausted};
 use trellis_proto::auth_v1 as pb;
@@ -19,12 +20,14 @@ use crate::domain::{Auth, AuthError, AuthRepository, TokenPair, User, UserDirect
 #[derive(Debug)]
 pub struct AuthHandlers<R, C> {
     auth: Arc<Auth<R, C>>,
+    throttled: Option<IntCounter>,
 }
 
 impl<R, C> Clone for AuthHandlers<R, C> {
     fn clone(&self) -> Self {
         Self {
             auth: Arc::clone(&self.auth),
+            throttled: self.throttled.clone(),
         }
     }
 }
@@ -32,7 +35,18 @@ impl<R, C> Clone for AuthHandlers<R, C> {
 impl<R: AuthRepository, C: UserDirectory> AuthHandlers<R, C> {
     /// Handlers over the domain operations.
     pub fn new(auth: Arc<Auth<R, C>>) -> Self {
-        Self { auth }
+        Self {
+            auth,
+            throttled: None,
+        }
+    }
+
+    /// Counts sign-ins the throttle refused in `throttled`
+    /// (`trellis_auth_login_throttled_total`).
+    #[must_use]
+    pub fn count_throttled(mut self, throttled: IntCounter) -> Self {
+        self.throttled = Some(throttled);
+        self
     }
 }
 
@@ -49,7 +63,12 @@ impl<R: AuthRepository, C: UserDirectory> pb::auth_service_server::AuthService
         let (tokens, user_id) = self
             .auth
             .login(&request.email, &request.password, source)
-            .await?;
+            .await
+            .inspect_err(|err| {
+                if let (AuthError::Throttled { .. }, Some(throttled)) = (err, &self.throttled) {
+                    throttled.inc();
+                }
+            })?;
         tracing::info!(%user_id, "signed in");
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(to_proto(tokens)),

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use trellis_platform::auth::{Access, AccessPolicy, KeySource, PublicKey};
+use trellis_platform::metrics::prometheus::IntCounter;
 use trellis_platform::peer::CredentialSource;
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::auth_v1::auth_internal_service_server::AuthInternalServiceServer;
@@ -148,7 +149,11 @@ impl trellis_platform::Service for Service {
             throttle,
             settings.service_clients,
         ));
-        let handlers = AuthHandlers::new(auth);
+        let throttled = ctx.metrics().register(IntCounter::new(
+            "trellis_auth_login_throttled_total",
+            "Sign-ins refused by the login throttle (too many failures for the account or source).",
+        )?)?;
+        let handlers = AuthHandlers::new(auth).count_throttled(throttled);
         ctx.add_service(AuthServiceServer::new(handlers.clone()));
         ctx.add_service(AuthInternalServiceServer::new(handlers));
         ctx.spawn(move |stop| run_key_maintenance(repository, policy, keys, stop));

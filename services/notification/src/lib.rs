@@ -51,7 +51,14 @@ impl trellis_platform::Service for Service {
 
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
         let repository = SeaOrmNotificationRepository::new(ctx.db().clone());
-        let notifications = Notifications::new(repository, Hub::new(ctx.settings().streams));
+        let hub = Hub::new(ctx.settings().streams);
+        let live = hub.clone();
+        ctx.metrics().gauge_fn(
+            "trellis_notification_live_subscribers",
+            "Open Subscribe and Connect streams, all users together.",
+            move || i64::try_from(live.streams()).unwrap_or(i64::MAX),
+        )?;
+        let notifications = Notifications::new(repository, hub);
         let handlers =
             NotificationHandlers::new(notifications, ctx.page_tokens(), ctx.shutdown_token());
         ctx.add_service(NotificationServiceServer::new(handlers.clone()));

@@ -48,6 +48,8 @@ pub(crate) struct TestApp {
     pub(crate) auth: AuthServiceClient<Channel>,
     pub(crate) channel: Channel,
     pub(crate) addr: SocketAddr,
+    /// Its metrics endpoint.
+    pub(crate) metrics_addr: SocketAddr,
     /// The fake user service behind the `user` peer.
     pub(crate) users: FakeUsers,
     server: TestServer,
@@ -80,12 +82,16 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Con
     }
     configure(&mut config);
     config.validate().expect("the test config is valid");
-    let server = TestServer::start(Launch::new(config).listener(listener)).await;
+    let launch = Launch::new(config)
+        .listener(listener)
+        .metrics_listener(local_listener());
+    let server = TestServer::start(launch).await;
     let channel = server.channel.clone();
     TestApp {
         auth: AuthServiceClient::new(channel.clone()),
         channel,
         addr: server.addr,
+        metrics_addr: server.metrics_addr.expect("a metrics endpoint"),
         users,
         server,
         _users_serving: users_serving,

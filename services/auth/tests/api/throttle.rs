@@ -1,7 +1,8 @@
 //! Failed logins are throttled per account and per source address: RESOURCE_EXHAUSTED
 //! with a `google.rpc.RetryInfo`, after exactly the hourly budget — also when the guesses
 //! come at once — and faults of the user service charge no one. A flood of failures from
-//! other addresses does not lock the owner out of an address they signed in from.
+//! other addresses does not lock the owner out of an address they signed in from. Each
+//! refusal counts in `trellis_auth_login_throttled_total`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,6 +12,7 @@ use auth_service::domain::throttle::LoginThrottle;
 use auth_service::domain::{Auth, AuthError, User, UserDirectory};
 use auth_service::storage::SeaOrmAuthRepository;
 use tonic::{Code, Status};
+use trellis_platform::testing::metrics::scrape;
 
 use crate::helpers::{
     ADA, ADMIN, PASSWORD, TestApp, migrated_repository, retry_delay, spawn_app_with, test_issuer,
@@ -111,6 +113,13 @@ async fn failed_logins_from_one_address_over_its_budget_are_resource_exhausted_f
         .await
         .expect_err("the address is throttled");
     assert_throttled(&status);
+
+    // Both refusals are counted, and only they.
+    let metrics = scrape(app.metrics_addr).await;
+    assert!(
+        metrics.contains("\ntrellis_auth_login_throttled_total 2\n"),
+        "{metrics}"
+    );
     app.stop().await;
 }
 

@@ -141,8 +141,7 @@ impl Hub {
         self.inner.lock().users.len()
     }
 
-    /// Open streams, all users together.
-    #[cfg(test)]
+    /// Open streams, all users together (the live subscribers).
     pub fn streams(&self) -> usize {
         self.inner.lock().total
     }

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::app::AppError;
 use trellis_platform::service::{Config, Launch};
-use trellis_platform::testing::{TestIssuer, TestServer, test_config};
+use trellis_platform::testing::{TestIssuer, TestServer, local_listener, test_config};
 use trellis_proto::notification_v1 as pb;
 
 pub(crate) use trellis_platform::testing::{code, health_status, violated_fields, with_token};
@@ -26,6 +26,8 @@ pub(crate) struct TestApp {
     pub(crate) internal: NotificationInternalServiceClient<Channel>,
     pub(crate) health: HealthClient<Channel>,
     pub(crate) channel: Channel,
+    /// Its metrics endpoint.
+    pub(crate) metrics_addr: std::net::SocketAddr,
     /// Signs tokens the service accepts.
     pub(crate) issuer: TestIssuer,
     server: TestServer,
@@ -42,7 +44,9 @@ pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut NotificationConfig))
     let issuer = TestIssuer::new();
     let mut config = test_config::<notification_service::Service>();
     adjust(&mut config);
-    let launch = Launch::new(config).key_source(Arc::new(issuer.key_source()));
+    let launch = Launch::new(config)
+        .key_source(Arc::new(issuer.key_source()))
+        .metrics_listener(local_listener());
     let server = TestServer::start(launch).await;
     let channel = server.channel.clone();
     TestApp {
@@ -50,6 +54,7 @@ pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut NotificationConfig))
         internal: NotificationInternalServiceClient::new(channel.clone()),
         health: HealthClient::new(channel.clone()),
         channel,
+        metrics_addr: server.metrics_addr.expect("a metrics endpoint"),
         issuer,
         server,
     }

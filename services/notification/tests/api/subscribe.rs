@@ -1,8 +1,11 @@
-//! NotificationService.Subscribe: replay, live delivery, resuming, and shutdown.
+//! NotificationService.Subscribe: replay, live delivery, resuming, shutdown, and the
+//! metrics of open streams.
 
 use std::time::Duration;
 
 use tonic::Code;
+use trellis_platform::testing::assert_eventually;
+use trellis_platform::testing::metrics::{sample, scrape};
 use trellis_proto::notification_v1 as pb;
 
 use crate::helpers::{
@@ -45,6 +48,60 @@ async fn every_open_stream_of_a_user_gets_each_new_notification_and_no_one_elses
     assert_eq!(next_subscribed(&mut phone).await, for_ada);
     assert_eq!(next_subscribed(&mut laptop).await, for_ada);
     assert_eq!(next_subscribed(&mut graces).await, for_grace);
+}
+
+#[tokio::test]
+async fn open_streams_are_live_subscribers_and_a_dropped_one_counts_as_canceled_with_its_messages()
+{
+    let mut app = spawn_app().await;
+    let ada = new_user_id();
+    app.send(&ada, "First").await;
+    let mut phone = app.subscribe(&ada, "").await;
+    let mut laptop = app.subscribe(&ada, "").await;
+    next_subscribed(&mut phone).await;
+    next_subscribed(&mut laptop).await;
+    let metrics = scrape(app.metrics_addr).await;
+    assert_eq!(
+        sample(&metrics, "trellis_notification_live_subscribers"),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    let subscribe = r#"{grpc_method="Subscribe",grpc_service="trellis.notification.v1.NotificationService",grpc_type="server_stream"}"#;
+    let canceled = r#"{grpc_code="Canceled",grpc_method="Subscribe",grpc_service="trellis.notification.v1.NotificationService",grpc_type="server_stream"}"#;
+    assert_eq!(
+        sample(&metrics, &format!("grpc_server_started_total{subscribe}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&metrics, &format!("grpc_server_handled_total{canceled}")),
+        Some(0.0),
+        "open streams are not handled yet"
+    );
+
+    // The client goes away: the streams end, counted when they do.
+    drop(phone);
+    drop(laptop);
+    let addr = app.metrics_addr;
+    assert_eventually(|| async move {
+        let metrics = scrape(addr).await;
+        sample(&metrics, "trellis_notification_live_subscribers") == Some(0.0)
+            && sample(&metrics, &format!("grpc_server_handled_total{canceled}")) == Some(2.0)
+    })
+    .await;
+    let metrics = scrape(addr).await;
+    // Each stream replayed the one stored notification: one message each.
+    assert_eq!(
+        sample(&metrics, &format!("grpc_server_msg_sent_total{subscribe}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("grpc_server_msg_received_total{subscribe}")
+        ),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
