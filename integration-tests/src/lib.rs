@@ -2,7 +2,8 @@
 //! notification services in this process on 127.0.0.1, wired to each other as in
 //! production (peer channels, service credentials, outboxes), each on its own SQLite
 //! file in a temporary directory so a service can be stopped and started again with its
-//! data intact.
+//! data intact. Metrics endpoints are off unless started with
+//! [`System::start_with_metrics`] (each on its own 127.0.0.1 port, never the defaults).
 
 // The harness panics on purpose: a failed expectation is the test failing.
 #![allow(clippy::expect_used)]
@@ -16,6 +17,7 @@ use std::net::{SocketAddr, TcpListener};
 use secrecy::SecretString;
 use tonic::transport::Channel;
 use trellis_platform::data::DatabaseConfig;
+use trellis_platform::metrics::MetricsConfig;
 use trellis_platform::outbox::OutboxConfig;
 use trellis_platform::peer::PeerConfig;
 use trellis_platform::server::ServerConfig;
@@ -74,6 +76,8 @@ pub struct System {
     pub auth_addr: SocketAddr,
     /// The notification service's address.
     pub notification_addr: SocketAddr,
+    /// The metrics endpoints (user, auth, notification), when started with them.
+    metrics_addrs: Option<[SocketAddr; 3]>,
     dir: tempfile::TempDir,
     databases: Option<Databases>,
     user: Option<TestServer>,
@@ -131,27 +135,77 @@ impl System {
     /// Starts all three services on `databases` (SQLite files in a temporary directory
     /// when `None`) and waits until each reports SERVING.
     pub async fn start_on(databases: Option<Databases>) -> Self {
+        Self::start_with(databases, false).await
+    }
+
+    /// Starts all three services on SQLite files with their metrics endpoints, each on a
+    /// port of 127.0.0.1 the system chose ([`Self::metrics_addr`]).
+    pub async fn start_with_metrics() -> Self {
+        Self::start_with(None, true).await
+    }
+
+    async fn start_with(databases: Option<Databases>, metrics: bool) -> Self {
         // Every listener is bound before any service starts: each config names the
         // others' addresses, and nothing can take a port between bind and serve.
         let (user, auth, notification) = (local_listener(), local_listener(), local_listener());
+        let metrics_listeners =
+            metrics.then(|| [local_listener(), local_listener(), local_listener()]);
         let mut system = Self {
             user_addr: addr_of(&user),
             auth_addr: addr_of(&auth),
             notification_addr: addr_of(&notification),
+            metrics_addrs: metrics_listeners
+                .as_ref()
+                .map(|listeners| listeners.each_ref().map(addr_of)),
             dir: tempfile::tempdir().expect("a temporary directory"),
             databases,
             user: None,
             auth: None,
             notification: None,
         };
-        system.start_notification_on(Some(notification)).await;
+        let [user_metrics, auth_metrics, notification_metrics] =
+            metrics_listeners.map_or([None, None, None], |listeners| listeners.map(Some));
+        system
+            .start_notification_on(Some(notification), notification_metrics)
+            .await;
         // Auth and user call each other: start both before waiting for either.
-        let auth = Launch::new(system.auth_config()).listener(auth);
-        let user = Launch::new(system.user_config()).listener(user);
+        let auth = system.with_metrics(
+            Launch::new(system.auth_config()).listener(auth),
+            1,
+            auth_metrics,
+        );
+        let user = system.with_metrics(
+            Launch::new(system.user_config()).listener(user),
+            0,
+            user_metrics,
+        );
         let (auth, user) = tokio::join!(TestServer::start(auth), TestServer::start(user));
         system.auth = Some(auth);
         system.user = Some(user);
         system
+    }
+
+    /// The metrics endpoint of a service (`user`, `auth` or `notification`), when the
+    /// system was started with them.
+    pub fn metrics_addr(&self, name: &str) -> Option<SocketAddr> {
+        let index = ["user", "auth", "notification"]
+            .iter()
+            .position(|service| *service == name)?;
+        self.metrics_addrs.map(|addrs| addrs[index])
+    }
+
+    /// `launch` serving metrics on `held` (or on the address it had, restarted) when the
+    /// system runs with metrics; `index` is the service's place in `metrics_addrs`.
+    fn with_metrics<S: trellis_platform::Service>(
+        &self,
+        launch: Launch<S>,
+        index: usize,
+        held: Option<TcpListener>,
+    ) -> Launch<S> {
+        match self.metrics_addrs {
+            Some(addrs) => launch.metrics_listener(listener_on(held, addrs[index])),
+            None => launch,
+        }
     }
 
     fn database(&self, name: &str) -> DatabaseConfig {
@@ -170,19 +224,25 @@ impl System {
 
     /// Starts the notification service again on the address it had.
     pub async fn start_notification(&mut self) {
-        self.start_notification_on(None).await;
+        self.start_notification_on(None, None).await;
     }
 
-    async fn start_notification_on(&mut self, listener: Option<TcpListener>) {
+    async fn start_notification_on(
+        &mut self,
+        listener: Option<TcpListener>,
+        metrics: Option<TcpListener>,
+    ) {
         let mut config = notification_service::Config {
             server: server_config(self.notification_addr),
+            metrics: MetricsConfig::disabled(),
             database: self.database("notification"),
             peers: peers(&[("auth", self.auth_addr)]),
             ..notification_service::Config::default()
         };
         config.auth.min_refresh_interval_ms = 200;
         let listener = listener_on(listener, self.notification_addr);
-        self.notification = Some(TestServer::start(Launch::new(config).listener(listener)).await);
+        let launch = self.with_metrics(Launch::new(config).listener(listener), 2, metrics);
+        self.notification = Some(TestServer::start(launch).await);
     }
 
     /// Stops the notification service gracefully and waits until it has stopped.
@@ -195,6 +255,7 @@ impl System {
     fn auth_config(&self) -> auth_service::Config {
         auth_service::Config {
             server: server_config(self.auth_addr),
+            metrics: MetricsConfig::disabled(),
             database: self.database("auth"),
             peers: peers(&[
                 ("user", self.user_addr),
@@ -217,6 +278,7 @@ impl System {
     fn user_config(&self) -> user_service::Config {
         let mut config = user_service::Config {
             server: server_config(self.user_addr),
+            metrics: MetricsConfig::disabled(),
             database: self.database("user"),
             peers: peers(&[
                 ("auth", self.auth_addr),
