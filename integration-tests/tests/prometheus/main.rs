@@ -1,7 +1,7 @@
 //! A real Prometheus server (Debian's `prometheus`) scrapes the three services' metrics
 //! endpoints, and PromQL over its HTTP API sees the go-grpc-middleware names a Grafana
-//! gRPC dashboard queries. Skipped with a message where `prometheus` is not installed,
-//! unless `CI` is set.
+//! gRPC dashboard queries; each service's output passes `promtool check metrics`.
+//! Skipped with a message where `prometheus` is not installed, unless `CI` is set.
 
 // Tests panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use integration_tests::{System, client};
 use trellis_platform::testing::local_listener;
-use trellis_platform::testing::metrics::{http_get, installed_tool};
+use trellis_platform::testing::metrics::{
+    assert_promtool_accepts, http_get, installed_tool, scrape,
+};
 
 /// How long Prometheus gets to start, scrape twice and answer: well beyond its usual
 /// few seconds on a loaded machine.
@@ -91,6 +93,15 @@ async fn prometheus_scrapes_every_service_and_promql_reads_the_grpc_families() {
         "user's and auth's outbox gauges are missing\n{}",
         report()
     );
+    // Each service's own output passes Prometheus' linter, its metrics included.
+    for (service, addr) in &targets {
+        let text = scrape(*addr).await;
+        assert!(
+            text.contains("trellis_db_pool_connections"),
+            "{service}: {text}"
+        );
+        assert_promtool_accepts(&text);
+    }
     system.stop().await;
 }
 
