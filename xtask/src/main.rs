@@ -6,6 +6,9 @@
 mod bench;
 mod images;
 #[cfg(test)]
+mod observability;
+mod prometheus;
+#[cfg(test)]
 mod tidy;
 mod up;
 

@@ -1,6 +1,9 @@
 //! `cargo xtask up`: build every service, start them in dependency order with embedded
 //! defaults, wait for each to report SERVING, make the dev admin, prefix and colour their
-//! logs, and stop them all gracefully on Ctrl-C.
+//! logs, and stop them all gracefully on Ctrl-C. Each service serves Prometheus metrics
+//! on its gRPC port + 1000; `--observability` adds a Prometheus server scraping them
+//! ([`crate::prometheus`]), and an `OTEL_EXPORTER_OTLP_ENDPOINT` in the environment
+//! reaches every service.
 
 use std::io::{BufRead as _, BufReader, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -12,11 +15,13 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A service `up` runs: its package, binary, port and environment prefix.
+/// A service `up` runs: its package, binary, ports and environment prefix.
 struct ServiceSpec {
     name: &'static str,
     package: &'static str,
     port: u16,
+    /// The default `metrics.port` (the gRPC port + 1000), passed explicitly.
+    metrics_port: u16,
     env_prefix: &'static str,
     colour: &'static str,
 }
@@ -27,6 +32,7 @@ const SERVICES: &[ServiceSpec] = &[
         name: "notification",
         package: "notification-service",
         port: 50053,
+        metrics_port: 51053,
         env_prefix: "TRELLIS_NOTIFICATION",
         colour: "\x1b[35m",
     },
@@ -34,6 +40,7 @@ const SERVICES: &[ServiceSpec] = &[
         name: "user",
         package: "user-service",
         port: 50051,
+        metrics_port: 51051,
         env_prefix: "TRELLIS_USER",
         colour: "\x1b[36m",
     },
@@ -41,6 +48,7 @@ const SERVICES: &[ServiceSpec] = &[
         name: "auth",
         package: "auth-service",
         port: 50052,
+        metrics_port: 51052,
         env_prefix: "TRELLIS_AUTH",
         colour: "\x1b[33m",
     },
@@ -69,9 +77,30 @@ pub(crate) struct Args {
     /// With --docker: rebuild the images even when they exist.
     #[arg(long, requires = "docker")]
     build: bool,
+    /// Also run Prometheus, scraping every service and loading the alert rules
+    /// (deploy/observability): the `prometheus` binary when on PATH, else its image under
+    /// Docker. With --docker: the Compose profile `observability` (Prometheus, Grafana,
+    /// Jaeger), the services' traces sent to its Jaeger.
+    #[arg(long)]
+    observability: bool,
+    /// With --observability: the port Prometheus listens on (127.0.0.1).
+    #[arg(
+        long,
+        default_value_t = 9090,
+        requires = "observability",
+        conflicts_with = "docker"
+    )]
+    prometheus_port: u16,
     #[command(flatten)]
     images: crate::images::Args,
 }
+
+/// The OpenTelemetry variables naming where traces go, the signal-specific one first (it
+/// wins when both are set, as the OTLP exporter's specification says).
+const OTLP_ENDPOINT_VARIABLES: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
 
 enum Event {
     Signal,
@@ -95,10 +124,32 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     // Service credentials for this run only: the user service's client secret, known to
     // auth. Nothing is written to disk.
     let user_secret = random_secret()?;
-    let environment: Vec<(&str, String)> = vec![
-        ("TRELLIS_USER__AUTH__CLIENT_SECRET", user_secret.clone()),
-        ("TRELLIS_AUTH__SERVICE_CLIENTS__USER", user_secret),
+    let mut environment: Vec<(String, String)> = vec![
+        (
+            "TRELLIS_USER__AUTH__CLIENT_SECRET".to_owned(),
+            user_secret.clone(),
+        ),
+        (
+            "TRELLIS_AUTH__SERVICE_CLIENTS__USER".to_owned(),
+            user_secret,
+        ),
     ];
+    environment.extend(
+        SERVICES
+            .iter()
+            .map(|spec| (metrics_port_key(spec), spec.metrics_port.to_string())),
+    );
+    // The services inherit xtask's environment (nothing here clears it), so the OTEL_*
+    // variables reach every one of them unchanged.
+    let lookup = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    if let Some((variable, endpoint)) = traces_endpoint(lookup) {
+        eprintln!("xtask: traces go to {endpoint} ({variable}, passed on to every service)");
+        if lookup("OTEL_SERVICE_NAME").is_some() {
+            eprintln!(
+                "xtask: warning: OTEL_SERVICE_NAME is set, so all three services report under one name"
+            );
+        }
+    }
 
     let (events, incoming) = mpsc::channel();
     let signal_events = events.clone();
@@ -120,6 +171,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         });
         let last = running.len() - 1;
         let mut ready = wait_ready(&mut running[last], &incoming);
+        if ready.is_ok() {
+            eprintln!(
+                "xtask: {} is SERVING{}",
+                spec.name,
+                metrics_note(spec, lookup)
+            );
+        }
         if ready.is_ok() && spec.name == "user" {
             ready = grant_dev_admin(&root, spec, &running[last].binary, &environment);
         }
@@ -129,7 +187,55 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    print_banner(colour);
+    let mut prometheus = None;
+    if args.observability {
+        let targets: Vec<crate::prometheus::Target> = SERVICES
+            .iter()
+            .filter_map(|spec| {
+                metrics_address(spec, lookup).map(|address| crate::prometheus::Target {
+                    job: spec.name,
+                    address,
+                })
+            })
+            .collect();
+        let started = crate::prometheus::choose_runner()
+            .map_err(anyhow::Error::msg)
+            .and_then(|runner| {
+                crate::prometheus::start(&root, &runner, &targets, args.prometheus_port)
+            });
+        match started {
+            Ok(mut child) => {
+                let prefix = if colour {
+                    format!("\x1b[32m{:<13}|\x1b[0m ", "prometheus")
+                } else {
+                    format!("{:<13}| ", "prometheus")
+                };
+                for stream in [
+                    child
+                        .stdout
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                    child
+                        .stderr
+                        .take()
+                        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    forward(stream, prefix.clone(), None);
+                }
+                prometheus = Some(child);
+            }
+            Err(err) => eprintln!("xtask: going on without Prometheus: {err:#}"),
+        }
+    }
+
+    print_banner(
+        colour,
+        lookup,
+        prometheus.is_some().then_some(args.prometheus_port),
+    );
 
     let clean = match incoming.recv() {
         Ok(Event::Exited(name)) => {
@@ -138,6 +244,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Ok(Event::Signal) | Err(_) => true,
     };
+    if let Some(child) = prometheus.as_mut() {
+        // Its exit status is reported, not counted: the services' is the result.
+        stop_child("prometheus", child);
+    }
     let all_zero = stop_all(&mut running);
     Ok(if clean && all_zero {
         ExitCode::SUCCESS
@@ -174,7 +284,7 @@ fn start(
     spec: &'static ServiceSpec,
     binary: &Path,
     colour: bool,
-    environment: &[(&str, String)],
+    environment: &[(String, String)],
     events: mpsc::Sender<Event>,
 ) -> anyhow::Result<Child> {
     let mut command = Command::new(binary);
@@ -216,7 +326,7 @@ fn start(
 }
 
 /// Sets `spec`'s share of `environment` on `command`; a value the developer set wins.
-fn set_environment(command: &mut Command, spec: &ServiceSpec, environment: &[(&str, String)]) {
+fn set_environment(command: &mut Command, spec: &ServiceSpec, environment: &[(String, String)]) {
     for (key, value) in environment {
         if key.starts_with(spec.env_prefix) && std::env::var_os(key).is_none() {
             command.env(key, value);
@@ -232,7 +342,7 @@ fn grant_dev_admin(
     root: &Path,
     spec: &ServiceSpec,
     binary: &Path,
-    environment: &[(&str, String)],
+    environment: &[(String, String)],
 ) -> anyhow::Result<()> {
     let password = dev_admin_password(root)?;
     let mut command = Command::new(binary);
@@ -341,23 +451,74 @@ fn wait_ready(service: &mut Running, events: &mpsc::Receiver<Event>) -> anyhow::
 fn stop_all(running: &mut [Running]) -> bool {
     let mut all_zero = true;
     for service in running.iter_mut().rev() {
-        if let Ok(pid) = i32::try_from(service.child.id()) {
-            // Already gone is fine: wait() below reports how it ended.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        match service.child.wait() {
-            Ok(status) if status.success() => eprintln!("xtask: {} stopped", service.spec.name),
-            Ok(status) => {
-                all_zero = false;
-                eprintln!("xtask: {} stopped with {status}", service.spec.name);
-            }
-            Err(err) => {
-                all_zero = false;
-                eprintln!("xtask: waiting for {}: {err}", service.spec.name);
-            }
-        }
+        all_zero &= stop_child(service.spec.name, &mut service.child);
     }
     all_zero
+}
+
+/// Sends SIGTERM to `child` and waits for it, saying how it ended. Returns whether it
+/// exited with status 0.
+pub(crate) fn stop_child(name: &str, child: &mut Child) -> bool {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // Already gone is fine: wait() below reports how it ended.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    match child.wait() {
+        Ok(status) if status.success() => {
+            eprintln!("xtask: {name} stopped");
+            true
+        }
+        Ok(status) => {
+            eprintln!("xtask: {name} stopped with {status}");
+            false
+        }
+        Err(err) => {
+            eprintln!("xtask: waiting for {name}: {err}");
+            false
+        }
+    }
+}
+
+/// `TRELLIS_<SERVICE>__METRICS__PORT`.
+fn metrics_port_key(spec: &ServiceSpec) -> String {
+    format!("{}__METRICS__PORT", spec.env_prefix)
+}
+
+/// The `host:port` of `spec`'s `/metrics` under `up`: the port the developer set
+/// (`TRELLIS_<SERVICE>__METRICS__PORT`, read through `lookup`) or the default `up`
+/// passes, on 127.0.0.1 unless `metrics.host` names one address. `None` when the port
+/// is 0 (metrics off) or not a port.
+fn metrics_address(spec: &ServiceSpec, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let port = match lookup(&metrics_port_key(spec)) {
+        Some(value) => value.trim().parse::<u16>().ok()?,
+        None => spec.metrics_port,
+    };
+    if port == 0 {
+        return None;
+    }
+    let host = lookup(&format!("{}__METRICS__HOST", spec.env_prefix))
+        .and_then(|h| h.trim().parse::<std::net::IpAddr>().ok())
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    Some(std::net::SocketAddr::from((host, port)).to_string())
+}
+
+/// What to say about `spec`'s metrics after "is SERVING": its URL, or that they are off.
+fn metrics_note(spec: &ServiceSpec, lookup: impl Fn(&str) -> Option<String>) -> String {
+    match metrics_address(spec, lookup) {
+        Some(address) => format!("; metrics at http://{address}/metrics"),
+        None => format!(
+            " (metrics off: {} is 0 or not a port)",
+            metrics_port_key(spec)
+        ),
+    }
+}
+
+/// The variable and endpoint traces are exported to, when one is set.
+fn traces_endpoint(lookup: impl Fn(&str) -> Option<String>) -> Option<(&'static str, String)> {
+    OTLP_ENDPOINT_VARIABLES
+        .iter()
+        .find_map(|variable| lookup(variable).map(|endpoint| (*variable, endpoint)))
 }
 
 /// 192 random bits from the OS, hex-encoded.
@@ -370,16 +531,37 @@ fn random_secret() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn print_banner(colour: bool) {
+fn print_banner(
+    colour: bool,
+    lookup: impl Fn(&str) -> Option<String> + Copy,
+    prometheus_port: Option<u16>,
+) {
     let (bold, reset) = if colour {
         ("\x1b[1m", "\x1b[0m")
     } else {
         ("", "")
     };
     println!();
-    println!("{bold}Trellis is up.{reset} Services:");
+    println!("{bold}Trellis is up.{reset} Services (gRPC, then Prometheus metrics):");
     for spec in SERVICES {
-        println!("  {:<13} localhost:{}", spec.name, spec.port);
+        let metrics = metrics_address(spec, lookup).map_or_else(
+            || "metrics off".to_owned(),
+            |a| format!("http://{a}/metrics"),
+        );
+        println!("  {:<13} localhost:{:<6} {metrics}", spec.name, spec.port);
+    }
+    if let Some(port) = prometheus_port {
+        println!(
+            "  {:<13} http://127.0.0.1:{port}  (alerts: /alerts; rules from {})",
+            "prometheus",
+            crate::prometheus::RULES_DIR
+        );
+    }
+    match traces_endpoint(lookup) {
+        Some((variable, endpoint)) => println!("  traces        {endpoint} ({variable})"),
+        None => println!(
+            "  traces        off (set OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://127.0.0.1:4317)"
+        ),
     }
     println!();
     println!("A tour (grpcurl needs no .proto files: the services serve reflection):");
@@ -445,12 +627,18 @@ fn run_compose(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         ("docker", &["compose"])
     };
+    let profile: &[&str] = if args.observability {
+        &["--profile", "observability"]
+    } else {
+        &[]
+    };
     let compose = |verb: &[&str]| {
         let mut command = Command::new(program);
         command
             .current_dir(&root)
             .args(prefix)
             .args(["-p", "trellis", "-f", "deploy/compose.yaml"])
+            .args(profile)
             .args(verb)
             .env("TRELLIS_IMAGE_PREFIX", &images.prefix)
             .env("TRELLIS_IMAGE_TAG", &images.tag);
@@ -463,10 +651,22 @@ fn run_compose(args: &Args) -> anyhow::Result<ExitCode> {
     eprintln!(
         "xtask: the services answer on localhost:50051 (user), 50052 (auth), 50053 (notification)"
     );
-    let status = compose(&["up", "--remove-orphans"])
-        .env("TRELLIS_USER_CLIENT_SECRET", &secret)
-        .status()
-        .context("running docker compose")?;
+    let mut up = compose(&["up", "--remove-orphans"]);
+    up.env("TRELLIS_USER_CLIENT_SECRET", &secret);
+    if args.observability {
+        // The profile's Jaeger, by its Compose name; the containers could not reach an
+        // endpoint on this machine's loopback anyway.
+        up.env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317");
+        eprintln!(
+            "xtask: with the observability profile: Prometheus http://localhost:9090, Grafana \
+             http://localhost:3000, Jaeger http://localhost:16686 (their images must be present \
+             or pullable)"
+        );
+    }
+    eprintln!(
+        "xtask: metrics at http://localhost:51051/metrics (user), :51052 (auth), :51053 (notification)"
+    );
+    let status = up.status().context("running docker compose")?;
     let down = compose(&["down"])
         .status()
         .context("running docker compose down")?;
@@ -475,4 +675,132 @@ fn run_compose(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// `up`'s options on a command line of their own.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(line: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("up").chain(line.iter().copied())).map(|c| c.args)
+    }
+
+    fn spec(name: &str) -> &'static ServiceSpec {
+        SERVICES
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    #[test]
+    fn observability_is_off_by_default_and_prometheus_listens_on_9090() {
+        let args = parse(&[]).expect("no options");
+        assert!(!args.observability);
+        let args = parse(&["--observability"]).expect("--observability");
+        assert!(args.observability);
+        assert_eq!(args.prometheus_port, 9090);
+        let args = parse(&["--observability", "--prometheus-port", "9191"]).expect("a port");
+        assert_eq!(args.prometheus_port, 9191);
+    }
+
+    #[test]
+    fn prometheus_port_needs_observability_and_no_docker() {
+        assert!(parse(&["--prometheus-port", "9191"]).is_err());
+        assert!(parse(&["--docker", "--observability", "--prometheus-port", "9191"]).is_err());
+        assert!(parse(&["--docker", "--observability"]).is_ok());
+    }
+
+    #[test]
+    fn metrics_ports_are_the_grpc_ports_plus_1000() {
+        for spec in SERVICES {
+            assert_eq!(spec.metrics_port, spec.port + 1000, "{}", spec.name);
+        }
+        assert_eq!(
+            metrics_port_key(spec("user")),
+            "TRELLIS_USER__METRICS__PORT"
+        );
+    }
+
+    #[test]
+    fn metrics_address_follows_the_developers_port_and_host() {
+        let user = spec("user");
+        let none = |_: &str| None;
+        assert_eq!(
+            metrics_address(user, none).as_deref(),
+            Some("127.0.0.1:51051")
+        );
+        let set = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let moved = set(&[("TRELLIS_USER__METRICS__PORT", "9400")]);
+        assert_eq!(
+            metrics_address(user, moved).as_deref(),
+            Some("127.0.0.1:9400")
+        );
+        let off = set(&[("TRELLIS_USER__METRICS__PORT", "0")]);
+        assert_eq!(metrics_address(user, off), None);
+        assert!(metrics_note(user, off).contains("metrics off"));
+        let garbage = set(&[("TRELLIS_USER__METRICS__PORT", "ninety")]);
+        assert_eq!(metrics_address(user, garbage), None);
+        // Another service's setting is not this one's.
+        let other = set(&[("TRELLIS_AUTH__METRICS__PORT", "0")]);
+        assert_eq!(
+            metrics_address(user, other).as_deref(),
+            Some("127.0.0.1:51051")
+        );
+        let any = set(&[("TRELLIS_USER__METRICS__HOST", "0.0.0.0")]);
+        assert_eq!(
+            metrics_address(user, any).as_deref(),
+            Some("127.0.0.1:51051")
+        );
+        let v6 = set(&[("TRELLIS_USER__METRICS__HOST", "::1")]);
+        assert_eq!(metrics_address(user, v6).as_deref(), Some("[::1]:51051"));
+        assert_eq!(
+            metrics_note(user, none),
+            "; metrics at http://127.0.0.1:51051/metrics"
+        );
+    }
+
+    #[test]
+    fn traces_endpoint_prefers_the_traces_variable() {
+        assert_eq!(traces_endpoint(|_| None), None);
+        let general = |key: &str| {
+            (key == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://collector:4317".to_owned())
+        };
+        assert_eq!(
+            traces_endpoint(general),
+            Some((
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector:4317".to_owned()
+            ))
+        );
+        let both = |key: &str| {
+            Some(if key == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" {
+                "http://traces:4317".to_owned()
+            } else {
+                "http://collector:4317".to_owned()
+            })
+        };
+        assert_eq!(
+            traces_endpoint(both),
+            Some((
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4317".to_owned()
+            ))
+        );
+    }
 }
