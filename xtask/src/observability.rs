@@ -185,6 +185,91 @@ fn config_of_up_observability_passes_promtool() {
     );
 }
 
+/// A one-shot HTTP/1.0 GET of `path` on `address`: the response's body.
+fn http_get(address: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map_or(response.clone(), |(_, body)| body.to_owned()))
+}
+
+#[test]
+fn prometheus_of_up_observability_scrapes_by_job_and_loads_the_rules() {
+    let Some(binary) = crate::prometheus::on_path("prometheus")
+        .or_else(|| missing("prometheus", "`up --observability`'s Prometheus"))
+    else {
+        return;
+    };
+    // A stand-in for a service's metrics endpoint.
+    let service = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let address = service.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for stream in service.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0_u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(
+                b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\r\n\
+                  # HELP grpc_server_started_total RPCs started.\n\
+                  # TYPE grpc_server_started_total counter\n\
+                  grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"s\",grpc_method=\"m\"} 1\n",
+            );
+        }
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut prometheus = crate::prometheus::start(
+        dir.path(),
+        &workspace_root().join(crate::prometheus::RULES_DIR),
+        &crate::prometheus::Runner::Binary(binary),
+        &[crate::prometheus::Target {
+            job: "user",
+            address: address.to_string(),
+        }],
+        port,
+    )
+    .expect("prometheus starts");
+    let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let scraped = |query: &str| -> Option<Value> {
+        let body = http_get(api, &format!("/api/v1/query?query={query}")).ok()?;
+        let answer: Value = serde_json::from_str(&body).ok()?;
+        answer["data"]["result"].get(0).cloned()
+    };
+    let started = std::time::Instant::now();
+    let up = loop {
+        match scraped("up") {
+            Some(sample) if sample["value"][1] == "1" => break sample,
+            _ if started.elapsed() > std::time::Duration::from_secs(60) => {
+                crate::up::stop_child("prometheus", &mut prometheus);
+                panic!("prometheus did not scrape {address} within 60 s");
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    };
+    let rules = http_get(api, "/api/v1/rules").expect("the rules");
+    let samples = scraped("grpc_server_started_total");
+    assert!(crate::up::stop_child("prometheus", &mut prometheus));
+    assert_eq!(up["metric"]["job"], "user", "{up}");
+    assert!(
+        rules.contains("TrellisServiceDown"),
+        "rules not loaded: {rules}"
+    );
+    let sample = samples.expect("the scraped counter");
+    assert_eq!(sample["metric"]["job"], "user", "{sample}");
+    assert!(
+        dir.path().join("data").is_dir(),
+        "no TSDB in the directory given"
+    );
+}
+
 #[test]
 fn rules_pass_promtool_check() {
     let Some(mut promtool) = tool("promtool", "the alert rules") else {

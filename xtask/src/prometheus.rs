@@ -104,11 +104,13 @@ pub(crate) fn choose_runner() -> Result<Runner, String> {
     }
 }
 
-/// Writes the configuration for `targets` under [`DATA_DIR`] and starts Prometheus on
-/// 127.0.0.1:`port` with its TSDB there; returns once the port accepts connections.
-/// Errors when the port is taken, or Prometheus exits or stays silent while starting.
+/// Writes the configuration for `targets` into `dir` (`up`: [`DATA_DIR`]) and starts
+/// Prometheus on 127.0.0.1:`port` with its TSDB in `dir/data`, loading the rules in
+/// `rules` (`up`: [`RULES_DIR`]); returns once the port accepts connections. Errors when
+/// the port is taken, or Prometheus exits or stays silent while starting.
 pub(crate) fn start(
-    root: &Path,
+    dir: &Path,
+    rules: &Path,
     runner: &Runner,
     targets: &[Target],
     port: u16,
@@ -118,11 +120,9 @@ pub(crate) fn start(
     drop(TcpListener::bind(listen).with_context(|| {
         format!("{listen} is taken (another Prometheus?): choose another with --prometheus-port")
     })?);
-    let dir = root.join(DATA_DIR);
     let data = dir.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let config_file = dir.join("prometheus.yml");
-    let rules = root.join(RULES_DIR);
     let rules_seen = match runner {
         Runner::Binary(_) => rules.display().to_string(),
         Runner::Docker(_) => CONTAINER_RULES.to_owned(),
@@ -167,7 +167,7 @@ pub(crate) fn start(
     command
         .arg(listen_flag)
         .arg("--log.level=warn")
-        .current_dir(root)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

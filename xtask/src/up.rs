@@ -201,7 +201,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let started = crate::prometheus::choose_runner()
             .map_err(anyhow::Error::msg)
             .and_then(|runner| {
-                crate::prometheus::start(&root, &runner, &targets, args.prometheus_port)
+                crate::prometheus::start(
+                    &root.join(crate::prometheus::DATA_DIR),
+                    &root.join(crate::prometheus::RULES_DIR),
+                    &runner,
+                    &targets,
+                    args.prometheus_port,
+                )
             });
         match started {
             Ok(mut child) => {
