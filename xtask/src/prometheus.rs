@@ -175,7 +175,16 @@ pub(crate) fn start(
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().context("waiting for prometheus")? {
-            anyhow::bail!("prometheus exited while starting ({status})");
+            use std::io::Read as _;
+            let mut said = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut said);
+            }
+            let last: Vec<&str> = said.lines().rev().take(3).collect();
+            anyhow::bail!(
+                "prometheus exited while starting ({status}): {}",
+                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            );
         }
         if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
             return Ok(child);
