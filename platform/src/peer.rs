@@ -25,8 +25,8 @@ use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::Auth
 
 use crate::config::{ConfigError, require_positive};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
-use crate::telemetry::rpc::{self, PeerTarget};
 use crate::metrics::{ClientMetrics, Metrics};
+use crate::telemetry::rpc::{self, PeerTarget};
 
 /// How to reach one peer.
 #[derive(Debug, Clone, Deserialize)]
@@ -346,7 +346,12 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                 let response = match call.instrument(span.clone()).await {
                     Ok(Ok(response)) => response,
                     Ok(Err(err)) => {
-                        rpc::record_status(&span, rpc::Side::Client, tonic::Code::Unavailable, None);
+                        rpc::record_status(
+                            &span,
+                            rpc::Side::Client,
+                            tonic::Code::Unavailable,
+                            None,
+                        );
                         return Err(err);
                     }
                     Err(_) => Status::deadline_exceeded(format!(

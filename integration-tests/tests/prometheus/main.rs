@@ -1,6 +1,7 @@
 //! A real Prometheus server (Debian's `prometheus`) scrapes the three services' metrics
 //! endpoints, and PromQL over its HTTP API sees the go-grpc-middleware names a Grafana
-//! gRPC dashboard queries; each service's output passes `promtool check metrics`.
+//! gRPC dashboard queries; each service's output passes `promtool check metrics`, and
+//! together they export every family `deploy/observability/metric-names.txt` lists.
 //! Skipped with a message where `prometheus` is not installed, unless `CI` is set.
 
 // Tests panic on purpose: a failed expectation is the test failing.
@@ -93,7 +94,10 @@ async fn prometheus_scrapes_every_service_and_promql_reads_the_grpc_families() {
         "user's and auth's outbox gauges are missing\n{}",
         report()
     );
-    // Each service's own output passes Prometheus' linter, its metrics included.
+    // Each service's own output passes Prometheus' linter, its metrics included; and
+    // together they export every family the dashboard and the alert rules may query
+    // (`metric-names.txt`, which xtask's observability tests hold those queries to).
+    let mut exported = std::collections::BTreeSet::new();
     for (service, addr) in &targets {
         let text = scrape(*addr).await;
         assert!(
@@ -101,7 +105,28 @@ async fn prometheus_scrapes_every_service_and_promql_reads_the_grpc_families() {
             "{service}: {text}"
         );
         assert_promtool_accepts(&text);
+        exported.extend(
+            text.lines()
+                .filter_map(|line| line.strip_prefix("# TYPE "))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .map(str::to_owned),
+        );
     }
+    let listed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/observability/metric-names.txt"
+    ))
+    .expect("deploy/observability/metric-names.txt");
+    let missing: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter(|name| !exported.contains(*name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metric-names.txt lists families no service exports: {missing:?}"
+    );
     system.stop().await;
 }
 
