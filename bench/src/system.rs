@@ -372,6 +372,9 @@ pub async fn start_system(
                 format!("{prefix}__DATABASE__URL"),
                 format!("sqlite://{}/{}.db?mode=rwc", data.display(), spec.name),
             ),
+            // Metrics on, as in production, on a free port (not the default one a running
+            // `cargo xtask up` holds); a variant's `…__METRICS__PORT=0` turns them off.
+            (format!("{prefix}__METRICS__PORT"), free_port()?.to_string()),
         ];
         for peer in spec.peers {
             let key = format!("{prefix}__PEERS__{}__ADDRESSES", peer.to_uppercase());

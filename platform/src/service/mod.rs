@@ -203,7 +203,11 @@ impl<S: Service> Launch<S> {
         let db = crate::data::connect::<S::Migrator>(&config.database).await?;
         let metrics = Metrics::new()?;
         metrics.watch_database(&db)?;
-        let peers = Peers::new(config.peers.clone()).with_metrics(&metrics);
+        let recording = records_metrics(&config, metrics_listener.as_ref());
+        let mut peers = Peers::new(config.peers.clone());
+        if recording {
+            peers = peers.with_metrics(&metrics);
+        }
         let identity = config.auth.peer.clone();
         let credentials: Option<Arc<dyn CredentialSource>> = match &config.auth.client_secret {
             Some(secret) => Some(Arc::new(ClientCredentials::new(
@@ -213,7 +217,10 @@ impl<S: Service> Launch<S> {
             ))),
             None => None,
         };
-        let mut server = ServerBuilder::new(config.server.clone()).metrics(metrics.clone());
+        let mut server = ServerBuilder::new(config.server.clone());
+        if recording {
+            server = server.metrics(metrics.clone());
+        }
         if let Some(listener) = listener {
             server = server.listener(listener);
         }
@@ -233,6 +240,16 @@ impl<S: Service> Launch<S> {
         S::build(&mut ctx).await?;
         ctx.finish(S::access_policy()).await
     }
+}
+
+/// Whether calls are measured: only when an endpoint serves the metrics (`metrics.port`
+/// set, or a listener given). With `metrics.port = 0` no layer is installed, so the
+/// metrics cost nothing per call; what a service registers itself stays unread.
+fn records_metrics<S: Service>(
+    config: &Config<S>,
+    listener: Option<&std::net::TcpListener>,
+) -> bool {
+    listener.is_some() || config.metrics.enabled()
 }
 
 /// A task started once the server is bound; it must end when the token is cancelled
@@ -390,7 +407,11 @@ impl<S: Service> Context<S> {
                 )),
             };
             let verifier = TokenVerifier::new(&config.auth, keys);
-            server = server.route_layer(AuthLayer::new(verifier, policy).with_metrics(&metrics)?);
+            let mut layer = AuthLayer::new(verifier, policy);
+            if records_metrics(&config, metrics_listener.as_ref()) {
+                layer = layer.with_metrics(&metrics)?;
+            }
+            server = server.route_layer(layer);
         }
         let shutdown = server.shutdown_token();
         let server = server
