@@ -170,6 +170,14 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// The gRPC status code a header or trailer map carries in `grpc-status` (the trailers,
+/// or the headers of a trailers-only response: gRPC over HTTP/2, "Responses"), if any.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| tonic::Code::from_bytes(value.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

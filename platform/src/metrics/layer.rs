@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntCounter;
 use tonic::Code;
 use tower::{Layer, Service};
 
 use super::grpc::{Call, FrameCounter, RpcMetrics};
+use crate::status::grpc_status;
 
 /// The server layer: `grpc_server_*` for every call the server answers, health,
 /// reflection and rejected calls included. Install it outermost, so it sees them all.
@@ -130,13 +131,6 @@ impl ClientMetrics {
     }
 }
 
-/// The status code a gRPC header or trailer map carries, if any.
-fn status_of(headers: &HeaderMap) -> Option<Code> {
-    headers
-        .get("grpc-status")
-        .map(|value| Code::from_bytes(value.as_bytes()))
-}
-
 pin_project_lite::pin_project! {
     /// The response future of a measured call: a trailers-only response is handled when
     /// it arrives; otherwise the call moves into the response body.
@@ -181,7 +175,7 @@ where
             }
         };
         if let Some(call) = &mut call {
-            if let Some(code) = status_of(response.headers()) {
+            if let Some(code) = grpc_status(response.headers()) {
                 call.finish(code);
             } else if response.body().is_end_stream() {
                 // No status in the headers and no trailers to come.
@@ -247,7 +241,7 @@ impl<B: Body<Data = Bytes>> Body for CountingBody<B> {
             match &frame {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
-                        call.finish(status_of(trailers).unwrap_or(Code::Unknown));
+                        call.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
                     } else if this.inner.is_end_stream() {
                         // The last data frame, and no trailers will follow.
                         call.finish(Code::Unknown);
@@ -348,8 +342,8 @@ mod tests {
         bytes
     }
 
-    fn trailers(code: Code) -> HeaderMap {
-        let mut trailers = HeaderMap::new();
+    fn trailers(code: Code) -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", http::HeaderValue::from(code as i32));
         trailers
     }

@@ -59,8 +59,8 @@ pub fn is_error(side: Side, code: Code) -> bool {
 /// UNKNOWN when absent.
 pub fn status_code(headers: Option<&HeaderMap>) -> Code {
     headers
-        .and_then(|h| h.get("grpc-status"))
-        .map_or(Code::Unknown, |v| Code::from_bytes(v.as_bytes()))
+        .and_then(crate::status::grpc_status)
+        .unwrap_or(Code::Unknown)
 }
 
 /// Sets `rpc.grpc.status_code` on `span`, and the error status when `code` is an error
