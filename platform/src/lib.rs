@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod data;
+pub mod discovery;
 pub mod metrics;
 pub mod outbox;
 pub mod pagination;

@@ -8,6 +8,7 @@
 //! | `database.*` | [`DatabaseConfig`]: default `sqlite://.data/<name>.db?mode=rwc` |
 //! | `auth.*` | [`AuthConfig`]: token verification and this service's client secret |
 //! | `peers.<name>.*` | [`PeerConfig`]: the service's peers, with its default addresses |
+//! | `discovery.*` | [`DiscoveryConfig`]: how peers are found and the service registers (static, DNS, Consul, etcd) |
 //! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
 //! | `metrics.*` | [`MetricsConfig`]: the Prometheus endpoint (default port: the service's metrics port; 0 disables it) |
 //! | `page_token_secret` | the key that signs page tokens (random per process when unset) |
@@ -24,6 +25,7 @@ use super::Service;
 use crate::auth::AuthConfig;
 use crate::config::{self, ConfigError, Validate as _};
 use crate::data::DatabaseConfig;
+use crate::discovery::DiscoveryConfig;
 use crate::metrics::MetricsConfig;
 use crate::outbox::OutboxConfig;
 use crate::pagination::PageTokenCodec;
@@ -32,13 +34,14 @@ use crate::server::ServerConfig;
 use crate::telemetry::TelemetryConfig;
 
 /// The top-level keys of the platform's sections; every other key is the service's.
-const PLATFORM_KEYS: [&str; 9] = [
+const PLATFORM_KEYS: [&str; 10] = [
     "server",
     "metrics",
     "telemetry",
     "database",
     "auth",
     "peers",
+    "discovery",
     "outbox",
     "page_token_secret",
     "local_development",
@@ -74,6 +77,9 @@ pub struct Config<S: Service> {
     pub auth: AuthConfig,
     /// Peers by name, over [`Service::DEFAULT_PEERS`].
     pub peers: HashMap<String, PeerConfig>,
+    /// How peers are found and this service registers: `discovery.backend` (default
+    /// `static`: `peers.<name>.addresses` as given).
+    pub discovery: DiscoveryConfig,
     /// Delivery of outbox messages (services that use the outbox).
     pub outbox: OutboxConfig,
     /// Key that signs page tokens. Unset: a random key per process, so tokens do not
@@ -100,6 +106,7 @@ impl<S: Service> Default for Config<S> {
                 .iter()
                 .map(|(name, address)| ((*name).to_owned(), PeerConfig::with_address(*address)))
                 .collect(),
+            discovery: DiscoveryConfig::default(),
             outbox: OutboxConfig::default(),
             page_token_secret: None,
             local_development: false,
@@ -117,6 +124,7 @@ impl<S: Service> Clone for Config<S> {
             database: self.database.clone(),
             auth: self.auth.clone(),
             peers: self.peers.clone(),
+            discovery: self.discovery.clone(),
             outbox: self.outbox.clone(),
             page_token_secret: self.page_token_secret.clone(),
             local_development: self.local_development,
@@ -135,6 +143,7 @@ impl<S: Service> std::fmt::Debug for Config<S> {
             .field("database", &self.database)
             .field("auth", &self.auth)
             .field("peers", &self.peers)
+            .field("discovery", &self.discovery)
             .field("outbox", &self.outbox)
             .field("local_development", &self.local_development)
             .field("settings", &self.service)
@@ -207,10 +216,11 @@ impl<S: Service> Config<S> {
         self.telemetry.validate()?;
         self.database.validate()?;
         self.auth.validate("auth")?;
+        self.discovery.validate()?;
         let mut names: Vec<_> = self.peers.keys().collect();
         names.sort();
         for name in names {
-            self.peers[name].validate(&format!("peers.{name}"))?;
+            self.peers[name].validate(&format!("peers.{name}"), self.discovery.backend)?;
         }
         self.outbox.validate()?;
         if let Some(secret) = &self.page_token_secret

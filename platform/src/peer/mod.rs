@@ -25,6 +25,7 @@ use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::Auth
 
 use crate::config::{ConfigError, require_positive};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
+use crate::discovery::{Backend, Target};
 use crate::metrics::{ClientMetrics, Metrics};
 use crate::telemetry::rpc::{self, PeerTarget};
 
@@ -33,8 +34,14 @@ use crate::telemetry::rpc::{self, PeerTarget};
 #[serde(default, deny_unknown_fields)]
 pub struct PeerConfig {
     /// Comma-separated base URIs, e.g. `http://127.0.0.1:50053`; calls are spread over
-    /// them.
+    /// them. With `discovery.backend = "dns"` each host is looked up (A/AAAA) and every
+    /// address it has is an instance. Unused by Consul and etcd.
     pub addresses: String,
+    /// The peer's name in the registry (Consul, etcd). Default: the peer's key.
+    pub service: Option<String>,
+    /// An SRV name to resolve instead of `addresses` (DNS backend), e.g.
+    /// `_grpc._tcp.user.default.svc.cluster.local`.
+    pub srv: Option<String>,
     /// Deadline of each call, ms. Default 5000.
     pub timeout_ms: u64,
     /// Deadline of establishing a connection, ms. Default 2000.
@@ -45,6 +52,8 @@ impl Default for PeerConfig {
     fn default() -> Self {
         Self {
             addresses: String::new(),
+            service: None,
+            srv: None,
             timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
         }
@@ -60,16 +69,25 @@ impl PeerConfig {
         }
     }
 
-    /// Checks the values; `prefix` is the section's key, e.g. `peers.notification`.
+    /// Checks the values for `backend`; `prefix` is the section's key, e.g.
+    /// `peers.notification`.
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key.
-    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+    pub fn validate(&self, prefix: &str, backend: Backend) -> Result<(), ConfigError> {
         let addresses = self.address_list();
-        if addresses.is_empty() {
+        let needs_addresses = match backend {
+            Backend::Static => true,
+            Backend::Dns => self.srv.as_deref().is_none_or(str::is_empty),
+            Backend::Consul | Backend::Etcd => false,
+        };
+        if addresses.is_empty() && needs_addresses {
             return Err(ConfigError::invalid(
                 format!("{prefix}.addresses"),
-                "must name at least one address",
+                match backend {
+                    Backend::Dns => "must name at least one address, or set srv",
+                    _ => "must name at least one address",
+                },
             ));
         }
         for address in addresses {
@@ -85,6 +103,20 @@ impl PeerConfig {
             &format!("{prefix}.connect_timeout_ms"),
             self.connect_timeout_ms,
         )
+    }
+
+    /// What discovery resolves for the peer named `peer`.
+    pub fn target(&self, peer: &str) -> Target {
+        Target {
+            peer: peer.to_owned(),
+            service: self
+                .service
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| peer.to_owned()),
+            addresses: self.address_list().into_iter().map(str::to_owned).collect(),
+            srv: self.srv.clone().filter(|s| !s.is_empty()),
+        }
     }
 
     fn address_list(&self) -> Vec<&str> {
