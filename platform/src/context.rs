@@ -1,7 +1,8 @@
-//! Request context carried from a server handler to the peer calls it causes: today the
-//! request id (`x-request-id`), kept in a task-local while the handler runs. Both the
-//! server (which installs it) and peer clients and the outbox (which forward it) use this
-//! module; it depends on nothing else in the platform.
+//! Request context carried from a server handler to the peer calls it causes: the
+//! request id (`x-request-id`) and the call's deadline (from `grpc-timeout`), kept in
+//! task-locals while the handler runs. Both the server (which installs them) and peer
+//! clients and the outbox (which forward them) use this module; it depends on nothing
+//! else in the platform.
 
 use std::future::Future;
 
@@ -45,6 +46,32 @@ pub fn current_request_id() -> Option<String> {
 /// awaits it.
 pub fn scope<F: Future>(id: String, future: F) -> tokio::task::futures::TaskLocalFuture<String, F> {
     REQUEST_ID.scope(id, future)
+}
+
+tokio::task_local! {
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// When the call being handled must be answered by: the caller's `grpc-timeout` (or the
+/// server's `server.request_timeout_ms` when shorter or unset) counted from its arrival.
+/// `None` outside a handler.
+pub fn deadline() -> Option<tokio::time::Instant> {
+    DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
+/// Time left until [`deadline`] (zero once it passed); `None` outside a handler. Long
+/// work can stop early when too little is left, and peer calls made from the handler
+/// are given no more than this.
+pub fn remaining() -> Option<std::time::Duration> {
+    deadline().map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
+}
+
+/// `future`, run with `deadline` as the current call's deadline (see [`deadline`]).
+pub fn with_deadline<F: Future>(
+    deadline: tokio::time::Instant,
+    future: F,
+) -> tokio::task::futures::TaskLocalFuture<tokio::time::Instant, F> {
+    DEADLINE.scope(deadline, future)
 }
 
 /// The address a per-source limit counts a caller against: an IPv4 address itself (also

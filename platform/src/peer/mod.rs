@@ -1,12 +1,22 @@
-//! Clients to peer services, by name: addresses from discovery (static for now, behind
-//! the [`Discovery`] trait so DNS and Consul can follow), load-balanced lazy channels, a
-//! deadline on every call (sent as `grpc-timeout`), the current request id forwarded as
-//! `x-request-id`, service credentials attached as a bearer token, the
-//! `grpc_client_*` metrics of every call ([`crate::metrics`]), and — with tracing on —
-//! a client span per call whose W3C trace context goes along
-//! ([`crate::telemetry::rpc::client_span`]).
+//! Clients to peer services, by name. A [`PeerChannel`] works with any generated client
+//! and gives every call:
+//!
+//! - **discovery**: the peer's instances from the service's [`Registry`]
+//!   (`discovery.backend`: static addresses, DNS, Consul or etcd), followed as they change;
+//! - **balancing** over them with health checking and outlier ejection
+//!   ([`balance`]): power of two choices on peak-EWMA latency (streams: on outstanding
+//!   calls); a set with no instance in rotation fails fast with UNAVAILABLE;
+//! - **a deadline** ([`call`]): the smaller of the peer's `timeout_ms` and what is left of
+//!   the handler's own deadline, sent as `grpc-timeout`;
+//! - **retries** ([`retry`]) of methods the protos declare idempotent
+//!   ([`methods`]), on UNAVAILABLE, within a budget and the deadline;
+//! - the current request id as `x-request-id`, the service's credentials as a bearer
+//!   token, the `grpc_client_*` metrics and the resilience metrics ([`stats`]), and —
+//!   with tracing on — a client span whose W3C trace context goes along
+//!   ([`crate::telemetry::rpc::client_span`]).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,15 +29,29 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::Instrument as _;
 use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
 
 use crate::config::{ConfigError, require_positive};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
-use crate::discovery::{Backend, Target};
-use crate::metrics::{ClientMetrics, Metrics};
+use crate::discovery::{Backend, Registry, StaticRegistry, Target};
+use crate::metrics::{ClientMetrics, Metrics, MetricsError};
 use crate::telemetry::rpc::{self, PeerTarget};
+
+pub mod balance;
+pub mod call;
+pub mod methods;
+pub mod retry;
+mod stats;
+
+pub use balance::{EndpointState, EndpointStatus, OutlierConfig};
+pub use methods::{MethodInfo, MethodTable};
+pub use retry::RetryConfig;
+
+use balance::{Balancer, BalancerSettings};
+use retry::RetryPolicy;
+use stats::{PeerCounters, ResilienceMetrics};
 
 /// How to reach one peer.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,8 +68,16 @@ pub struct PeerConfig {
     pub srv: Option<String>,
     /// Deadline of each call, ms. Default 5000.
     pub timeout_ms: u64,
-    /// Deadline of establishing a connection, ms. Default 2000.
+    /// Deadline of establishing a connection, ms; also how long a call waits for
+    /// discovery's first answer. Default 2000.
     pub connect_timeout_ms: u64,
+    /// Follow each instance's `grpc.health.v1` Watch and send calls only to those
+    /// SERVING (gRPC client-side health checking). Default true.
+    pub health_check: bool,
+    /// Outlier ejection.
+    pub outlier: OutlierConfig,
+    /// Retries of calls to idempotent methods.
+    pub retry: RetryConfig,
 }
 
 impl Default for PeerConfig {
@@ -56,6 +88,9 @@ impl Default for PeerConfig {
             srv: None,
             timeout_ms: 5_000,
             connect_timeout_ms: 2_000,
+            health_check: true,
+            outlier: OutlierConfig::default(),
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -102,7 +137,9 @@ impl PeerConfig {
         require_positive(
             &format!("{prefix}.connect_timeout_ms"),
             self.connect_timeout_ms,
-        )
+        )?;
+        self.outlier.validate(&format!("{prefix}.outlier"))?;
+        self.retry.validate(&format!("{prefix}.retry"))
     }
 
     /// What discovery resolves for the peer named `peer`.
@@ -134,63 +171,6 @@ pub enum PeerError {
     /// No configuration names the peer.
     #[error("no peer named {0:?} is configured")]
     Unknown(String),
-    /// Discovery found no address.
-    #[error("no address for peer {0:?}")]
-    NoAddress(String),
-    /// An address is not a valid URI.
-    #[error("invalid address for peer {peer:?}")]
-    InvalidAddress {
-        /// The peer.
-        peer: String,
-        /// The parse failure.
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
-
-/// Finds the addresses of a peer by name.
-pub trait Discovery: Send + Sync + 'static {
-    /// The peer's current addresses (base URIs).
-    ///
-    /// # Errors
-    /// [`PeerError::Unknown`] when the name is not known.
-    fn resolve(&self, peer: &str) -> Result<Vec<String>, PeerError>;
-}
-
-/// Discovery from configuration: each peer's fixed address list.
-#[derive(Debug, Clone, Default)]
-pub struct StaticDiscovery {
-    peers: HashMap<String, Vec<String>>,
-}
-
-impl StaticDiscovery {
-    /// Discovery over `peers`' configured addresses.
-    pub fn new(peers: &HashMap<String, PeerConfig>) -> Self {
-        Self {
-            peers: peers
-                .iter()
-                .map(|(name, config)| {
-                    (
-                        name.clone(),
-                        config
-                            .address_list()
-                            .into_iter()
-                            .map(str::to_owned)
-                            .collect(),
-                    )
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Discovery for StaticDiscovery {
-    fn resolve(&self, peer: &str) -> Result<Vec<String>, PeerError> {
-        self.peers
-            .get(peer)
-            .cloned()
-            .ok_or_else(|| PeerError::Unknown(peer.to_owned()))
-    }
 }
 
 /// Something that supplies this service's own access token for peer calls.
@@ -199,40 +179,72 @@ pub trait CredentialSource: Send + Sync + 'static {
     fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>>;
 }
 
-/// The peers of a service: makes [`PeerChannel`]s by name.
+/// The peers of a service: makes [`PeerChannel`]s by name. Channels to one peer share
+/// its balancer (instances, health, load, ejections) and its retry budget, whichever
+/// clone of [`Peers`] made them.
 #[derive(Clone)]
 pub struct Peers {
     configs: HashMap<String, PeerConfig>,
-    discovery: Arc<dyn Discovery>,
+    registry: Arc<dyn Registry>,
+    methods: MethodTable,
     credentials: Option<Arc<dyn CredentialSource>>,
     metrics: ClientMetrics,
+    resilience: Option<ResilienceMetrics>,
+    shared: Arc<parking_lot::Mutex<HashMap<String, Arc<PeerShared>>>>,
 }
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
             .field("configs", &self.configs)
+            .field("registry", &self.registry.name())
             .finish_non_exhaustive()
     }
 }
 
 impl Peers {
-    /// Peers from configuration, with static discovery, no credentials and no metrics.
+    /// Peers from configuration, found by static discovery (the configured addresses),
+    /// with no credentials and no metrics.
     pub fn new(configs: HashMap<String, PeerConfig>) -> Self {
+        Self::with_registry(configs, Arc::new(StaticRegistry))
+    }
+
+    /// Peers from configuration, found through `registry`.
+    pub fn with_registry(
+        configs: HashMap<String, PeerConfig>,
+        registry: Arc<dyn Registry>,
+    ) -> Self {
         Self {
-            discovery: Arc::new(StaticDiscovery::new(&configs)),
             configs,
+            registry,
+            methods: MethodTable::trellis(),
             credentials: None,
             metrics: ClientMetrics::default(),
+            resilience: None,
+            shared: Arc::default(),
         }
     }
 
-    /// Records the `grpc_client_*` metrics of calls through channels made after this
-    /// into `metrics` (the service's handle).
+    /// Reads which methods are safe to retry from `descriptor_set` (an encoded
+    /// `FileDescriptorSet`) too, besides Trellis's own protos; for channels made after
+    /// this.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
-        self.metrics = metrics.client();
+    pub fn with_descriptor_set(mut self, descriptor_set: &[u8]) -> Self {
+        self.methods.add(descriptor_set);
         self
+    }
+
+    /// Records the `grpc_client_*` metrics of calls through channels made after this
+    /// into `metrics` (the service's handle), with the retries, budget exhaustion,
+    /// ejections and instance states of each peer.
+    ///
+    /// # Errors
+    /// [`MetricsError`] when the peer families are already registered in `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Result<Self, MetricsError> {
+        self.metrics = metrics.client();
+        let resilience = ResilienceMetrics::register(metrics, Arc::clone(&self.shared))?;
+        self.resilience = Some(resilience);
+        Ok(self)
     }
 
     /// Attaches `credentials` to every call made through channels made after this.
@@ -242,10 +254,11 @@ impl Peers {
         self
     }
 
-    /// A channel to `peer`, carrying this service's credentials if it has any.
+    /// A channel to `peer`, carrying this service's credentials if it has any. Must be
+    /// called within a tokio runtime.
     ///
     /// # Errors
-    /// [`PeerError`] when the peer is unknown or has no valid address.
+    /// [`PeerError::Unknown`] when no `peers.<peer>` is configured.
     pub fn channel(&self, peer: &str) -> Result<PeerChannel, PeerError> {
         self.make_channel(peer, self.credentials.clone())
     }
@@ -259,6 +272,16 @@ impl Peers {
         self.make_channel(peer, None)
     }
 
+    /// Each instance of `peer` the balancer knows, with its state; empty before the
+    /// first channel to it is made.
+    pub fn instances(&self, peer: &str) -> Vec<EndpointStatus> {
+        self.shared
+            .lock()
+            .get(peer)
+            .map(|shared| shared.balancer.status())
+            .unwrap_or_default()
+    }
+
     fn make_channel(
         &self,
         peer: &str,
@@ -268,84 +291,95 @@ impl Peers {
             .configs
             .get(peer)
             .ok_or_else(|| PeerError::Unknown(peer.to_owned()))?;
-        let addresses = self.discovery.resolve(peer)?;
-        let target = Arc::new(PeerTarget::new(peer, &addresses));
-        let timeout = Duration::from_millis(config.timeout_ms);
-        let mut endpoints = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let endpoint = Endpoint::from_shared(address)
-                .map_err(|source| PeerError::InvalidAddress {
-                    peer: peer.to_owned(),
-                    source,
-                })?
-                .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-                .timeout(timeout);
-            endpoints.push(endpoint);
-        }
-        // One address: a plain lazy channel. tonic's balancer does not eject dead
-        // endpoints, so it is only worth its cost with several.
-        let channel = match endpoints.len() {
-            0 => return Err(PeerError::NoAddress(peer.to_owned())),
-            1 => endpoints.remove(0).connect_lazy(),
-            _ => Channel::balance_list(endpoints.into_iter()),
-        };
+        let shared = Arc::clone(
+            self.shared
+                .lock()
+                .entry(peer.to_owned())
+                .or_insert_with(|| self.make_shared(peer, config)),
+        );
         Ok(PeerChannel {
-            peer: Arc::from(peer),
-            channel,
-            timeout,
+            shared,
             credentials,
-            target,
             metrics: self.metrics.clone(),
+        })
+    }
+
+    fn make_shared(&self, peer: &str, config: &PeerConfig) -> Arc<PeerShared> {
+        let target = config.target(peer);
+        let counters = self
+            .resilience
+            .as_ref()
+            .map(|metrics| metrics.counters(peer))
+            .unwrap_or_default();
+        let balancer = Balancer::new(
+            peer,
+            self.registry.watch(&target),
+            BalancerSettings {
+                connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                health_check: config.health_check,
+                outlier: config.outlier.clone(),
+                ejections_total: counters.ejections.clone(),
+            },
+        );
+        Arc::new(PeerShared {
+            span_target: Arc::new(PeerTarget::new(peer, &target.addresses)),
+            balancer,
+            methods: self.methods.clone(),
+            timeout: Duration::from_millis(config.timeout_ms),
+            retry: RetryPolicy::new(&config.retry),
+            counters,
         })
     }
 }
 
-/// A channel to one peer; use it with any generated client.
+/// What every channel to one peer shares.
+#[derive(Debug)]
+struct PeerShared {
+    balancer: Arc<Balancer>,
+    methods: MethodTable,
+    timeout: Duration,
+    retry: RetryPolicy,
+    counters: PeerCounters,
+    /// Where calls go, for the client spans.
+    span_target: Arc<PeerTarget>,
+}
+
+/// A channel to one peer; use it with any generated client. Each call is balanced over
+/// the peer's instances, given a deadline and retried when that is safe (see the
+/// module docs); failures are answered as gRPC statuses, so the error type is
+/// [`Infallible`].
 #[derive(Clone)]
 pub struct PeerChannel {
-    peer: Arc<str>,
-    channel: Channel,
-    timeout: Duration,
+    shared: Arc<PeerShared>,
     credentials: Option<Arc<dyn CredentialSource>>,
-    /// Where calls go, for the client spans.
-    target: Arc<PeerTarget>,
     metrics: ClientMetrics,
 }
 
 impl std::fmt::Debug for PeerChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerChannel")
-            .field("peer", &self.peer)
-            .field("timeout", &self.timeout)
+            .field("peer", self.shared.balancer.peer())
+            .field("timeout", &self.shared.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl tower::Service<http::Request<Body>> for PeerChannel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
+    type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.channel, cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is per instance: each attempt waits for its instance's channel.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // Use the channel that was polled ready; leave a clone for the next call.
-        let clone = self.channel.clone();
-        let mut channel = std::mem::replace(&mut self.channel, clone);
+        let shared = Arc::clone(&self.shared);
         let credentials = self.credentials.clone();
-        let timeout = self.timeout;
-        let peer = Arc::clone(&self.peer);
-        let target = Arc::clone(&self.target);
         self.metrics
             .observe(request, move |mut request| async move {
                 let headers = request.headers_mut();
-                if !headers.contains_key("grpc-timeout")
-                    && let Ok(value) = HeaderValue::from_str(&format!("{}m", timeout.as_millis()))
-                {
-                    headers.insert("grpc-timeout", value);
-                }
                 if !headers.contains_key(REQUEST_ID_HEADER) {
                     let id =
                         current_request_id().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -364,7 +398,8 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                         }
                         Err(status) => {
                             return Ok(Status::unavailable(format!(
-                                "no service credentials for calling {peer}: {}",
+                                "no service credentials for calling {}: {}",
+                                shared.balancer.peer(),
                                 status.message()
                             ))
                             .into_http());
@@ -372,26 +407,10 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                     }
                 }
                 let path = request.uri().path().to_owned();
-                let span = rpc::client_span(&path, &target, request.headers_mut());
-                let call =
-                    tokio::time::timeout(timeout, tower::Service::call(&mut channel, request));
-                let response = match call.instrument(span.clone()).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(err)) => {
-                        rpc::record_status(
-                            &span,
-                            rpc::Side::Client,
-                            tonic::Code::Unavailable,
-                            None,
-                        );
-                        return Err(err);
-                    }
-                    Err(_) => Status::deadline_exceeded(format!(
-                        "{peer} did not answer within {} ms",
-                        timeout.as_millis()
-                    ))
-                    .into_http(),
-                };
+                let span = rpc::client_span(&path, &shared.span_target, request.headers_mut());
+                let response = call::send(&shared, &path, request)
+                    .instrument(span.clone())
+                    .await;
                 Ok(rpc::finish_client_response(span, response))
             })
     }

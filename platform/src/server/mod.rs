@@ -13,6 +13,7 @@
 //! 4. streams still open then end with UNAVAILABLE ([`drain`]), and the server returns.
 
 pub mod connection;
+pub mod deadline;
 pub mod drain;
 pub mod request_id;
 pub mod trace;
@@ -49,7 +50,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most requests handled at once across all connections; more wait. Default 1024.
     pub max_concurrent_requests: usize,
-    /// Deadline for a unary call's response when the client sets none, in ms. Default 30000.
+    /// Longest deadline of a call, in ms: the deadline of calls that set no `grpc-timeout`
+    /// and the cap of those that set a longer one; at it the call is answered
+    /// DEADLINE_EXCEEDED (see [`deadline`]). Default 30000.
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight calls before ending open streams, in ms.
     /// Default 10000.
@@ -546,7 +549,6 @@ impl BoundServer {
             // The GOAWAY at the age; the grace is bounded on the accept path
             // ([`connection`]), since tonic's own grace skips the GOAWAY.
             .max_connection_age(config.max_connection_age())
-            .timeout(config.request_timeout())
             .layer(metrics)
             .layer(request_id::RequestIdLayer)
             .layer(trace::layer())
@@ -554,6 +556,9 @@ impl BoundServer {
                 config.max_concurrent_requests,
             ))
             .layer(drain::DrainLayer::new(drained.clone()))
+            // Innermost, so its DEADLINE_EXCEEDED is seen by every layer above; the
+            // request-id layer records the arrival it counts from.
+            .layer(deadline::DeadlineLayer::new(config.request_timeout()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 connection::incoming(listener, config.max_connection_lifetime()),

@@ -1,7 +1,8 @@
 //! The server side of the request id: taken from the caller's `x-request-id` header or
 //! generated, written back onto the request (so the tracing span and handlers see it),
 //! and installed as [`crate::context`] while the handler runs so peer clients forward it
-//! on every call they make for this request.
+//! on every call they make for this request. It also records the request's arrival
+//! ([`super::deadline::Arrival`]), which the call's deadline counts from.
 
 use std::task::{Context, Poll};
 
@@ -54,6 +55,9 @@ where
                 request.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
         }
+        request
+            .extensions_mut()
+            .insert(super::deadline::Arrival(tokio::time::Instant::now()));
         context::scope(id, self.inner.call(request))
     }
 }

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::auth::{Access, AccessPolicy, AuthLayer, KeySource, RemoteKeySource, TokenVerifier};
 use crate::config::{ServiceInfo, Validate};
+use crate::discovery::{Registration, Registry};
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::outbox::{Dispatcher, OutboxWaker};
 use crate::pagination::PageTokenCodec;
@@ -204,9 +205,11 @@ impl<S: Service> Launch<S> {
         let metrics = Metrics::new()?;
         metrics.watch_database(&db)?;
         let recording = records_metrics(&config, metrics_listener.as_ref());
-        let mut peers = Peers::new(config.peers.clone());
+        let registry = config.discovery.registry()?;
+        let mut peers = Peers::with_registry(config.peers.clone(), Arc::clone(&registry))
+            .with_descriptor_set(S::FILE_DESCRIPTOR_SET);
         if recording {
-            peers = peers.with_metrics(&metrics);
+            peers = peers.with_metrics(&metrics)?;
         }
         let identity = config.auth.peer.clone();
         let credentials: Option<Arc<dyn CredentialSource>> = match &config.auth.client_secret {
@@ -236,9 +239,53 @@ impl<S: Service> Launch<S> {
             keys,
             metrics,
             metrics_listener,
+            registry,
         };
         S::build(&mut ctx).await?;
         ctx.finish(S::access_policy()).await
+    }
+}
+
+/// How this instance registers: under the service's name, at `discovery.advertise_host`
+/// (else `POD_IP`, else the listen IP when it is specific, else 127.0.0.1) and the bound
+/// port, with the platform's version and the metrics port as metadata.
+fn registration<S: Service>(
+    config: &Config<S>,
+    bound: std::net::SocketAddr,
+    metrics: Option<&MetricsEndpoint>,
+) -> Registration {
+    let host = config
+        .discovery
+        .advertise_host
+        .clone()
+        .filter(|host| !host.is_empty())
+        .or_else(|| std::env::var("POD_IP").ok().filter(|ip| !ip.is_empty()))
+        .unwrap_or_else(|| {
+            let ip = bound.ip();
+            if ip.is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                ip.to_string()
+            }
+        });
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert(
+        "platform_version".to_owned(),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    );
+    if let Some(endpoint) = metrics {
+        metadata.insert(
+            "metrics_port".to_owned(),
+            endpoint.local_addr().port().to_string(),
+        );
+    }
+    Registration {
+        service: S::INFO.name.to_owned(),
+        id: format!("{}-{host}-{}", S::INFO.name, bound.port()),
+        host,
+        port: bound.port(),
+        health_service: String::new(),
+        metadata,
     }
 }
 
@@ -270,6 +317,7 @@ pub struct Context<S: Service> {
     keys: Option<Arc<dyn KeySource>>,
     metrics: Metrics,
     metrics_listener: Option<std::net::TcpListener>,
+    registry: Arc<dyn Registry>,
 }
 
 impl<S: Service> std::fmt::Debug for Context<S> {
@@ -397,6 +445,7 @@ impl<S: Service> Context<S> {
             keys,
             metrics,
             metrics_listener,
+            registry,
             ..
         } = self;
         if policy.requires_token() {
@@ -432,6 +481,9 @@ impl<S: Service> Context<S> {
             tasks.push(tokio::spawn(dispatcher.run(shutdown)));
         }
         let endpoint = MetricsEndpoint::bind(&config.metrics, metrics_listener, metrics).await?;
-        Ok(App::new(server, db, tasks).with_metrics_endpoint(endpoint))
+        let registration = registration::<S>(&config, server.local_addr(), endpoint.as_ref());
+        Ok(App::new(server, db, tasks)
+            .with_metrics_endpoint(endpoint)
+            .with_registration(registry, registration))
     }
 }

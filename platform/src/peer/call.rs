@@ -1,0 +1,210 @@
+//! One peer call from start to answer: its deadline, its attempts over the balancer's
+//! instances, and its retries.
+//!
+//! **Deadline.** The smallest of the peer's `timeout_ms`, a `grpc-timeout` the caller
+//! set, and — inside a handler — the handler's own deadline less [`DEADLINE_MARGIN`]
+//! (so the answer can still get back in time). Each attempt sends what is left as
+//! `grpc-timeout`; at the deadline the call ends DEADLINE_EXCEEDED, and a call whose
+//! deadline already passed fails so without I/O.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::ServiceExt as _;
+use tower::retry::backoff::Backoff as _;
+
+use super::PeerShared;
+use super::balance::{Endpoint, Outcome, Outstanding};
+use super::retry::never_sent;
+use super::stats::inc;
+use crate::context;
+use crate::server::deadline::{encode_grpc_timeout, grpc_timeout};
+use crate::status::grpc_status;
+
+/// Taken off a handler's remaining time for the peer calls it makes: the time to carry
+/// the answer back and finish the handler.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+/// Whether a status is a failure of the instance (for ejection; the circuit breaker
+/// classifies the same way): it may succeed elsewhere or later.
+pub(crate) fn is_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal
+    )
+}
+
+/// Sends `request` (to `path`) to one of the peer's instances, retrying where that is
+/// safe; every failure is answered as a status response.
+pub(super) async fn send(
+    shared: &PeerShared,
+    path: &str,
+    request: http::Request<Body>,
+) -> http::Response<Body> {
+    let peer = shared.balancer.peer();
+    let now = Instant::now();
+    let mut deadline = now + shared.timeout;
+    if let Some(given) = grpc_timeout(request.headers()) {
+        deadline = deadline.min(now + given);
+    }
+    if let Some(handler) = context::deadline() {
+        deadline = deadline.min(handler.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
+    }
+    if deadline <= now {
+        return Status::deadline_exceeded(format!(
+            "no time left in the caller's deadline to call {peer}"
+        ))
+        .into_http();
+    }
+    let method = shared.methods.get(path);
+    shared.retry.deposit();
+    let (parts, body) = request.into_parts();
+    // A unary request's message is read once, so each attempt can send it again; a
+    // client stream goes out as it comes, once.
+    let mut body = Some(body);
+    let replay: Option<Bytes> = if method.client_streaming {
+        None
+    } else {
+        match body.take().map(BodyExt::collect) {
+            Some(collect) => match collect.await {
+                Ok(collected) => Some(collected.to_bytes()),
+                Err(status) => return status.into_http(),
+            },
+            None => None,
+        }
+    };
+    let mut backoff = shared.retry.backoff();
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut attempt = 1;
+    loop {
+        let endpoint = match shared.balancer.pick(method.server_streaming, &tried).await {
+            Ok(endpoint) => endpoint,
+            Err(status) => return status.into_http(),
+        };
+        let mut request = http::Request::from_parts(
+            parts.clone(),
+            match (&replay, body.take()) {
+                (Some(bytes), _) => Body::new(http_body_util::Full::new(bytes.clone())),
+                (None, Some(stream)) => stream,
+                (None, None) => Body::empty(),
+            },
+        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(value) = HeaderValue::from_str(&encode_grpc_timeout(left)) {
+            request.headers_mut().insert("grpc-timeout", value);
+        }
+        let outstanding = endpoint.start_call();
+        let started = Instant::now();
+        let channel = endpoint.channel.clone();
+        let attempt_result = tokio::time::timeout_at(deadline, channel.oneshot(request)).await;
+        let rtt = started.elapsed();
+        let (outcome, code, answer) = match attempt_result {
+            Err(_) => {
+                shared.balancer.record(&endpoint, Outcome::Failure, rtt);
+                return Status::deadline_exceeded(format!(
+                    "{peer} did not answer within the deadline ({} ms)",
+                    (deadline - now).as_millis()
+                ))
+                .into_http();
+            }
+            Ok(Err(err)) => {
+                let unsent = never_sent(&err);
+                let status = Status::unavailable(format!(
+                    "{peer} at {} is unreachable: {err}",
+                    endpoint.instance
+                ));
+                (
+                    Outcome::TransportError,
+                    Code::Unavailable,
+                    Err((status, unsent)),
+                )
+            }
+            Ok(Ok(response)) => {
+                let code = grpc_status(response.headers()).unwrap_or(Code::Ok);
+                let outcome = if is_failure(code) {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                (outcome, code, Ok(response))
+            }
+        };
+        shared.balancer.record(&endpoint, outcome, rtt);
+        let retryable = code == Code::Unavailable
+            && replay.is_some()
+            && (method.idempotent || matches!(answer, Err((_, true))));
+        if retryable && attempt < shared.retry.max_attempts {
+            if shared.retry.withdraw() {
+                let pause = backoff.next_backoff();
+                if pause.deadline() < deadline {
+                    inc(shared.counters.retries.as_ref());
+                    tracing::debug!(%peer, instance = %endpoint.instance, attempt, "retrying a peer call");
+                    pause.await;
+                    tried.push(endpoint);
+                    attempt += 1;
+                    continue;
+                }
+            } else {
+                inc(shared.counters.budget_exhausted.as_ref());
+                tracing::warn!(%peer, "retry budget spent: not retrying a failed peer call");
+            }
+        }
+        return match answer {
+            Err((status, _)) => status.into_http(),
+            Ok(response) if method.server_streaming => {
+                response.map(|body| Body::new(Tracked::new(body, outstanding)))
+            }
+            Ok(response) => response.map(Body::new),
+        };
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A streamed response body that counts as an outstanding call on its instance
+    /// until it ends or is dropped.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        outstanding: Option<Outstanding>,
+    }
+}
+
+impl<B> Tracked<B> {
+    fn new(inner: B, outstanding: Outstanding) -> Self {
+        Self {
+            inner,
+            outstanding: Some(outstanding),
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            this.outstanding.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
