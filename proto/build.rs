@@ -1,6 +1,8 @@
 //! Compiles every `.proto` under `trellis/` with protox (pure Rust, no protoc binary),
 //! generates tonic clients and servers from the result, and writes the encoded
-//! `FileDescriptorSet` that the servers register for reflection.
+//! `FileDescriptorSet` that the servers register for reflection; then compiles the
+//! vendored etcd v3 API under `vendor/etcd/` to clients only, kept out of that set (the
+//! services do not serve etcd's API).
 
 use std::path::{Path, PathBuf};
 
@@ -8,13 +10,7 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
-    let mut files = Vec::new();
-    collect_protos(&root.join("trellis"), &mut files)?;
-    files.sort();
-    for file in &files {
-        println!("cargo:rerun-if-changed={}", file.display());
-    }
-    println!("cargo:rerun-if-changed=trellis");
+    let files = protos_under(&root, "trellis")?;
 
     // Source info and imports stay in the set: reflection clients need the imported
     // well-known types (Timestamp, FieldMask) to resolve our files.
@@ -29,7 +25,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // clients are built on platform channels anyway.
         .build_transport(false)
         .compile_fds(fds)?;
+
+    compile_etcd(&root)
+}
+
+/// etcd's KV, Watch and Lease clients (packages `etcdserverpb`, `mvccpb`) for the
+/// platform's etcd discovery backend: the `etcd-client` crate needs a protoc binary.
+fn compile_etcd(root: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let files = protos_under(root, "vendor")?;
+    let fds = protox::compile(&files, [root.join("vendor")])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .build_transport(false)
+        .compile_fds(fds)?;
     Ok(())
+}
+
+/// Every `.proto` under `root/dir`, sorted; cargo reruns the build when one changes.
+fn protos_under(root: &Path, dir: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    collect_protos(&root.join(dir), &mut files)?;
+    files.sort();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    println!("cargo:rerun-if-changed={dir}");
+    Ok(files)
 }
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

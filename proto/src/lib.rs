@@ -1,5 +1,6 @@
 //! Trellis's wire contract: Rust types, clients and servers generated from `proto/trellis`,
-//! one module per protobuf package, plus the encoded descriptor set for reflection.
+//! one module per protobuf package, plus the encoded descriptor set for reflection; and
+//! clients of etcd's v3 API ([`etcd`]) for the platform's etcd discovery backend.
 
 /// Generated code for the `trellis.*` protobuf packages.
 pub mod trellis {
@@ -36,6 +37,24 @@ pub mod trellis {
         pub mod v1 {
             tonic::include_proto!("trellis.notification.v1");
         }
+    }
+}
+
+/// etcd's v3 API, clients only: the KV (Range, Put, DeleteRange), Watch and Lease
+/// (LeaseGrant, LeaseRevoke, LeaseKeepAlive) calls, generated from the protos vendored
+/// under `proto/vendor/etcd` (Apache-2.0, the etcd authors; see their headers). Not part
+/// of [`FILE_DESCRIPTOR_SET`]: no Trellis service serves them.
+pub mod etcd {
+    /// `mvccpb`: a stored key-value pair and a watch event.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+
+    /// `etcdserverpb`: the KV, Watch and Lease services' clients and messages.
+    #[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
     }
 }
 
@@ -113,6 +132,10 @@ mod tests {
         assert!(
             names.contains(&"google/protobuf/field_mask.proto"),
             "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|name| name.starts_with("etcd/")),
+            "etcd's API is a client only, not reflected: {names:?}"
         );
     }
 }

@@ -81,32 +81,13 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-/// The installed tool `name` (`/usr/bin/<name>`, else the first on `PATH`); `None`, after
-/// saying on standard error that the test is skipped, when it is not installed.
+/// The installed tool `name` from Debian's `prometheus` package, as
+/// [`super::installed_tool`] finds it.
 ///
 /// # Panics
 /// When it is not installed and `CI` is set: CI must run every test.
 pub fn installed_tool(name: &str) -> Option<PathBuf> {
-    let candidates = std::iter::once(PathBuf::from("/usr/bin"))
-        .chain(
-            std::env::var_os("PATH")
-                .map_or_else(Vec::new, |path| std::env::split_paths(&path).collect()),
-        )
-        .map(|dir| dir.join(name));
-    for candidate in candidates {
-        if candidate.is_file() {
-            return Some(candidate);
-        }
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "`{name}` is not installed, and CI must run this test (Debian: apt-get install prometheus)"
-    );
-    eprintln!(
-        "SKIPPED: `{name}` is not installed (Debian: apt-get install prometheus); \
-         set CI to make this a failure"
-    );
-    None
+    super::installed_tool(name, "prometheus")
 }
 
 /// Runs `promtool check metrics` on `text` and asserts it exits 0 and prints nothing

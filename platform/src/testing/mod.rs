@@ -1,23 +1,26 @@
 //! The testkit (feature `testing`), one for every suite: start any service in-process
 //! ([`TestServer`]), ask it what grpcurl would ([`reflection`]), sign tokens for users, admins and services ([`TestIssuer`]), serve
 //! those keys as a fake identity peer ([`FakeAuth`]), read its metrics endpoint
-//! ([`metrics`]), and wait on observable state instead of sleeping
-//! ([`assert_eventually`]).
+//! ([`metrics`]), run a real etcd ([`EtcdServer`]), and wait on observable state instead
+//! of sleeping ([`assert_eventually`]).
 //!
 //! Helpers panic on failure: a failed expectation is the test failing.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod etcd;
 mod fake_auth;
 mod issuer;
 pub mod metrics;
 pub mod reflection;
 
+pub use etcd::EtcdServer;
 pub use fake_auth::FakeAuth;
 pub use issuer::{StaticKeySource, TestIssuer};
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -56,6 +59,35 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The installed tool `name` (`/usr/bin/<name>`, else the first on `PATH`), which
+/// Debian's `package` provides; `None`, after saying on standard error that the test is
+/// skipped, when it is not installed.
+///
+/// # Panics
+/// When it is not installed and `CI` is set: CI must run every test.
+pub fn installed_tool(name: &str, package: &str) -> Option<PathBuf> {
+    let candidates = std::iter::once(PathBuf::from("/usr/bin"))
+        .chain(
+            std::env::var_os("PATH")
+                .map_or_else(Vec::new, |path| std::env::split_paths(&path).collect()),
+        )
+        .map(|dir| dir.join(name));
+    for candidate in candidates {
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "`{name}` is not installed, and CI must run this test (Debian: apt-get install {package})"
+    );
+    eprintln!(
+        "SKIPPED: `{name}` is not installed (Debian: apt-get install {package}); \
+         set CI to make this a failure"
+    );
+    None
 }
 
 /// The fields named in a status's `google.rpc.BadRequest` detail, in order (AIP-193).

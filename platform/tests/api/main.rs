@@ -1,6 +1,6 @@
 //! The platform's own suite, on in-process servers: access policies, statuses, the
-//! server's HTTP/2 limits, the outbox dispatcher, configuration rules and the metrics
-//! endpoint.
+//! server's HTTP/2 limits, the outbox dispatcher, configuration rules, the metrics
+//! endpoint and the etcd discovery backend (against a real etcd).
 
 // Tests panic on purpose: a failed expectation is the test failing.
 #![allow(
@@ -12,6 +12,7 @@
 
 mod access;
 mod config;
+mod etcd;
 mod metrics;
 mod outbox;
 mod server;

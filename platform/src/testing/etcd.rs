@@ -1,0 +1,140 @@
+//! A real single-member etcd for tests (Debian's `etcd-server` package): started on free
+//! ports over a temporary data directory, killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use trellis_proto::etcd::etcdserverpb::{RangeRequest, kv_client::KvClient};
+
+use super::EVENTUALLY;
+
+/// A running `etcd` process; killed (not gracefully stopped) on drop.
+#[derive(Debug)]
+pub struct EtcdServer {
+    /// Its client URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    peer_url: String,
+    binary: PathBuf,
+    data: TempDir,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers a `Range`; `None` (the test is skipped, see
+    /// [`super::installed_tool`]) when `etcd` is not installed.
+    ///
+    /// # Panics
+    /// When etcd does not start and answer within [`EVENTUALLY`] (its log is in the
+    /// message), after three tries on fresh ports.
+    pub async fn start() -> Option<Self> {
+        let binary = super::installed_tool("etcd", "etcd-server")?;
+        let mut failures = Vec::new();
+        // A port picked free may be taken before etcd binds it: try again on new ones.
+        for _ in 0..3 {
+            let [client, peer] = free_ports();
+            let mut server = Self {
+                url: format!("http://127.0.0.1:{client}"),
+                peer_url: format!("http://127.0.0.1:{peer}"),
+                binary: binary.clone(),
+                data: tempfile::tempdir().expect("a temporary directory"),
+                child: None,
+            };
+            match server.run().await {
+                Ok(()) => return Some(server),
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!("etcd does not start:\n{}", failures.join("\n---\n"));
+    }
+
+    /// Kills the process, keeping its data and ports for [`Self::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same ports and data, and waits until it answers.
+    ///
+    /// # Panics
+    /// When it does not.
+    pub async fn restart(&mut self) {
+        self.kill();
+        if let Err(log) = self.run().await {
+            panic!("etcd does not start again:\n{log}");
+        }
+    }
+
+    /// Spawns etcd and waits until it answers; its log when it exits or does not answer.
+    async fn run(&mut self) -> Result<(), String> {
+        let log_path = self.data.path().join("etcd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("the log file opens");
+        let child = Command::new(&self.binary)
+            .arg("--name=default")
+            .arg(format!(
+                "--data-dir={}",
+                self.data.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={}", self.url))
+            .arg(format!("--advertise-client-urls={}", self.url))
+            .arg(format!("--listen-peer-urls={}", self.peer_url))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer_url))
+            .arg(format!("--initial-cluster=default={}", self.peer_url))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the log file is shared"))
+            .stderr(log)
+            .spawn()
+            .expect("etcd runs");
+        self.child = Some(child);
+        let channel = Channel::from_shared(self.url.clone())
+            .expect("a valid URL")
+            .connect_lazy();
+        let mut kv = KvClient::new(channel);
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            let answer = kv
+                .range(RangeRequest {
+                    key: b"/".to_vec(),
+                    ..RangeRequest::default()
+                })
+                .await;
+            if answer.is_ok() {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() || tokio::time::Instant::now() >= deadline {
+                self.kill();
+                return Err(read_log(&log_path));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Two distinct ports free on 127.0.0.1 now.
+fn free_ports() -> [u16; 2] {
+    let first = super::local_listener();
+    let second = super::local_listener();
+    [first, second].map(|listener| listener.local_addr().expect("a bound address").port())
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|err| format!("(no log: {err})"))
+}
