@@ -15,6 +15,8 @@
 //!   with tracing on — a client span whose W3C trace context goes along
 //!   ([`crate::telemetry::rpc::client_span`]).
 
+pub mod breaker;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
