@@ -214,6 +214,15 @@ impl Replica {
     }
 }
 
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // Without blocking: the tests drop replicas inside their own runtime.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 fn user_peers(addrs: &[SocketAddr], config: PeerConfig) -> Peers {
     let addresses = addrs
         .iter()
@@ -245,7 +254,10 @@ async fn verify(
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -355,7 +367,10 @@ async fn with_every_replica_down_calls_fail_fast_and_recover_on_their_own() {
     assert_eq!(verify(&mut client).await.unwrap(), "0");
     let addr = replica.kill();
     eventually("the dead replica leaves the rotation", || {
-        peers.instances("user").iter().all(|s| !s.state.in_rotation())
+        peers
+            .instances("user")
+            .iter()
+            .all(|s| !s.state.in_rotation())
     })
     .await;
     let failed = tokio::time::timeout(Duration::from_secs(10), verify(&mut client))
@@ -367,12 +382,18 @@ async fn with_every_replica_down_calls_fail_fast_and_recover_on_their_own() {
 
     let _back = Replica::start(7, addr);
     let mut answer = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The failures above may have opened the circuit breaker (open 10 s by default):
+    // recovery then waits for its probe.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while answer.is_none() && tokio::time::Instant::now() < deadline {
         answer = verify(&mut client).await.ok();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(answer.as_deref(), Some("7"), "calls recover once a replica returns");
+    assert_eq!(
+        answer.as_deref(),
+        Some("7"),
+        "calls recover once a replica returns"
+    );
 }
 
 /// A registry that resolves every peer to nothing.
@@ -392,7 +413,10 @@ impl Registry for Empty {
         registration: &'a trellis_platform::discovery::Registration,
     ) -> trellis_platform::discovery::BoxFuture<
         'a,
-        Result<Box<dyn trellis_platform::discovery::Registered>, trellis_platform::discovery::DiscoveryError>,
+        Result<
+            Box<dyn trellis_platform::discovery::Registered>,
+            trellis_platform::discovery::DiscoveryError,
+        >,
     > {
         StaticRegistry.register(registration)
     }
@@ -454,6 +478,11 @@ async fn ejected_instances_leave_rotation_within_the_ejection_share() {
         &addrs,
         PeerConfig {
             health_check: false,
+            // Ejection alone: a breaker would answer for the peer after 5 failures.
+            breaker: trellis_platform::peer::BreakerConfig {
+                enabled: false,
+                ..Default::default()
+            },
             outlier: OutlierConfig {
                 consecutive_failures: 3,
                 ..OutlierConfig::default()
@@ -463,7 +492,10 @@ async fn ejected_instances_leave_rotation_within_the_ejection_share() {
     );
     let mut client = UserInternalServiceClient::new(peers.channel("user").unwrap());
     for _ in 0..20 {
-        assert_eq!(verify(&mut client).await.unwrap_err().code(), Code::Internal);
+        assert_eq!(
+            verify(&mut client).await.unwrap_err().code(),
+            Code::Internal
+        );
     }
     let states = peers.instances("user");
     let ejected = states
@@ -526,9 +558,10 @@ async fn a_deadline_shrinks_across_two_hops_and_expires_as_deadline_exceeded() {
         next: peers.channel("user").unwrap(),
         remaining_seen: Arc::clone(&remaining_seen),
     };
-    let mut builder =
-        trellis_platform::server::ServerBuilder::new(trellis_platform::server::ServerConfig::default())
-            .listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let mut builder = trellis_platform::server::ServerBuilder::new(
+        trellis_platform::server::ServerConfig::default(),
+    )
+    .listener(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     builder.add_service(UserInternalServiceServer::new(relay));
     let server = builder.bind().await.unwrap();
     let relay_addr = server.local_addr();
@@ -547,7 +580,10 @@ async fn a_deadline_shrinks_across_two_hops_and_expires_as_deadline_exceeded() {
         .unwrap_err();
     assert_eq!(failed.code(), Code::DeadlineExceeded, "{failed:?}");
 
-    let remaining = remaining_seen.lock().unwrap().expect("the handler saw a deadline");
+    let remaining = remaining_seen
+        .lock()
+        .unwrap()
+        .expect("the handler saw a deadline");
     assert!(remaining <= Duration::from_millis(400), "{remaining:?}");
     let sent = seen_timeouts.lock().unwrap().clone();
     let [sent] = sent.as_slice() else {

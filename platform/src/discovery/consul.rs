@@ -511,14 +511,19 @@ fn encode(value: &str) -> String {
     utf8_percent_encode(value, COMPONENT).to_string()
 }
 
-/// The gRPC check's target, `host:port/<health service>` (an IPv6 host bracketed).
+/// The gRPC check's target, `host:port/<health service>` (an IPv6 host bracketed), or
+/// `host:port` for the server's overall health (`""`).
 fn grpc_check_target(registration: &Registration) -> String {
     let instance = registration.instance();
     let authority = instance
         .uri
         .strip_prefix("http://")
         .unwrap_or(&instance.uri);
-    format!("{authority}/{}", registration.health_service)
+    if registration.health_service.is_empty() {
+        authority.to_owned()
+    } else {
+        format!("{authority}/{}", registration.health_service)
+    }
 }
 
 /// The instance an entry describes: `Service.Address` (or `Node.Address` when it is

@@ -21,6 +21,7 @@ use tower::retry::backoff::Backoff as _;
 
 use super::PeerShared;
 use super::balance::{Endpoint, Outcome, Outstanding};
+use super::breaker::is_failure_code;
 use super::retry::never_sent;
 use super::stats::inc;
 use crate::context;
@@ -31,18 +32,36 @@ use crate::status::grpc_status;
 /// the answer back and finish the handler.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
-/// Whether a status is a failure of the instance (for ejection; the circuit breaker
-/// classifies the same way): it may succeed elsewhere or later.
-pub(crate) fn is_failure(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal
-    )
+/// The attempts of a call as a service, for the circuit breaker to wrap.
+#[derive(Clone)]
+pub(super) struct Attempts(pub(super) Arc<PeerShared>);
+
+impl tower::Service<http::Request<Body>> for Attempts {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let shared = Arc::clone(&self.0);
+        Box::pin(async move {
+            let path = request.uri().path().to_owned();
+            Ok(send(&shared, &path, request).await)
+        })
+    }
 }
 
 /// Sends `request` (to `path`) to one of the peer's instances, retrying where that is
 /// safe; every failure is answered as a status response.
-pub(super) async fn send(
+async fn send(
     shared: &PeerShared,
     path: &str,
     request: http::Request<Body>,
@@ -113,6 +132,15 @@ pub(super) async fn send(
                 ))
                 .into_http();
             }
+            Ok(Err(err)) if timed_out(&err) => {
+                // The channel's own timer, set from the `grpc-timeout` we sent.
+                shared.balancer.record(&endpoint, Outcome::Failure, rtt);
+                return Status::deadline_exceeded(format!(
+                    "{peer} did not answer within the deadline ({} ms)",
+                    (deadline - now).as_millis()
+                ))
+                .into_http();
+            }
             Ok(Err(err)) => {
                 let unsent = never_sent(&err);
                 let status = Status::unavailable(format!(
@@ -127,7 +155,9 @@ pub(super) async fn send(
             }
             Ok(Ok(response)) => {
                 let code = grpc_status(response.headers()).unwrap_or(Code::Ok);
-                let outcome = if is_failure(code) {
+                // The instance's failures are the breaker's (gRPC codes that may succeed
+                // elsewhere or later).
+                let outcome = if is_failure_code(code) {
                     Outcome::Failure
                 } else {
                     Outcome::Success
@@ -163,6 +193,18 @@ pub(super) async fn send(
             Ok(response) => response.map(Body::new),
         };
     }
+}
+
+/// Whether `err` is tonic's client-side timeout (`TimeoutExpired`), anywhere in its chain.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 pin_project_lite::pin_project! {

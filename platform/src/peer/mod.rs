@@ -10,6 +10,8 @@
 //!   the handler's own deadline, sent as `grpc-timeout`;
 //! - **retries** ([`retry`]) of methods the protos declare idempotent
 //!   ([`methods`]), on UNAVAILABLE, within a budget and the deadline;
+//! - **a circuit breaker** per peer ([`breaker`]) around the whole call: while open it
+//!   answers UNAVAILABLE without I/O;
 //! - the current request id as `x-request-id`, the service's credentials as a bearer
 //!   token, the `grpc_client_*` metrics and the resilience metrics ([`stats`]), and —
 //!   with tracing on — a client span whose W3C trace context goes along
@@ -32,6 +34,7 @@ use tokio::sync::Mutex;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::Endpoint;
+use tower::ServiceExt as _;
 use tracing::Instrument as _;
 use trellis_proto::auth_v1::{IssueServiceTokenRequest, auth_service_client::AuthServiceClient};
 
@@ -48,6 +51,7 @@ pub mod retry;
 mod stats;
 
 pub use balance::{EndpointState, EndpointStatus, OutlierConfig};
+pub use breaker::{Breaker, BreakerConfig, CircuitState};
 pub use methods::{MethodInfo, MethodTable};
 pub use retry::RetryConfig;
 
@@ -80,6 +84,8 @@ pub struct PeerConfig {
     pub outlier: OutlierConfig,
     /// Retries of calls to idempotent methods.
     pub retry: RetryConfig,
+    /// The peer's circuit breaker.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for PeerConfig {
@@ -93,6 +99,7 @@ impl Default for PeerConfig {
             health_check: true,
             outlier: OutlierConfig::default(),
             retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -141,7 +148,8 @@ impl PeerConfig {
             self.connect_timeout_ms,
         )?;
         self.outlier.validate(&format!("{prefix}.outlier"))?;
-        self.retry.validate(&format!("{prefix}.retry"))
+        self.retry.validate(&format!("{prefix}.retry"))?;
+        self.breaker.validate(&format!("{prefix}.breaker"))
     }
 
     /// What discovery resolves for the peer named `peer`.
@@ -173,6 +181,9 @@ pub enum PeerError {
     /// No configuration names the peer.
     #[error("no peer named {0:?} is configured")]
     Unknown(String),
+    /// The peer's configuration is not acceptable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Something that supplies this service's own access token for peer calls.
@@ -293,12 +304,17 @@ impl Peers {
             .configs
             .get(peer)
             .ok_or_else(|| PeerError::Unknown(peer.to_owned()))?;
-        let shared = Arc::clone(
-            self.shared
-                .lock()
-                .entry(peer.to_owned())
-                .or_insert_with(|| self.make_shared(peer, config)),
-        );
+        let shared = {
+            let mut peers = self.shared.lock();
+            match peers.get(peer) {
+                Some(shared) => Arc::clone(shared),
+                None => {
+                    let shared = self.make_shared(peer, config)?;
+                    peers.insert(peer.to_owned(), Arc::clone(&shared));
+                    shared
+                }
+            }
+        };
         Ok(PeerChannel {
             shared,
             credentials,
@@ -306,7 +322,8 @@ impl Peers {
         })
     }
 
-    fn make_shared(&self, peer: &str, config: &PeerConfig) -> Arc<PeerShared> {
+    fn make_shared(&self, peer: &str, config: &PeerConfig) -> Result<Arc<PeerShared>, PeerError> {
+        let breaker = Breaker::new(peer, &config.breaker)?;
         let target = config.target(peer);
         let counters = self
             .resilience
@@ -323,14 +340,15 @@ impl Peers {
                 ejections_total: counters.ejections.clone(),
             },
         );
-        Arc::new(PeerShared {
+        Ok(Arc::new(PeerShared {
+            breaker,
             span_target: Arc::new(PeerTarget::new(peer, &target.addresses)),
             balancer,
             methods: self.methods.clone(),
             timeout: Duration::from_millis(config.timeout_ms),
             retry: RetryPolicy::new(&config.retry),
             counters,
-        })
+        }))
     }
 }
 
@@ -338,6 +356,7 @@ impl Peers {
 #[derive(Debug)]
 struct PeerShared {
     balancer: Arc<Balancer>,
+    breaker: Breaker,
     methods: MethodTable,
     timeout: Duration,
     retry: RetryPolicy,
@@ -410,9 +429,12 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                 }
                 let path = request.uri().path().to_owned();
                 let span = rpc::client_span(&path, &shared.span_target, request.headers_mut());
-                let response = call::send(&shared, &path, request)
+                let attempts = call::Attempts(Arc::clone(&shared));
+                let response = tower::Layer::layer(&shared.breaker, attempts)
+                    .oneshot(request)
                     .instrument(span.clone())
-                    .await;
+                    .await
+                    .unwrap_or_else(|never| match never {});
                 Ok(rpc::finish_client_response(span, response))
             })
     }

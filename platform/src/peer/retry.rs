@@ -129,10 +129,15 @@ impl RetryPolicy {
 pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+            // An I/O error wrapping another: `source()` skips the wrapped one itself.
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner);
+                continue;
+            }
         }
         source = err.source();
     }
@@ -174,9 +179,21 @@ mod tests {
 
     #[test]
     fn a_refused_connection_is_known_unsent() {
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let wrapped = std::io::Error::other(refused);
-        assert!(never_sent(&wrapped));
+        #[derive(Debug)]
+        struct Connect(std::io::Error);
+        impl std::fmt::Display for Connect {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connect failed")
+            }
+        }
+        impl std::error::Error for Connect {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(never_sent(&Connect(refused())));
+        assert!(never_sent(&std::io::Error::other(refused())));
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(!never_sent(&reset));
     }

@@ -64,6 +64,17 @@ impl ResilienceMetrics {
             "trellis_peer_ejections_total",
             "Peer instances ejected after consecutive failed calls.",
         )?;
+        let circuit_state = metrics.register(IntGaugeVec::new(
+            Opts::new(
+                "trellis_peer_circuit_state",
+                "State of the peer's circuit breaker: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["peer"],
+        )?)?;
+        let circuit_rejections = counter(
+            "trellis_peer_circuit_rejections_total",
+            "Peer calls the open circuit breaker answered UNAVAILABLE without sending them.",
+        )?;
         let instances = metrics.register(IntGaugeVec::new(
             Opts::new(
                 "trellis_peer_instances",
@@ -72,17 +83,32 @@ impl ResilienceMetrics {
             &["peer", "state"],
         )?)?;
         metrics.on_scrape("peer instances", move || {
-            let snapshot: Vec<(String, Vec<EndpointState>)> = peers
+            let snapshot: Vec<(String, Vec<EndpointState>, i64, u64)> = peers
                 .lock()
                 .iter()
                 .map(|(peer, shared)| {
                     let states = shared.balancer.status().into_iter().map(|s| s.state);
-                    (peer.clone(), states.collect())
+                    (
+                        peer.clone(),
+                        states.collect(),
+                        shared.breaker.state().gauge_value(),
+                        shared.breaker.rejections(),
+                    )
                 })
                 .collect();
-            let instances = instances.clone();
+            let (instances, circuit_state, circuit_rejections) = (
+                instances.clone(),
+                circuit_state.clone(),
+                circuit_rejections.clone(),
+            );
             async move {
-                for (peer, states) in snapshot {
+                for (peer, states, circuit, rejections) in snapshot {
+                    circuit_state
+                        .with_label_values(&[peer.as_str()])
+                        .set(circuit);
+                    // The breaker counts its rejections; the counter catches up with it.
+                    let counter = circuit_rejections.with_label_values(&[peer.as_str()]);
+                    counter.inc_by(rejections.saturating_sub(counter.get()));
                     for state in STATES {
                         let count = states.iter().filter(|s| **s == state).count();
                         instances
