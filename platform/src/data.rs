@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -77,6 +78,10 @@ impl DatabaseConfig {
     }
 }
 
+/// How long an SQLite connection waits for another connection's lock (another replica
+/// writing the same file) before failing with "database is locked": 5 s.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The current time, truncated to microseconds: what both SQLite and PostgreSQL store,
 /// so a value read back equals the one written.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
@@ -108,7 +113,11 @@ pub enum DataError {
 ///
 /// For a file-backed SQLite URL the file's directory is created first. In-memory SQLite
 /// keeps exactly one connection open for the pool's lifetime, because every connection
-/// would otherwise see its own empty database.
+/// would otherwise see its own empty database. A file is opened in WAL journal mode
+/// (<https://www.sqlite.org/wal.html>: readers do not block the writer, nor it them) with
+/// a busy timeout of [`SQLITE_BUSY_TIMEOUT`], so several processes — replicas of one
+/// service under `cargo xtask up --scale` — can share it; the first to open it switches
+/// the file to WAL, which then persists.
 ///
 /// # Errors
 /// [`DataError`] when the directory, the connection or a migration fails.
@@ -137,6 +146,13 @@ pub async fn connect<M: MigratorTrait>(
             .max_lifetime(None::<Duration>);
     } else {
         options.max_connections(config.max_connections);
+    }
+    if config.sqlite_file().is_some() {
+        options.map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        });
     }
     let db = Database::connect(options)
         .await
@@ -219,6 +235,64 @@ mod tests {
             DatabaseConfig::with_url("postgres://u:p@h/db").sqlite_file(),
             None
         );
+    }
+
+    /// A migrator with no migrations: the tests make their own table.
+    struct NoMigrations;
+
+    impl MigratorTrait for NoMigrations {
+        fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn two_connections_to_one_sqlite_file_write_while_the_other_reads()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+        let dir = tempfile::tempdir()?;
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("shared.db").display()
+        );
+        // Two pools on one file, as two replicas of a service have.
+        let first = connect::<NoMigrations>(&DatabaseConfig::with_url(&url)).await?;
+        let second = connect::<NoMigrations>(&DatabaseConfig::with_url(&url)).await?;
+        first
+            .execute_unprepared("CREATE TABLE t (who TEXT NOT NULL)")
+            .await?;
+        first
+            .execute_unprepared("INSERT INTO t VALUES ('first')")
+            .await?;
+
+        // The first holds a read transaction open; in SQLite's default rollback-journal
+        // mode the second's commit would wait for it, then fail "database is locked".
+        let reading = first.begin().await?;
+        reading.execute_unprepared("SELECT count(*) FROM t").await?;
+        second
+            .execute_unprepared("INSERT INTO t VALUES ('second')")
+            .await?;
+        reading.commit().await?;
+        first
+            .execute_unprepared("INSERT INTO t VALUES ('first again')")
+            .await?;
+
+        let count = |db: DatabaseConnection| async move {
+            let row = db
+                .query_one_raw(sea_orm::Statement::from_string(
+                    db.get_database_backend(),
+                    "SELECT count(*) AS n, (SELECT journal_mode FROM pragma_journal_mode) AS mode FROM t",
+                ))
+                .await?
+                .ok_or("no row")?;
+            Ok::<_, Box<dyn std::error::Error>>((
+                row.try_get::<i64>("", "n")?,
+                row.try_get::<String>("", "mode")?,
+            ))
+        };
+        assert_eq!(count(second).await?, (3, "wal".to_owned()));
+        assert_eq!(count(first).await?, (3, "wal".to_owned()));
+        Ok(())
     }
 
     #[test]

@@ -161,11 +161,17 @@ fn config_of_up_observability_passes_promtool() {
     else {
         return;
     };
-    let targets = [("user", 51051), ("auth", 51052), ("notification", 51053)].map(|(job, port)| {
-        crate::prometheus::Target {
-            job,
-            address: format!("127.0.0.1:{port}"),
-        }
+    // Two user replicas (`up --scale user=2`): one job with two targets, as Prometheus
+    // rejects two jobs of one name.
+    let targets = [
+        ("user", 51051),
+        ("user", 41051),
+        ("auth", 51052),
+        ("notification", 51053),
+    ]
+    .map(|(job, port)| crate::prometheus::Target {
+        job,
+        address: format!("127.0.0.1:{port}"),
     });
     let rules = workspace_root().join(crate::prometheus::RULES_DIR);
     let config = crate::prometheus::config(

@@ -28,8 +28,9 @@ const CONTAINER_DATA: &str = "/prometheus";
 /// How long Prometheus may take to accept connections on its port.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One scrape job: the job name the rules and the dashboard select on (`user`, `auth`,
-/// `notification`) and the `host:port` of the service's `/metrics`.
+/// One scrape target: the job name the rules and the dashboard select on (`user`, `auth`,
+/// `notification`) and the `host:port` of one process's `/metrics` (a service scaled to
+/// several replicas has one target per replica, all under its job).
 pub(crate) struct Target {
     pub(crate) job: &'static str,
     pub(crate) address: String,
@@ -44,9 +45,10 @@ pub(crate) enum Runner {
     Docker(String),
 }
 
-/// The Prometheus configuration for `targets`, loading the rules in `rules_dir` (a path
-/// as Prometheus will see it). Strings are written as JSON strings, which YAML reads
-/// as double-quoted scalars.
+/// The Prometheus configuration for `targets` — one scrape job per job name, in order of
+/// first appearance, listing all its targets (Prometheus rejects two jobs of one name) —
+/// loading the rules in `rules_dir` (a path as Prometheus will see it). Strings are
+/// written as JSON strings, which YAML reads as double-quoted scalars.
 pub(crate) fn config(targets: &[Target], rules_dir: &str, scrape_interval: Duration) -> String {
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     let interval = format!("{}s", scrape_interval.as_secs().max(1));
@@ -58,12 +60,23 @@ pub(crate) fn config(targets: &[Target], rules_dir: &str, scrape_interval: Durat
          rule_files:\n  - {}\nscrape_configs:",
         quote(&format!("{}/*.rules.yml", rules_dir.trim_end_matches('/')))
     );
+    let mut jobs: Vec<&str> = Vec::new();
     for target in targets {
+        if !jobs.contains(&target.job) {
+            jobs.push(target.job);
+        }
+    }
+    for job in jobs {
+        let addresses: Vec<String> = targets
+            .iter()
+            .filter(|t| t.job == job)
+            .map(|t| quote(&t.address))
+            .collect();
         let _ = writeln!(
             yaml,
             "  - job_name: {}\n    static_configs:\n      - targets: [{}]",
-            quote(target.job),
-            quote(&target.address)
+            quote(job),
+            addresses.join(", ")
         );
     }
     yaml
@@ -241,6 +254,30 @@ mod tests {
             "{yaml}"
         );
         assert!(yaml.contains("  - job_name: \"auth\"\n"), "{yaml}");
+    }
+
+    #[test]
+    fn config_scrapes_a_jobs_replicas_in_one_job() {
+        let targets = ["127.0.0.1:51051", "127.0.0.1:41001", "127.0.0.1:41002"]
+            .map(|address| Target {
+                job: "user",
+                address: address.to_owned(),
+            })
+            .into_iter()
+            .chain([Target {
+                job: "auth",
+                address: "127.0.0.1:51052".to_owned(),
+            }])
+            .collect::<Vec<_>>();
+        let yaml = config(&targets, "rules", Duration::from_secs(5));
+        assert_eq!(yaml.matches("job_name: \"user\"").count(), 1, "{yaml}");
+        assert!(
+            yaml.contains(
+                "  - job_name: \"user\"\n    static_configs:\n      - targets: \
+                 [\"127.0.0.1:51051\", \"127.0.0.1:41001\", \"127.0.0.1:41002\"]\n  - job_name: \"auth\"\n"
+            ),
+            "{yaml}"
+        );
     }
 
     #[test]
