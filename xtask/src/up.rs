@@ -534,8 +534,10 @@ impl Launcher<'_> {
 
 /// Waits for Ctrl-C, reporting each process that exits meanwhile. A replica that exits
 /// while others of its service still run is reported and the rest keep going (the
-/// others' peer channels eject it: that is what scaling is for); when a service's last
-/// process exits, everything stops. Returns whether no process exited on its own.
+/// others' peer channels eject it: that is what scaling is for). When an unscaled
+/// service's process exits, everything stops; a scaled service may lose every replica
+/// (its callers then fail fast until one returns). Returns whether no process exited on
+/// its own.
 fn watch(running: &mut [Running], incoming: &mpsc::Receiver<Event>) -> bool {
     let mut clean = true;
     loop {
@@ -562,9 +564,19 @@ fn watch(running: &mut [Running], incoming: &mpsc::Receiver<Event>) -> bool {
             .iter()
             .filter(|s| s.replica.spec == spec && !s.exited)
             .count();
-        if left == 0 {
+        let scaled = running.iter().filter(|s| s.replica.spec == spec).count() > 1;
+        if left == 0 && !scaled {
             eprintln!("xtask: {label} exited unexpectedly ({how}); stopping the others");
             return false;
+        }
+        if left == 0 {
+            eprintln!(
+                "xtask: {label} exited unexpectedly ({how}); no {} replica is left: calls to \
+                 it fail fast with UNAVAILABLE until one listens on a replica's address again \
+                 (Ctrl-C stops everything)",
+                spec.name
+            );
+            continue;
         }
         eprintln!(
             "xtask: {label} exited unexpectedly ({how}); {left} other {} replica(s) still \
@@ -1569,6 +1581,26 @@ mod tests {
         assert!(processes[1].exited);
         assert!(!stop_all(&mut processes));
         assert!(processes[0].child.try_wait().expect("try_wait").is_some());
+    }
+
+    #[test]
+    fn a_scaled_service_losing_every_replica_keeps_the_rest_running() {
+        let mut processes = vec![
+            running(replica("auth", 1, 1), "exec sleep 60"),
+            running(replica("user", 1, 2), "exit 0"),
+            running(replica("user", 2, 2), "exit 0"),
+        ];
+        let (events, incoming) = mpsc::channel();
+        for label in ["user#1", "user#2"] {
+            events.send(Event::Exited(label.to_owned())).expect("send");
+        }
+        events.send(Event::Signal).expect("send");
+        // Returns at the Signal: auth's callers fail fast meanwhile, and a returning
+        // replica would be found again.
+        assert!(!watch(&mut processes, &incoming));
+        assert!(processes[1].exited && processes[2].exited);
+        assert_eq!(processes[0].child.try_wait().expect("try_wait"), None);
+        assert!(!stop_all(&mut processes));
     }
 
     #[test]
