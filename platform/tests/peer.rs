@@ -506,6 +506,65 @@ async fn ejected_instances_leave_rotation_within_the_ejection_share() {
     assert_eq!(ejected, 1, "{states:?}");
 }
 
+#[tokio::test]
+async fn a_lone_ejected_instance_still_gets_calls() {
+    // One replica that fails a burst of calls, then recovers: ejection must not lock the
+    // only instance out for the ejection time (Envoy routes to ejected hosts when no
+    // other is left).
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    #[derive(Clone)]
+    struct Flaky(Arc<std::sync::atomic::AtomicBool>);
+    #[tonic::async_trait]
+    impl UserInternalService for Flaky {
+        async fn verify_credentials(
+            &self,
+            _: Request<pb::VerifyCredentialsRequest>,
+        ) -> Result<Response<pb::VerifyCredentialsResponse>, Status> {
+            if self.0.load(Ordering::Relaxed) {
+                return Err(Status::internal("a bad moment"));
+            }
+            Ok(Response::new(pb::VerifyCredentialsResponse::default()))
+        }
+        async fn lookup_user(
+            &self,
+            _: Request<pb::LookupUserRequest>,
+        ) -> Result<Response<pb::LookupUserResponse>, Status> {
+            Err(Status::unimplemented("no"))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserInternalServiceServer::new(Flaky(Arc::clone(&failing))))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let peers = user_peers(
+        &[addr],
+        PeerConfig {
+            health_check: false,
+            breaker: trellis_platform::peer::BreakerConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            ..PeerConfig::default()
+        },
+    );
+    let mut client = UserInternalServiceClient::new(peers.channel("user").unwrap());
+    for _ in 0..10 {
+        assert_eq!(
+            verify(&mut client).await.unwrap_err().code(),
+            Code::Internal
+        );
+    }
+    assert_eq!(peers.instances("user")[0].state, EndpointState::Ejected);
+    failing.store(false, Ordering::Relaxed);
+    assert!(
+        verify(&mut client).await.is_ok(),
+        "the lone instance is still called"
+    );
+}
+
 /// A user service whose VerifyCredentials asks another one (over a peer channel), as
 /// auth's Login does: the second hop of a deadline.
 #[derive(Clone)]

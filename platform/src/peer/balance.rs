@@ -16,7 +16,8 @@
 //!   calls fail `consecutive_failures` times in a row (UNAVAILABLE, DEADLINE_EXCEEDED,
 //!   RESOURCE_EXHAUSTED, INTERNAL or a transport error) is ejected for
 //!   `base_ejection_ms` × the number of its ejections (at most `max_ejection_ms`), with at
-//!   most `max_ejection_percent` of the instances (but at least one) ejected at once.
+//!   most `max_ejection_percent` of the instances (but at least one) ejected at once;
+//!   when only ejected instances are left, calls go to them (Envoy's panic routing).
 //! - **Failing fast**: with no instance in rotation (none resolved, all unhealthy) a
 //!   call fails at once with UNAVAILABLE; before discovery's first answer it waits for it
 //!   at most the connect timeout. It never hangs.
@@ -341,7 +342,15 @@ impl Balancer {
             .copied()
             .filter(|endpoint| !tried.iter().any(|t| Arc::ptr_eq(t, endpoint)))
             .collect();
-        let candidates = if fresh.is_empty() { in_rotation } else { fresh };
+        let mut candidates = if fresh.is_empty() { in_rotation } else { fresh };
+        if candidates.is_empty() {
+            // Envoy's panic routing: ejection never empties the set (a lone instance
+            // that failed a burst still gets calls); only health and reachability do.
+            candidates = set
+                .iter()
+                .filter(|endpoint| endpoint.state(now) == EndpointState::Ejected)
+                .collect();
+        }
         let chosen = match candidates.len() {
             0 => {
                 if set.is_empty() {
