@@ -17,12 +17,11 @@
 //!   RESOURCE_EXHAUSTED, INTERNAL or a transport error) is ejected for
 //!   `base_ejection_ms` × the number of its ejections (at most `max_ejection_ms`), with at
 //!   most `max_ejection_percent` of the instances (but at least one) ejected at once;
-//!   when no instance is in rotation, calls go to the ejected and unreachable ones
-//!   (Envoy's panic routing), never to one reporting NOT_SERVING.
-//! - **Failing fast**: with no instance at all, or all NOT_SERVING, a call fails at once
-//!   with UNAVAILABLE; with only unreachable ones it fails within the connect timeout
-//!   (a refused connection: at once); before discovery's first answer it waits for it at
-//!   most the connect timeout. It never hangs.
+//!   when no instance is in rotation, calls go to any of them (Envoy's panic routing).
+//! - **Failing fast**: with no instance at all a call fails at once with UNAVAILABLE;
+//!   with only failed ones it fails within the connect timeout (a refused connection: at
+//!   once); before discovery's first answer it waits for it at most the connect timeout.
+//!   It never hangs.
 //!
 //! tower's `p2c::Balance` picks by load too, but owns its services behind `&mut self`,
 //! knows no health or ejection, and waits forever on an empty set: the policy here is
@@ -346,20 +345,11 @@ impl Balancer {
             .collect();
         let mut candidates = if fresh.is_empty() { in_rotation } else { fresh };
         if candidates.is_empty() {
-            // Envoy's panic routing: with none in rotation, try the ejected and the
-            // unreachable ones rather than refusing — a lone instance that failed a
-            // burst, or one that just restarted before its health watch reconnected,
-            // still gets calls, and a dead one fails within the connect timeout. Only
-            // instances reporting NOT_SERVING (starting, draining) are never tried.
-            candidates = set
-                .iter()
-                .filter(|endpoint| {
-                    matches!(
-                        endpoint.state(now),
-                        EndpointState::Ejected | EndpointState::Unreachable
-                    )
-                })
-                .collect();
+            // Envoy's panic routing: with none in rotation, try every instance rather
+            // than refuse — a lone instance that failed a burst, or one that came back
+            // before its health watch saw it, still gets calls; a dead one fails at once
+            // (connection refused) or within the connect timeout.
+            candidates = set.iter().collect();
         }
         let chosen = match candidates.len() {
             0 => {
