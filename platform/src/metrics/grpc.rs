@@ -112,6 +112,33 @@ pub struct MethodInfo {
     pub method: String,
 }
 
+/// Calls `visit` with the fully qualified service name (e.g. `trellis.user.v1.UserService`)
+/// and the descriptor of every method an encoded `FileDescriptorSet` describes. Peer
+/// channels read idempotency from the same walk ([`crate::peer::MethodTable`]).
+///
+/// # Errors
+/// [`prost::DecodeError`] when the set cannot be decoded.
+pub fn for_each_method(
+    encoded: &[u8],
+    mut visit: impl FnMut(&str, &prost_types::MethodDescriptorProto),
+) -> Result<(), prost::DecodeError> {
+    let set = prost_types::FileDescriptorSet::decode(encoded)?;
+    for file in &set.file {
+        let package = file.package();
+        for service in &file.service {
+            let name = if package.is_empty() {
+                service.name().to_owned()
+            } else {
+                format!("{package}.{}", service.name())
+            };
+            for method in &service.method {
+                visit(&name, method);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The methods of the services named, by path (`/package.Service/Method`), read from
 /// encoded `FileDescriptorSet`s; `services: None` takes every service the sets describe.
 ///
@@ -123,33 +150,22 @@ pub fn method_table(
 ) -> Result<HashMap<String, MethodInfo>, MetricsError> {
     let mut table = HashMap::new();
     for encoded in descriptor_sets {
-        let set = prost_types::FileDescriptorSet::decode(*encoded)?;
-        for file in set.file {
-            let package = file.package();
-            for service in &file.service {
-                let name = if package.is_empty() {
-                    service.name().to_owned()
-                } else {
-                    format!("{package}.{}", service.name())
-                };
-                if services.is_some_and(|wanted| !wanted.contains(&name.as_str())) {
-                    continue;
-                }
-                for method in &service.method {
-                    table.insert(
-                        format!("/{name}/{}", method.name()),
-                        MethodInfo {
-                            rpc_type: RpcType::from_streaming(
-                                method.client_streaming(),
-                                method.server_streaming(),
-                            ),
-                            service: name.clone(),
-                            method: method.name().to_owned(),
-                        },
-                    );
-                }
+        for_each_method(encoded, |name, method| {
+            if services.is_some_and(|wanted| !wanted.contains(&name)) {
+                return;
             }
-        }
+            table.insert(
+                format!("/{name}/{}", method.name()),
+                MethodInfo {
+                    rpc_type: RpcType::from_streaming(
+                        method.client_streaming(),
+                        method.server_streaming(),
+                    ),
+                    service: name.to_owned(),
+                    method: method.name().to_owned(),
+                },
+            );
+        })?;
     }
     Ok(table)
 }

@@ -22,7 +22,7 @@ use tower::retry::backoff::Backoff as _;
 use super::PeerShared;
 use super::balance::{Endpoint, Outcome, Outstanding};
 use super::breaker::is_failure_code;
-use super::retry::never_sent;
+use super::retry::{never_sent, timed_out};
 use super::stats::inc;
 use crate::context;
 use crate::server::deadline::{encode_grpc_timeout, grpc_timeout};
@@ -121,27 +121,23 @@ async fn send(
         let outstanding = endpoint.start_call();
         let started = Instant::now();
         let channel = endpoint.channel.clone();
-        let attempt_result = tokio::time::timeout_at(deadline, channel.oneshot(request)).await;
+        let answered = match tokio::time::timeout_at(deadline, channel.oneshot(request)).await {
+            // Our deadline, or the channel's own timer set from the `grpc-timeout` sent.
+            Err(_) => None,
+            Ok(Err(err)) if timed_out(&err) => None,
+            Ok(result) => Some(result),
+        };
         let rtt = started.elapsed();
-        let (outcome, code, answer) = match attempt_result {
-            Err(_) => {
-                shared.balancer.record(&endpoint, Outcome::Failure, rtt);
-                return Status::deadline_exceeded(format!(
-                    "{peer} did not answer within the deadline ({} ms)",
-                    (deadline - now).as_millis()
-                ))
-                .into_http();
-            }
-            Ok(Err(err)) if timed_out(&err) => {
-                // The channel's own timer, set from the `grpc-timeout` we sent.
-                shared.balancer.record(&endpoint, Outcome::Failure, rtt);
-                return Status::deadline_exceeded(format!(
-                    "{peer} did not answer within the deadline ({} ms)",
-                    (deadline - now).as_millis()
-                ))
-                .into_http();
-            }
-            Ok(Err(err)) => {
+        let Some(result) = answered else {
+            shared.balancer.record(&endpoint, Outcome::Failure, rtt);
+            return Status::deadline_exceeded(format!(
+                "{peer} did not answer within the deadline ({} ms)",
+                (deadline - now).as_millis()
+            ))
+            .into_http();
+        };
+        let (outcome, code, answer) = match result {
+            Err(err) => {
                 let unsent = never_sent(&err);
                 let status = Status::unavailable(format!(
                     "{peer} at {} is unreachable: {err}",
@@ -153,7 +149,7 @@ async fn send(
                     Err((status, unsent)),
                 )
             }
-            Ok(Ok(response)) => {
+            Ok(response) => {
                 let code = grpc_status(response.headers()).unwrap_or(Code::Ok);
                 // The instance's failures are the breaker's (gRPC codes that may succeed
                 // elsewhere or later).
@@ -193,18 +189,6 @@ async fn send(
             Ok(response) => response.map(Body::new),
         };
     }
-}
-
-/// Whether `err` is tonic's client-side timeout (`TimeoutExpired`), anywhere in its chain.
-fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if err.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 pin_project_lite::pin_project! {

@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost::Message as _;
 use prost_types::method_options::IdempotencyLevel;
+
+use crate::metrics::grpc::for_each_method;
 
 /// One method's properties.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,39 +39,28 @@ impl MethodTable {
     /// Adds the methods of an encoded `FileDescriptorSet` (e.g. a service's own,
     /// the bytes it registers for reflection). Undecodable bytes add nothing.
     pub fn add(&mut self, descriptor_set: &[u8]) {
-        let Ok(set) = prost_types::FileDescriptorSet::decode(descriptor_set) else {
-            tracing::warn!("a descriptor set given for peer methods does not decode");
-            return;
-        };
         let methods = Arc::make_mut(&mut self.methods);
-        for file in &set.file {
-            let package = file.package();
-            for service in &file.service {
-                let prefix = if package.is_empty() {
-                    format!("/{}/", service.name())
-                } else {
-                    format!("/{package}.{}/", service.name())
-                };
-                for method in &service.method {
-                    let level = method
-                        .options
-                        .as_ref()
-                        .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
-                            o.idempotency_level()
-                        });
-                    methods.insert(
-                        format!("{prefix}{}", method.name()),
-                        MethodInfo {
-                            idempotent: matches!(
-                                level,
-                                IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent
-                            ),
-                            server_streaming: method.server_streaming(),
-                            client_streaming: method.client_streaming(),
-                        },
-                    );
-                }
-            }
+        let read = for_each_method(descriptor_set, |service, method| {
+            let level = method
+                .options
+                .as_ref()
+                .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                    o.idempotency_level()
+                });
+            methods.insert(
+                format!("/{service}/{}", method.name()),
+                MethodInfo {
+                    idempotent: matches!(
+                        level,
+                        IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent
+                    ),
+                    server_streaming: method.server_streaming(),
+                    client_streaming: method.client_streaming(),
+                },
+            );
+        });
+        if read.is_err() {
+            tracing::warn!("a descriptor set given for peer methods does not decode");
         }
     }
 

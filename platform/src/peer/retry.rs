@@ -124,24 +124,32 @@ impl RetryPolicy {
     }
 }
 
+/// `err` and every error under it: its `source()` chain, looking inside I/O errors that
+/// wrap another (their `source()` skips the wrapped error itself).
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |err| {
+        err.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|inner| inner as &(dyn std::error::Error + 'static))
+            .or_else(|| err.source())
+    })
+}
+
 /// Whether `err` (a failed attempt) certainly never reached a server: the connection was
 /// refused, so the request was not sent.
 pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return true;
-            }
-            // An I/O error wrapping another: `source()` skips the wrapped one itself.
-            if let Some(inner) = io.get_ref() {
-                source = Some(inner);
-                continue;
-            }
-        }
-        source = err.source();
-    }
-    false
+    chain(err).any(|err| {
+        err.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+}
+
+/// Whether `err` is tonic's client-side timeout (`TimeoutExpired`), anywhere in its
+/// chain: the channel's own timer, set from the `grpc-timeout` the attempt sent.
+pub(crate) fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    chain(err).any(|err| err.is::<tonic::TimeoutExpired>())
 }
 
 #[cfg(test)]

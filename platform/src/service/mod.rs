@@ -206,8 +206,11 @@ impl<S: Service> Launch<S> {
         metrics.watch_database(&db)?;
         let recording = records_metrics(&config, metrics_listener.as_ref());
         let registry = config.discovery.registry()?;
-        let mut peers = Peers::with_registry(config.peers.clone(), Arc::clone(&registry))
-            .with_descriptor_set(S::FILE_DESCRIPTOR_SET);
+        let mut peers = Peers::with_registry(config.peers.clone(), Arc::clone(&registry));
+        // Trellis's own protos are read already; a service's own are added once.
+        if !std::ptr::eq(S::FILE_DESCRIPTOR_SET, trellis_proto::FILE_DESCRIPTOR_SET) {
+            peers = peers.with_descriptor_set(S::FILE_DESCRIPTOR_SET);
+        }
         if recording {
             peers = peers.with_metrics(&metrics)?;
         }
