@@ -16,7 +16,8 @@
 //!   calls fail `consecutive_failures` times in a row (UNAVAILABLE, DEADLINE_EXCEEDED,
 //!   RESOURCE_EXHAUSTED, INTERNAL or a transport error) is ejected for
 //!   `base_ejection_ms` × the number of its ejections (at most `max_ejection_ms`), with at
-//!   most `max_ejection_percent` of the instances (but at least one) ejected at once;
+//!   most `max_ejection_percent` of the instances (but at least one) ejected at once; a
+//!   SERVING report from its health watch ends an ejection early (Envoy's default);
 //!   when no instance is in rotation, calls go to any of them (Envoy's panic routing).
 //! - **Failing fast**: with no instance at all a call fails at once with UNAVAILABLE;
 //!   with only failed ones it fails within the connect timeout (a refused connection: at
@@ -349,7 +350,15 @@ impl Balancer {
             // than refuse — a lone instance that failed a burst, or one that came back
             // before its health watch saw it, still gets calls; a dead one fails at once
             // (connection refused) or within the connect timeout.
-            candidates = set.iter().collect();
+            let untried: Vec<&Arc<Endpoint>> = set
+                .iter()
+                .filter(|endpoint| !tried.iter().any(|t| Arc::ptr_eq(t, endpoint)))
+                .collect();
+            candidates = if untried.is_empty() {
+                set.iter().collect()
+            } else {
+                untried
+            };
         }
         let chosen = match candidates.len() {
             0 => {
@@ -582,6 +591,10 @@ async fn watch_health(peer: Arc<str>, endpoint: Weak<Endpoint>) {
                             backoff = HEALTH_BACKOFF.0;
                             if let Some(endpoint) = endpoint.upgrade() {
                                 *endpoint.suspect_until.lock() = None;
+                                // A passing health check un-ejects (Envoy's
+                                // `successful_active_health_check_uneject_host`): a
+                                // restarted instance is back at once.
+                                *endpoint.ejected_until.lock() = None;
                             }
                             set(HEALTH_SERVING);
                         }
