@@ -1,13 +1,15 @@
 //! The one gRPC server builder every Trellis service uses.
 //!
 //! [`ServerBuilder`] collects the service's gRPC services and descriptor sets; [`ServerBuilder::bind`]
-//! adds health (`grpc.health.v1`, Check and Watch, for `""` and each service), reflection
+//! adds health (`grpc.health.v1`, Check and Watch, for `""` and each service, which follow
+//! the readiness probe, and for [`LIVENESS`], which does not), reflection
 //! (`grpc.reflection.v1` and `v1alpha`), per-RPC metrics ([`crate::metrics`]) and tracing,
 //! limits and the drain layer, and
 //! binds the listener; [`BoundServer::run_until`] serves until a shutdown future completes,
 //! then shuts down gracefully:
 //!
-//! 1. every health status becomes NOT_SERVING (so load balancers stop sending calls);
+//! 1. every health status but [`LIVENESS`] becomes NOT_SERVING (so load balancers stop
+//!    sending calls);
 //! 2. the listener stops accepting and connections are told to go away (HTTP/2 GOAWAY);
 //! 3. in-flight calls get up to `server.drain_timeout_ms` to finish;
 //! 4. streams still open then end with UNAVAILABLE ([`drain`]), and the server returns.
@@ -36,6 +38,13 @@ use trellis_proto::MessageLimits;
 
 use crate::config::{ConfigError, require_positive};
 use crate::metrics::{Metrics, MetricsError, MetricsLayer};
+
+/// The `grpc.health.v1` service name for liveness probes: SERVING from the moment the
+/// server serves until the process ends, whatever the readiness probe (the database)
+/// says, so a Kubernetes `livenessProbe` (`grpc: {port, service: liveness}`) restarts a
+/// process that stopped answering, never one whose database is down. `""` and the
+/// service names follow readiness, for readiness probes and load balancers.
+pub const LIVENESS: &str = "liveness";
 
 /// How long connections may stay open after the drain bound, before they are dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -444,6 +453,10 @@ impl ServerBuilder {
         };
         // tonic-health starts "" as SERVING: nothing is ready until the probe says so.
         health.set_all(ServingStatus::NotServing).await;
+        health
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         let routes = routes.add_service(health_service);
 
         let bind_error = |source| ServerError::Bind {

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tokio_stream::StreamExt as _;
 use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use trellis_platform::server::{ServerBuilder, ServerConfig};
+use trellis_platform::server::{LIVENESS, ServerBuilder, ServerConfig};
 use trellis_platform::testing::{channel, wait_serving};
 
 use crate::support::load;
@@ -108,4 +109,59 @@ fn http2_limit_keys_load_and_are_validated() {
             "{key}: {err}"
         );
     }
+}
+
+#[tokio::test]
+async fn liveness_stays_serving_while_readiness_fails() {
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probe = std::sync::Arc::clone(&ready);
+    let config = ServerConfig {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        readiness_interval_ms: 20,
+        ..ServerConfig::default()
+    };
+    let server = ServerBuilder::new(config)
+        .readiness(move || {
+            let ready = probe.load(std::sync::atomic::Ordering::SeqCst);
+            async move { ready }
+        })
+        .bind()
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.run_until(std::future::pending()));
+    wait_serving(addr).await;
+    let health = HealthClient::new(channel(addr));
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        async move { health.check(request).await.unwrap().into_inner().status() }
+    };
+    assert_eq!(status(LIVENESS).await, ServingStatus::Serving);
+
+    // The database (here, the probe) goes away: readiness follows, liveness does not.
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut watch = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The bound turns a missing change into a failure, not a hang.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(reply) = watch.next().await {
+            if reply.unwrap().status() == ServingStatus::NotServing {
+                return;
+            }
+        }
+        panic!("the watch ended before NOT_SERVING");
+    })
+    .await
+    .expect("readiness turns NOT_SERVING");
+    assert_eq!(status("").await, ServingStatus::NotServing);
+    assert_eq!(status(LIVENESS).await, ServingStatus::Serving);
 }
