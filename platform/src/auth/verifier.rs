@@ -41,6 +41,12 @@ pub struct AuthConfig {
     pub min_refresh_interval_ms: u64,
     /// Keys older than this are refetched before use, ms. Default 300000 (5 min).
     pub max_key_age_ms: u64,
+    /// How many verified tokens to remember, so a client that sends the same access
+    /// token on every call costs one Ed25519 verification, not one per call. An entry
+    /// lasts until the token's `exp` (plus the leeway), at most `max_key_age_ms`, and
+    /// all are dropped when a key is withdrawn from the published set. 0 turns the cache
+    /// off. Default 10000 (a few MiB at most).
+    pub verified_token_cache: u64,
 }
 
 impl Default for AuthConfig {
@@ -53,6 +59,7 @@ impl Default for AuthConfig {
             leeway_secs: MAX_LEEWAY_SECS,
             min_refresh_interval_ms: 10_000,
             max_key_age_ms: 300_000,
+            verified_token_cache: 10_000,
         }
     }
 }
@@ -212,21 +219,41 @@ impl VerifyError {
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,
+    /// The keys as published at the last successful fetch: a withdrawn one clears the
+    /// verified tokens.
+    published: Vec<PublicKey>,
     fetched_at: Option<Instant>,
     last_fetch_failed: bool,
 }
 
-/// Verifies access tokens. Cheap to clone; clones share the key cache.
+/// A token that verified: what it proved, until when.
+#[derive(Debug)]
+struct Verified {
+    principal: Principal,
+    /// The token's `exp`, Unix seconds.
+    expires_at: i64,
+}
+
+/// Verifies access tokens. Cheap to clone; clones share the key cache and the verified
+/// tokens.
 ///
 /// The cache's lock is held only to read or replace keys, never across a fetch: a slow
 /// or hanging key source delays only the verifications that need a key it has not got.
 /// Fetches are single-flight (one at a time, behind their own async lock).
+///
+/// A token that verified is remembered (`auth.verified_token_cache` entries, keyed by
+/// the whole token, so only the same bytes match) until its `exp` plus the leeway, at
+/// most `auth.max_key_age_ms`; a key withdrawn from the published set forgets them all.
+/// Clients send the same access token for its whole life, and an Ed25519 verification
+/// costs tens of µs: more than the rest of a cached database read.
 #[derive(Clone)]
 pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
     validation: Arc<Validation>,
     cache: Arc<parking_lot::Mutex<KeyCache>>,
     fetching: Arc<tokio::sync::Mutex<()>>,
+    verified: Option<moka::sync::Cache<Box<str>, Arc<Verified>>>,
+    leeway_secs: i64,
     min_refresh_interval: Duration,
     max_key_age: Duration,
 }
@@ -235,6 +262,13 @@ impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenVerifier").finish_non_exhaustive()
     }
+}
+
+/// Now, in Unix seconds (as JWT's `exp`).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// After a failed fetch, how soon another may be tried.
@@ -252,13 +286,23 @@ impl TokenVerifier {
         validation.set_audience(&[&config.audience]);
         validation.set_issuer(&[&config.issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        let max_key_age = Duration::from_millis(config.max_key_age_ms);
+        let leeway_secs = i64::try_from(validation.leeway).unwrap_or(0);
+        let verified = (config.verified_token_cache > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.verified_token_cache)
+                .time_to_live(max_key_age)
+                .build()
+        });
         Self {
             source: Arc::new(source),
             validation: Arc::new(validation),
             cache: Arc::default(),
             fetching: Arc::default(),
+            verified,
+            leeway_secs,
             min_refresh_interval: Duration::from_millis(config.min_refresh_interval_ms),
-            max_key_age: Duration::from_millis(config.max_key_age_ms),
+            max_key_age,
         }
     }
 
@@ -267,16 +311,43 @@ impl TokenVerifier {
     /// # Errors
     /// [`VerifyError`] for any failure.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        if let Some(verified) = &self.verified
+            && let Some(hit) = verified.get(token)
+        {
+            if unix_now() <= hit.expires_at.saturating_add(self.leeway_secs) {
+                return Ok(hit.principal.clone());
+            }
+            // Expired: verify in full, which says so.
+            verified.invalidate(token);
+        }
         let header = jsonwebtoken::decode_header(token)?;
         let kid = header.kid.ok_or(VerifyError::NoKeyId)?;
         let key = self.key(&kid).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)?;
         let claims = data.claims;
-        Ok(Principal {
+        let principal = Principal {
             subject: claims.sub,
             kind: claims.kind,
             roles: claims.roles,
-        })
+        };
+        if let Some(verified) = &self.verified {
+            verified.insert(
+                token.into(),
+                Arc::new(Verified {
+                    principal: principal.clone(),
+                    expires_at: claims.exp,
+                }),
+            );
+        }
+        Ok(principal)
+    }
+
+    /// Whether `token` is among the remembered verified tokens (for tests).
+    #[doc(hidden)]
+    pub fn remembers(&self, token: &str) -> bool {
+        self.verified
+            .as_ref()
+            .is_some_and(|verified| verified.contains_key(token))
     }
 
     async fn key(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
@@ -318,6 +389,12 @@ impl TokenVerifier {
         cache.fetched_at = Some(Instant::now());
         match fetched {
             Ok(keys) => {
+                let withdrawn = cache.published.iter().any(|old| !keys.contains(old));
+                if withdrawn && let Some(verified) = &self.verified {
+                    // A token signed with a withdrawn key must not outlive it here.
+                    verified.invalidate_all();
+                }
+                cache.published.clone_from(&keys);
                 cache.keys = keys
                     .into_iter()
                     .filter_map(|key| match DecodingKey::from_ed_components(&key.x) {

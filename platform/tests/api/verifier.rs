@@ -116,3 +116,97 @@ proptest! {
         }
     }
 }
+
+/// Publishes whatever keys the test puts in it (clones share them).
+#[derive(Clone, Default)]
+struct Published(Arc<parking_lot::Mutex<Vec<PublicKey>>>);
+
+impl KeySource for Published {
+    fn fetch(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>> {
+        let keys = self.0.lock().clone();
+        Box::pin(async move { Ok(keys) })
+    }
+}
+
+fn unix_now() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(now.as_secs()).unwrap()
+}
+
+#[tokio::test]
+async fn a_verified_token_is_remembered_and_forgotten_when_its_key_is_withdrawn() {
+    let (old, new) = (TestIssuer::new(), TestIssuer::new());
+    let published = Published::default();
+    published.0.lock().push(old.public_key());
+    let config = AuthConfig {
+        min_refresh_interval_ms: 0,
+        ..AuthConfig::default()
+    };
+    let verifier = TokenVerifier::new(&config, published.clone());
+    let token = old.user_token("ada", &["admin"]);
+    let first = verifier.verify(&token).await.unwrap();
+    assert!(verifier.remembers(&token));
+    assert_eq!(verifier.verify(&token).await.unwrap(), first);
+    assert!(!verifier.remembers(&new.user_token("ada", &["admin"])));
+
+    // The old key is withdrawn; a token with the new kid makes the verifier refetch.
+    *published.0.lock() = vec![new.public_key()];
+    verifier
+        .verify(&new.user_token("bob", &[]))
+        .await
+        .expect("the new key is fetched");
+    assert!(!verifier.remembers(&token));
+    let err = verifier.verify(&token).await.unwrap_err();
+    assert_eq!(err.reason(), "unknown_key", "{err}");
+}
+
+#[tokio::test]
+async fn a_remembered_token_is_refused_once_it_expires() {
+    let issuer = TestIssuer::new();
+    let config = AuthConfig {
+        leeway_secs: 0,
+        ..AuthConfig::default()
+    };
+    let verifier = TokenVerifier::new(&config, issuer.key_source());
+    let now = unix_now();
+    let token = issuer.sign(&trellis_platform::auth::Claims {
+        iss: "trellis-auth".into(),
+        aud: "trellis".into(),
+        sub: "ada".into(),
+        iat: now,
+        nbf: now,
+        exp: now + 1,
+        jti: "one".into(),
+        kind: trellis_platform::auth::PrincipalKind::User,
+        roles: vec![],
+    });
+    verifier.verify(&token).await.unwrap();
+    assert!(verifier.remembers(&token));
+    // Past `exp` (whole seconds, as JWT counts them); the bound turns a hang into a failure.
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while unix_now() <= now + 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let err = verifier.verify(&token).await.unwrap_err();
+    assert_eq!(err.reason(), "expired", "{err}");
+}
+
+#[tokio::test]
+async fn a_cache_of_zero_remembers_nothing() {
+    let issuer = TestIssuer::new();
+    let config = AuthConfig {
+        verified_token_cache: 0,
+        ..AuthConfig::default()
+    };
+    let verifier = TokenVerifier::new(&config, issuer.key_source());
+    let token = issuer.user_token("ada", &[]);
+    verifier.verify(&token).await.unwrap();
+    assert!(!verifier.remembers(&token));
+}
