@@ -25,8 +25,19 @@ pub struct Model {
     pub update_time: DateTimeUtc,
 }
 
-/// `users` has no relations.
+/// A user has many `user_roles` (the schema's foreign key; deleting the user deletes
+/// them). Navigated to read a user and their roles in one query (a `LEFT JOIN`).
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// The user's roles.
+    #[sea_orm(has_many = "super::user_role::Entity")]
+    Roles,
+}
+
+impl Related<super::user_role::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Roles.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -190,11 +190,19 @@ impl UserRepository for SeaOrmUserRepository {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<User>, UserError> {
-        let model = Entity::find_by_id(id)
-            .one(&self.db)
+        // One query (users LEFT JOIN user_roles), not two: GetUser's whole storage cost.
+        let rows = Entity::find_by_id(id)
+            .find_with_related(user_role::Entity)
+            .all(&self.db)
             .await
             .map_err(unexpected)?;
-        one_with_roles(&self.db, model).await
+        Ok(rows.into_iter().next().map(|(model, roles)| {
+            let roles = roles
+                .iter()
+                .filter_map(|row| Role::from_stored(&row.role))
+                .collect();
+            to_domain(model, roles)
+        }))
     }
 
     async fn find_by_email(&self, email: &Email) -> Result<Option<User>, UserError> {

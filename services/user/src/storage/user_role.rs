@@ -14,9 +14,23 @@ pub struct Model {
     pub role: String,
 }
 
-/// Relations are enforced by the schema (a foreign key with `ON DELETE CASCADE`), not
-/// navigated in queries.
+/// A role belongs to its user (the schema's foreign key, `ON DELETE CASCADE`; the
+/// migrations, not this declaration, make the schema).
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// The user holding the role.
+    #[sea_orm(
+        belongs_to = "super::entity::Entity",
+        from = "Column::UserId",
+        to = "super::entity::Column::Id"
+    )]
+    User,
+}
+
+impl Related<super::entity::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::User.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}
