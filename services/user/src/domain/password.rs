@@ -19,8 +19,8 @@
 //! parameters they carry.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -157,7 +157,8 @@ pub struct PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// Starts `cost.max_concurrent` workers and computes the dummy hash on one of them.
+    /// Starts `cost.max_concurrent` workers (which allocate their argon2 memory at their
+    /// first hash) and makes the dummy hash.
     ///
     /// # Errors
     /// When `cost` is below OWASP's minimum, argon2 rejects it, or a thread cannot start.
@@ -175,16 +176,14 @@ impl PasswordHasher {
             params.block_count(),
         )?;
 
-        let mut random = [0_u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
-        let (reply, answer) = mpsc::channel();
-        let dummy_params = params.clone();
-        pool.submit(move |memory, admitted| {
-            let dummy = hash_with(memory, &dummy_params, &random);
-            drop(admitted);
-            let _ = reply.send(dummy);
-        })?;
-        let dummy = answer.recv().context("password hashing worker stopped")??;
+        // The dummy only has to cost what a real hash costs to verify: a PHC string with
+        // today's parameters, a random salt and a random output (which no password
+        // derives), so start-up computes no argon2 and holds no worker memory.
+        let mut salt = [0_u8; SALT_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut salt);
+        let mut output = [0_u8; Params::DEFAULT_OUTPUT_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut output);
+        let dummy = phc(&params, &salt, &output)?;
         Ok(Self {
             pool: Arc::new(pool),
             params,
@@ -436,12 +435,17 @@ fn hash_with(
     let mut out = [0_u8; Params::DEFAULT_OUTPUT_LEN];
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     memory.derive(&argon2, password, &salt, &mut out)?;
+    phc(params, &salt, &out)
+}
+
+/// The PHC string of an argon2id (v19) hash with `params`, `salt` and `output`.
+fn phc(params: &Params, salt: &[u8], output: &[u8]) -> anyhow::Result<PasswordHash> {
     let phc = argon2::PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
         params: ParamsString::try_from(params).map_err(phc_error)?,
-        salt: Some(Salt::new(&salt).map_err(phc_error)?),
-        hash: Some(Output::new(&out).map_err(phc_error)?),
+        salt: Some(Salt::new(salt).map_err(phc_error)?),
+        hash: Some(Output::new(output).map_err(phc_error)?),
     };
     Ok(PasswordHash(phc.to_string()))
 }
@@ -597,6 +601,25 @@ mod tests {
         let load = hasher.load();
         assert!(load.started > before, "{load:?}");
         assert!(load.peak_hashing <= 2, "{load:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn start_up_hashes_nothing_and_the_dummy_costs_a_real_verification() -> anyhow::Result<()>
+    {
+        let hasher = PasswordHasher::new(cost(1, 8))?;
+        assert_eq!(hasher.load().started, 0, "no argon2 at start-up");
+        let stored = hasher.hash(password()).await?;
+        // The dummy has today's parameters, so verifying against it costs what a real
+        // verification costs, and no password matches it.
+        let parsed =
+            argon2::PasswordHash::new(hasher.dummy.as_phc()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let real =
+            argon2::PasswordHash::new(stored.as_phc()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(parsed.params, real.params);
+        assert_eq!(parsed.algorithm, real.algorithm);
+        assert!(!hasher.verify(SECRET, hasher.dummy.clone()).await?);
+        assert_eq!(hasher.load().started, 2, "the dummy was really verified");
         Ok(())
     }
 
