@@ -14,7 +14,8 @@
 //!   once and asks discovery to resolve again.
 //! - **Outlier ejection** (Envoy's `outlier_detection` defaults): an instance whose
 //!   calls fail `consecutive_failures` times in a row (UNAVAILABLE, DEADLINE_EXCEEDED,
-//!   RESOURCE_EXHAUSTED, INTERNAL or a transport error) is ejected for
+//!   INTERNAL or a transport error; not RESOURCE_EXHAUSTED, load shed on purpose) is
+//!   ejected for
 //!   `base_ejection_ms` × the number of its ejections (at most `max_ejection_ms`), with at
 //!   most `max_ejection_percent` of the instances (but at least one) ejected at once; a
 //!   SERVING report from its health watch ends an ejection early (Envoy's default);

@@ -14,10 +14,14 @@
 //! configuration section ([`BreakerConfig`]).
 //!
 //! What counts as a failure follows the gRPC status codes that say the *peer* is in
-//! trouble (gRPC spec, `doc/statuscodes.md`): UNAVAILABLE, DEADLINE_EXCEEDED,
-//! RESOURCE_EXHAUSTED, INTERNAL, and transport errors. Every other code is the peer
-//! working as designed (NOT_FOUND, INVALID_ARGUMENT, UNAUTHENTICATED, ...) and counts
-//! as a success. The code is read when response headers arrive: from `grpc-status` of
+//! trouble (gRPC spec, `doc/statuscodes.md`): UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL,
+//! and transport errors. Every other code is the peer working as designed (NOT_FOUND,
+//! INVALID_ARGUMENT, UNAUTHENTICATED, ...) and counts as a success — RESOURCE_EXHAUSTED
+//! included: it is a peer shedding load it was built to shed (a full password-hashing
+//! queue, a quota), at once and cheaply, and Envoy's outlier detection does not count
+//! its HTTP form (429) either. Counting it turned a burst of logins that filled the user
+//! service's hashing queue into ten seconds of "sign-in is unavailable" for everyone
+//! (found by `cargo xtask bench`'s login scenario). The code is read when response headers arrive: from `grpc-status` of
 //! a trailers-only response, or — without it — from a non-200 HTTP status mapped as
 //! `doc/http-grpc-status-mapping.md` says. A 200 response without `grpc-status` (a
 //! message, or a stream, is coming) counts as a success: a status sent later in
@@ -195,13 +199,13 @@ impl<B, E> FailureClassifier<http::Response<B>, E> for GrpcClassifier {
     }
 }
 
-/// Whether `code` counts against the peer: UNAVAILABLE, DEADLINE_EXCEEDED,
-/// RESOURCE_EXHAUSTED and INTERNAL (gRPC spec, `doc/statuscodes.md`: the codes of a
-/// server that cannot serve). Every other code, OK included, is a success.
+/// Whether `code` counts against the peer: UNAVAILABLE, DEADLINE_EXCEEDED and INTERNAL
+/// (gRPC spec, `doc/statuscodes.md`: the codes of a server that cannot serve). Every
+/// other code, OK and RESOURCE_EXHAUSTED (load shed on purpose) included, is a success.
 pub fn is_failure_code(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Internal
+        Code::Unavailable | Code::DeadlineExceeded | Code::Internal
     )
 }
 
@@ -448,12 +452,7 @@ mod tests {
             .collect();
         assert_eq!(
             failures,
-            [
-                Code::DeadlineExceeded,
-                Code::ResourceExhausted,
-                Code::Internal,
-                Code::Unavailable
-            ]
+            [Code::DeadlineExceeded, Code::Internal, Code::Unavailable]
         );
     }
 
