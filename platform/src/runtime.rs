@@ -103,7 +103,9 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let workers = worker_threads();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -132,6 +134,7 @@ where
                 service = service.name,
                 version = env!("CARGO_PKG_VERSION"),
                 tracing = telemetry.tracing(),
+                workers,
                 "starting"
             );
             let drain_timeout = config.server.drain_timeout();
@@ -150,6 +153,29 @@ where
             code
         }
     }
+}
+
+/// The runtime's worker threads: `TOKIO_WORKER_THREADS` when set to a positive number,
+/// else the CPUs this process may use — its affinity mask (`taskset`, a cpuset) and its
+/// cgroup's CPU quota (`cpu.max` in cgroup v2, `cpu.cfs_quota_us` in v1: a container's
+/// `--cpus`, a Kubernetes CPU limit), rounded down and at least 1, as
+/// [`std::thread::available_parallelism`] reads them — never more than that. The host's
+/// core count would give a pod limited to one CPU a worker per host core, each one
+/// preempted by the quota's throttling.
+fn worker_threads() -> usize {
+    workers_from(
+        std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+    )
+}
+
+/// [`worker_threads`] from the variable's value and the available parallelism.
+fn workers_from(variable: Option<&str>, available: usize) -> usize {
+    variable
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(available)
+        .max(1)
 }
 
 /// Opens and migrates the database `config` names and runs `command` against it.
@@ -244,7 +270,7 @@ async fn healthcheck(service: &ServiceInfo, server: &crate::server::ServerConfig
 mod tests {
     use clap::Parser as _;
 
-    use super::{Cli, Command, NoCommands, OutboxCommand};
+    use super::{Cli, Command, NoCommands, OutboxCommand, workers_from};
 
     /// A service's own subcommands, as a service declares them.
     #[derive(Debug, PartialEq, Eq, clap::Subcommand)]
@@ -294,5 +320,15 @@ mod tests {
         let cli = Cli::<NoCommands>::try_parse_from(["svc", "serve"])?;
         assert!(matches!(cli.command, Some(Command::Serve)));
         Ok(())
+    }
+
+    #[test]
+    fn workers_follow_the_available_cpus_unless_the_variable_names_a_count() {
+        assert_eq!(workers_from(None, 1), 1);
+        assert_eq!(workers_from(None, 6), 6);
+        assert_eq!(workers_from(Some("3"), 1), 3);
+        for unusable in ["0", "", "many", "-2"] {
+            assert_eq!(workers_from(Some(unusable), 2), 2, "{unusable:?}");
+        }
     }
 }
