@@ -9,8 +9,9 @@
 //!   and each variant of the system ([`system`] starts and stops them), in rounds, into a
 //!   [`report::Report`] with ratios and the [`slo`] gates' outcome.
 //!
-//! The README's "Benchmarks" section describes the command.
+//! The README's "Performance" section describes the command.
 
+pub mod argon2_rate;
 pub mod baseline;
 pub mod load;
 pub mod plan;

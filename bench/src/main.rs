@@ -33,6 +33,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Print argon2id verifications a second on one thread, with the user service's
+    /// default cost (the login scenario's reference).
+    Argon2Rate {
+        /// How long to measure (e.g. 3s).
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        duration: Duration,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,8 +92,9 @@ struct RunArgs {
     /// Measure the baseline and every variant this many times, alternating.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// SLO gates, e.g. `p99<20ms,errors<0.1%,rps>1000` (also p50, p90, p999, max); the
-    /// command exits with status 3 when any fails.
+    /// SLO gates, e.g. `p99<20ms,errors<0.1%,rps>1000` (also p50, p90, p999, max, and
+    /// `ratio>0.5`: req/s ÷ the baseline's); `SCENARIO:GATE` limits a gate to one
+    /// scenario (`get-user:ratio>0.05`). The command exits with status 3 when any fails.
     #[arg(long)]
     slo: Option<String>,
     /// Write the report as JSON to this file.
@@ -127,6 +135,11 @@ fn main() -> ExitCode {
         Some(Command::BaselineServer { listen }) => {
             serve_baseline(listen).map(|()| ExitCode::SUCCESS)
         }
+        Some(Command::Argon2Rate { duration }) => trellis_bench::argon2_rate::verify_rate(duration)
+            .map(|rate| {
+                println!("{rate}");
+                ExitCode::SUCCESS
+            }),
         None => bench(&cli.run),
     };
     match result {

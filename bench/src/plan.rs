@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::load::{self, Load, Measurement, Scenario, SystemUnderTest};
+use crate::report::StartupRow;
 use crate::report::{Report, SloOutcome};
 use crate::slo::Gate;
 use crate::system;
@@ -108,6 +109,7 @@ pub struct Plan {
 pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
     let mut baseline: Option<Measurement> = None;
     let mut results: Vec<(String, Measurement)> = Vec::new();
+    let mut startups: Vec<StartupRow> = Vec::new();
     let cpus = plan.server_cpus.as_deref();
     let health = Scenario::Health {
         service: String::new(),
@@ -124,6 +126,7 @@ pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
         if let Some(program) = &plan.baseline {
             eprintln!("bench: {}", label("baseline (bare tonic health server)"));
             let (running, sut) = system::start_baseline(program, cpus).await?;
+            startups.extend(startup_rows("baseline", round, &running).await?);
             let m = measure(&health, &sut, &plan.load).await;
             running
                 .stop()
@@ -138,6 +141,7 @@ pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
             let (running, sut) = match &plan.under {
                 Under::Start { bin_dir } => {
                     let (running, sut) = system::start_system(bin_dir, cpus, &variant.env).await?;
+                    startups.extend(startup_rows(&variant.name, round, &running).await?);
                     (Some(running), sut)
                 }
                 Under::Running(sut) => (None, sut.clone()),
@@ -174,6 +178,13 @@ pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
         (variant, scenario)
     });
     let mut report = Report::new(plan.settings.clone(), baseline.as_ref(), &results);
+    report.startup = startups;
+    let logins = plan.scenarios.iter().any(|s| s.name() == "login");
+    if let (true, Some(program), Under::Start { .. }) = (logins, &plan.baseline, &plan.under) {
+        eprintln!("bench: argon2id verify rate on the servers' CPUs (login's reference)");
+        report.argon2_verify_per_second =
+            Some(system::argon2_rate(program, cpus, plan.load.duration).await?);
+    }
     if !plan.gates.is_empty() {
         let failures = report
             .rows
@@ -181,7 +192,8 @@ pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
             .flat_map(|row| {
                 plan.gates
                     .iter()
-                    .filter_map(|g| g.check(&row.figures))
+                    .filter(|g| g.applies_to(&row.scenario))
+                    .filter_map(|g| g.check(&row.figures, row.ratio_to_baseline.as_ref()))
                     .map(|f| format!("{} {}: {f}", row.variant, row.scenario))
             })
             .collect();
@@ -191,6 +203,24 @@ pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
         });
     }
     Ok(report)
+}
+
+/// `running`'s start-up figures as report rows of `variant` in `round` (from 0).
+async fn startup_rows(
+    variant: &str,
+    round: usize,
+    running: &system::Running,
+) -> anyhow::Result<Vec<StartupRow>> {
+    Ok(running
+        .startup()
+        .await?
+        .into_iter()
+        .map(|startup| StartupRow {
+            variant: variant.to_owned(),
+            round: round + 1,
+            startup,
+        })
+        .collect())
 }
 
 async fn measure(

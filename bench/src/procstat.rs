@@ -14,6 +14,10 @@ pub struct ProcessSample {
     pub cpu: Duration,
     /// Resident memory (`VmRSS`), KiB; 0 for a process without the line (a zombie).
     pub rss_kib: u64,
+    /// Its anonymous part (`RssAnon`: heap, stacks), KiB: the memory the process made
+    /// for itself, without its binary's resident code and data (`RssFile`), which the
+    /// kernel can drop and read again.
+    pub rss_anon_kib: u64,
 }
 
 /// Reads process `pid` now.
@@ -50,17 +54,26 @@ pub fn parse(stat: &[u8], status: &[u8], ticks_per_second: u64) -> anyhow::Resul
             .with_context(|| format!("/proc/<pid>/stat has no {name} field"))
     };
     let ticks = next_number("utime")? + next_number("stime")?;
-    let rss_kib = String::from_utf8_lossy(status)
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .map(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>())
-        .transpose()
-        .context("/proc/<pid>/status has a malformed VmRSS line")?
-        .unwrap_or(0);
+    let status = String::from_utf8_lossy(status);
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .map(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>())
+            .transpose()
+            .with_context(|| format!("/proc/<pid>/status has a malformed {field} line"))
+            .map(Option::unwrap_or_default)
+    };
+    let rss_kib = kib("VmRSS:")?;
+    let rss_anon_kib = kib("RssAnon:")?;
     let ticks_per_second = ticks_per_second.max(1);
     let cpu = Duration::from_secs(ticks / ticks_per_second)
         + Duration::from_nanos((ticks % ticks_per_second) * 1_000_000_000 / ticks_per_second);
-    Ok(ProcessSample { cpu, rss_kib })
+    Ok(ProcessSample {
+        cpu,
+        rss_kib,
+        rss_anon_kib,
+    })
 }
 
 #[cfg(test)]
@@ -78,13 +91,14 @@ mod tests {
         Tgid:\t4242\nNgid:\t0\nPid:\t4242\nPPid:\t1\nTracerPid:\t0\nUid:\t0\t0\t0\t0\n\
         Gid:\t0\t0\t0\t0\nFDSize:\t64\nGroups:\t0 \nVmPeak:\t 1179648 kB\nVmSize:\t 1179648 kB\n\
         VmLck:\t       0 kB\nVmPin:\t       0 kB\nVmHWM:\t   13000 kB\nVmRSS:\t   12840 kB\n\
-        Threads:\t5\n";
+        RssAnon:\t    2100 kB\nRssFile:\t   10740 kB\nThreads:\t5\n";
 
     #[test]
     fn cpu_is_user_plus_system_ticks_and_memory_is_vmrss() -> anyhow::Result<()> {
         let sample = parse(STAT.as_bytes(), STATUS.as_bytes(), 100)?;
         assert_eq!(sample.cpu, Duration::from_millis(1870));
         assert_eq!(sample.rss_kib, 12_840);
+        assert_eq!(sample.rss_anon_kib, 2_100);
         Ok(())
     }
 

@@ -203,6 +203,24 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// SLO gates, when given.
     pub slo: Option<SloOutcome>,
+    /// Each start of a process the bench started: time to SERVING and idle memory.
+    pub startup: Vec<StartupRow>,
+    /// argon2id verifications a second of one thread on the servers' CPUs with the user
+    /// service's default cost (measured when `login` runs): the ceiling of `login`'s
+    /// req/s on one core.
+    pub argon2_verify_per_second: Option<f64>,
+}
+
+/// One process's start in one round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StartupRow {
+    /// `baseline`, or the variant's name.
+    pub variant: String,
+    /// The round, from 1.
+    pub round: usize,
+    /// What was measured.
+    #[serde(flatten)]
+    pub startup: crate::system::Startup,
 }
 
 impl Report {
@@ -249,6 +267,8 @@ impl Report {
             baseline,
             rows,
             slo: None,
+            startup: Vec::new(),
+            argon2_verify_per_second: None,
         }
     }
 
@@ -381,6 +401,43 @@ impl Report {
         out.push_str(&ratio_table("ratio to the first variant:", &|r| {
             r.ratio_to_first_variant
         }));
+        if let Some(raw) = self.argon2_verify_per_second {
+            let _ = writeln!(
+                out,
+                "\nraw argon2id verify rate (one thread on the servers' CPUs, default cost): {raw:.1}/s"
+            );
+            for row in self.rows.iter().filter(|r| r.scenario == "login") {
+                // Successful logins only: a refused one (RESOURCE_EXHAUSTED) costs no hash.
+                let ok_per_second = row.figures.rps * (1.0 - row.figures.error_ratio);
+                let _ = writeln!(
+                    out,
+                    "{:<10} login OK/s ÷ raw argon2id verify rate: {:.2}",
+                    row.variant,
+                    ok_per_second / raw
+                );
+            }
+        }
+        if !self.startup.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nstart-up (spawn to SERVING, fresh database) and idle memory (RSS; anon: without the binary's own pages):\n{:<10} {:>5} {:<14} {:>10} {:>13} {:>10}",
+                "variant", "round", "process", "start ms", "idle RSS MiB", "anon MiB"
+            );
+            for row in &self.startup {
+                #[allow(clippy::cast_precision_loss)]
+                let mib = |kib: u64| kib as f64 / 1024.0;
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:>5} {:<14} {:>10.1} {:>13.1} {:>10.1}",
+                    row.variant,
+                    row.round,
+                    row.startup.process,
+                    row.startup.serving_ms,
+                    mib(row.startup.idle_rss_kib),
+                    mib(row.startup.idle_rss_anon_kib),
+                );
+            }
+        }
         if let Some(slo) = &self.slo {
             let _ = writeln!(out, "\nSLO {}:", slo.gates.join(","));
             if slo.failures.is_empty() {
@@ -515,5 +572,44 @@ mod tests {
         assert!(table.contains("UNAVAILABLE 25"), "{table}");
         assert!(table.contains("ratio to the baseline"), "{table}");
         assert!(table.contains("ratio to the first variant"), "{table}");
+    }
+
+    #[test]
+    fn start_up_figures_are_in_the_table_and_the_json() -> serde_json::Result<()> {
+        let mut report = report();
+        report.startup.push(StartupRow {
+            variant: "off".to_owned(),
+            round: 1,
+            startup: crate::system::Startup {
+                process: "user".to_owned(),
+                serving_ms: 42.5,
+                idle_rss_kib: 12_288,
+                idle_rss_anon_kib: 2_048,
+            },
+        });
+        let table = report.table();
+        assert!(table.contains("start-up"), "{table}");
+        assert!(table.contains("42.5") && table.contains("12.0"), "{table}");
+        let json = serde_json::to_value(&report)?;
+        assert_eq!(json["startup"][0]["process"], "user");
+        assert_eq!(json["startup"][0]["serving_ms"], 42.5);
+        assert_eq!(json["startup"][0]["idle_rss_kib"], 12_288);
+        Ok(())
+    }
+
+    #[test]
+    fn login_is_shown_as_a_ratio_to_the_raw_argon2_rate() {
+        let mut report = Report::new(
+            serde_json::json!({}),
+            None,
+            &[("on".to_owned(), measurement("login", &[100; 50], &[], 100))],
+        );
+        report.argon2_verify_per_second = Some(50.0);
+        let table = report.table();
+        // 50 logins in the 2 s window: 25/s, half the raw rate.
+        assert!(
+            table.contains("login OK/s ÷ raw argon2id verify rate: 0.50"),
+            "{table}"
+        );
     }
 }

@@ -7,13 +7,19 @@
 //! | `errors<0.1%` | failed calls / calls |
 //! | `errors<5` | failed calls, counted |
 //! | `rps>1000` | calls per second |
+//! | `ratio>0.5` | calls per second ÷ the baseline's (bare tonic health, same run) |
+//!
+//! A gate prefixed with a scenario's name and a colon (`get-user:ratio>0.05`) applies to
+//! that scenario's rows only; without one, to every row. `ratio` gates are machine
+//! independent: they compare with a server measured on the same cores in the same run,
+//! so CI can gate on them where absolute rates would vary with the machine.
 //!
 //! For `subscribe`, latency gates read the delivery latency (intended send to receipt on
 //! a stream), what a subscriber sees; `errors` and `rps` read the sends.
 
 use std::time::Duration;
 
-use crate::report::Figures;
+use crate::report::{Figures, Ratios};
 use crate::units::parse_duration;
 
 /// The figure a gate reads.
@@ -26,6 +32,7 @@ enum Metric {
     Max,
     Errors,
     Rps,
+    Ratio,
 }
 
 /// How the figure must compare with the threshold.
@@ -56,12 +63,15 @@ enum Threshold {
     ErrorRatio(f64),
     ErrorCount(f64),
     Rate(f64),
+    Ratio(f64),
 }
 
 /// One gate, e.g. `p99<20ms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gate {
     text: String,
+    /// The scenario the gate is limited to; `None` for every row.
+    scenario: Option<String>,
     metric: Metric,
     comparison: Comparison,
     threshold: Threshold,
@@ -84,6 +94,13 @@ fn parse_gate(text: &str) -> Result<Gate, String> {
         .find(['<', '>'])
         .ok_or_else(|| format!("gate `{text}` has no `<` or `>`"))?;
     let (name, rest) = text.split_at(at);
+    let (scenario, name) = match name.split_once(':') {
+        Some((scenario, name)) if !scenario.trim().is_empty() => {
+            (Some(scenario.trim().to_owned()), name)
+        }
+        Some(_) => return Err(format!("gate `{text}` has an empty scenario before `:`")),
+        None => (None, name),
+    };
     let (comparison, value) = if let Some(v) = rest.strip_prefix("<=") {
         (Comparison::LessOrEqual, v)
     } else if let Some(v) = rest.strip_prefix(">=") {
@@ -114,9 +131,10 @@ fn parse_gate(text: &str) -> Result<Gate, String> {
             None => (Metric::Errors, Some(Threshold::ErrorCount(number(value)?))),
         },
         "rps" => (Metric::Rps, Some(Threshold::Rate(number(value)?))),
+        "ratio" => (Metric::Ratio, Some(Threshold::Ratio(number(value)?))),
         other => {
             return Err(format!(
-                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps)"
+                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps, ratio)"
             ));
         }
     };
@@ -128,6 +146,7 @@ fn parse_gate(text: &str) -> Result<Gate, String> {
     };
     Ok(Gate {
         text: text.to_owned(),
+        scenario,
         metric,
         comparison,
         threshold,
@@ -141,9 +160,17 @@ impl Gate {
         &self.text
     }
 
-    /// `None` when `figures` pass; otherwise what was measured, for the failure line.
+    /// Whether the gate applies to rows of `scenario`.
     #[must_use]
-    pub fn check(&self, figures: &Figures) -> Option<String> {
+    pub fn applies_to(&self, scenario: &str) -> bool {
+        self.scenario.as_deref().is_none_or(|s| s == scenario)
+    }
+
+    /// `None` when `figures` pass (with `ratio`, the row's ratios to the baseline, for
+    /// `ratio` gates); otherwise what was measured, for the failure line. A `ratio` gate
+    /// fails when no baseline was measured.
+    #[must_use]
+    pub fn check(&self, figures: &Figures, ratio: Option<&Ratios>) -> Option<String> {
         let l = figures
             .delivery
             .as_ref()
@@ -172,6 +199,10 @@ impl Gate {
             (_, Threshold::Rate(limit)) => {
                 (figures.rps, limit, format!("{:.0} req/s", figures.rps))
             }
+            (_, Threshold::Ratio(limit)) => match ratio.and_then(|r| r.rps) {
+                Some(r) => (r, limit, format!("{r:.3} of the baseline's req/s")),
+                None => return Some(format!("{}: no baseline was measured", self.text)),
+            },
         };
         (!self.comparison.holds(value, threshold))
             .then(|| format!("{}: measured {shown}", self.text))
@@ -212,7 +243,7 @@ mod tests {
         parse(spec)
             .unwrap_or_default()
             .iter()
-            .filter_map(|g| g.check(f))
+            .filter_map(|g| g.check(f, None))
             .collect()
     }
 
@@ -299,5 +330,37 @@ mod tests {
         assert_eq!(failures("p99<20ms", &f).len(), 1);
         assert!(failures("p99<=20ms,errors<=5,rps>=100", &f).is_empty());
         assert_eq!(failures("errors<5", &f).len(), 1);
+    }
+
+    #[test]
+    fn a_ratio_gate_reads_the_ratio_to_the_baseline_and_fails_without_one() -> Result<(), String> {
+        let f = figures(1.0, 0, 1000, 100.0);
+        let gates = parse("ratio>0.5")?;
+        let ratio = |rps| Ratios {
+            rps: Some(rps),
+            p50: None,
+            p90: None,
+            p99: None,
+            p999: None,
+            max: None,
+            cpu_us_per_request: None,
+            rss: None,
+        };
+        assert_eq!(gates[0].check(&f, Some(&ratio(0.6))), None);
+        let failed = gates[0].check(&f, Some(&ratio(0.05))).unwrap_or_default();
+        assert!(failed.contains("0.050 of the baseline"), "{failed}");
+        let failed = gates[0].check(&f, None).unwrap_or_default();
+        assert!(failed.contains("no baseline"), "{failed}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_scenario_prefix_limits_a_gate_to_that_scenario() -> Result<(), String> {
+        let gates = parse("get-user:ratio>0.05, p99<1s")?;
+        assert!(gates[0].applies_to("get-user"));
+        assert!(!gates[0].applies_to("login"));
+        assert!(gates[1].applies_to("login"));
+        assert!(parse(":p99<1s").is_err());
+        Ok(())
     }
 }

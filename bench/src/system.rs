@@ -22,6 +22,26 @@ use crate::load::{SystemUnderTest, Targets};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a process may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a starting process's health is asked: the resolution of its start-up time.
+const READY_POLL: Duration = Duration::from_millis(2);
+/// How long the system idles after start-up before its idle memory is read: the start-up
+/// work (key fetches, the outbox's first look) is done by then.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+
+/// A started process's start-up figures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Startup {
+    /// The process's name (`user`, `auth`, `notification`, `baseline`).
+    pub process: String,
+    /// From the spawn to the first health Check answered SERVING, ms (to within the
+    /// 2 ms poll): a cold start, migrations of a fresh database included.
+    pub serving_ms: f64,
+    /// Resident memory (`VmRSS`) after [`IDLE_SETTLE`] of idling once everything is
+    /// SERVING, KiB.
+    pub idle_rss_kib: u64,
+    /// Its anonymous part (`RssAnon`), KiB: the rest is the binary's own resident pages.
+    pub idle_rss_anon_kib: u64,
+}
 
 /// The client id the bench's service credentials belong to: the user service's, which
 /// `SendNotification` admits (as `cargo xtask up` sets it up).
@@ -110,6 +130,8 @@ struct Managed {
     name: String,
     child: Child,
     log: PathBuf,
+    spawned: Instant,
+    serving_after: Option<Duration>,
 }
 
 /// Processes the bench started, with their working directory; dropping it kills any
@@ -169,6 +191,7 @@ impl Running {
             .stdout(file.try_clone()?)
             .stderr(file);
         // taskset execs the program: the child's pid is the service's.
+        let spawned = Instant::now();
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", program.display()))?;
@@ -176,17 +199,40 @@ impl Running {
             name: name.to_owned(),
             child,
             log,
+            spawned,
+            serving_after: None,
         });
         Ok(())
     }
 
-    /// Polls `uri`'s health Check until it answers SERVING; fails when the newest
-    /// process exits first or [`READY_TIMEOUT`] passes.
+    /// Each process's start-up time and, after [`IDLE_SETTLE`] of idling, its resident
+    /// memory.
+    ///
+    /// # Errors
+    /// A process's `/proc` files cannot be read (it exited).
+    pub async fn startup(&self) -> anyhow::Result<Vec<Startup>> {
+        tokio::time::sleep(IDLE_SETTLE).await;
+        self.processes
+            .iter()
+            .map(|p| {
+                let sample = crate::procstat::sample(p.child.id())?;
+                Ok(Startup {
+                    process: p.name.clone(),
+                    serving_ms: p.serving_after.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+                    idle_rss_kib: sample.rss_kib,
+                    idle_rss_anon_kib: sample.rss_anon_kib,
+                })
+            })
+            .collect()
+    }
+
+    /// Polls `uri`'s health Check until it answers SERVING, and records the time since
+    /// the spawn; fails when the newest process exits first or [`READY_TIMEOUT`] passes.
     async fn wait_serving(&mut self, uri: &str) -> anyhow::Result<()> {
-        let started = Instant::now();
         let Some(process) = self.processes.last_mut() else {
             bail!("no process to wait for");
         };
+        let started = process.spawned;
         loop {
             if let Some(status) = process.child.try_wait()? {
                 bail!(
@@ -196,6 +242,7 @@ impl Running {
                 );
             }
             if serving(uri).await {
+                process.serving_after = Some(started.elapsed());
                 return Ok(());
             }
             if started.elapsed() > READY_TIMEOUT {
@@ -206,7 +253,7 @@ impl Running {
                     tail(&process.log)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(READY_POLL).await;
         }
     }
 
@@ -293,6 +340,46 @@ async fn serving(uri: &str) -> bool {
         .check(HealthCheckRequest::default())
         .await
         .is_ok_and(|r| r.get_ref().status() == ServingStatus::Serving)
+}
+
+/// Runs `program argon2-rate --duration DURATION` (normally this very binary) pinned to
+/// `cpus` and returns the argon2id verifications a second it printed: the login
+/// scenario's reference, measured on the servers' core.
+///
+/// # Errors
+/// It cannot be run, fails, or prints no number.
+pub async fn argon2_rate(
+    program: &Path,
+    cpus: Option<&str>,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    command
+        .arg("argon2-rate")
+        .arg("--duration")
+        .arg(format!("{}ms", duration.as_millis()));
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .context("running argon2-rate")?
+        .context("running argon2-rate")?;
+    if !output.status.success() {
+        bail!(
+            "argon2-rate failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("argon2-rate printed {text:?}, not a rate"))
 }
 
 /// Starts the bare-tonic baseline server (`program baseline-server --listen ADDR`,

@@ -1,15 +1,13 @@
 //! `cargo xtask bench [ARGS…]`: build the load generator (`trellis-bench`) and the
-//! services in release mode, then run the load generator with ARGS passed through (see
-//! `cargo xtask bench --help` and the README's "Benchmarks" section).
+//! services in release mode (the same static build as `cargo xtask images`, so one
+//! build serves both), then run the load generator with ARGS passed through (see
+//! `cargo xtask bench --help` and the README's "Performance" section).
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context as _;
-
-/// The service packages the bench starts (their binaries have the same names).
-const SERVICES: [&str; 3] = ["user-service", "auth-service", "notification-service"];
 
 /// Options of `cargo xtask bench`: everything is passed to `trellis-bench`.
 #[derive(Debug, clap::Args)]
@@ -36,24 +34,24 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let service_dir = if has("--target") || help {
         None
     } else {
-        eprintln!(
-            "xtask: building the services in release mode (a cold build takes many minutes)…"
-        );
-        let built = build(&root, &SERVICES)?;
+        let built = crate::images::static_binaries(&root)?;
         let dir = built
             .iter()
-            .find(|(name, _)| name == SERVICES[0])
+            .find(|(name, _)| name == "user-service")
             .and_then(|(_, path)| path.parent())
             .map(Path::to_path_buf)
             .context("cargo built no user-service binary")?;
         Some(dir)
     };
-    eprintln!("xtask: building the load generator (trellis-bench) in release mode…");
-    let bench = build(&root, &["trellis-bench"])?
-        .into_iter()
-        .find(|(name, _)| name == "trellis-bench")
-        .map(|(_, path)| path)
-        .context("cargo built no trellis-bench binary")?;
+    let bench = crate::images::static_release_build(
+        &root,
+        &["trellis-bench"],
+        "load generator (trellis-bench)",
+    )?
+    .into_iter()
+    .find(|(name, _)| name == "trellis-bench")
+    .map(|(_, path)| path)
+    .context("cargo built no trellis-bench binary")?;
     let mut command = Command::new(&bench);
     command.current_dir(&root);
     if let Some(dir) = service_dir.filter(|_| !has("--bin-dir")) {
@@ -67,13 +65,4 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .code()
         .and_then(|c| u8::try_from(c).ok())
         .map_or(ExitCode::FAILURE, ExitCode::from))
-}
-
-/// `cargo build --release` of `packages`; returns `(binary name, path)` pairs.
-fn build(root: &Path, packages: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let mut args = vec!["--release"];
-    for package in packages {
-        args.extend(["--package", package]);
-    }
-    crate::cargo_build(root, &args, &[])
 }

@@ -186,34 +186,43 @@ fn postgres(root: &Path, args: &Args) -> anyhow::Result<()> {
 }
 
 /// Builds the three service binaries as static executables (glibc, `crt-static`).
-fn static_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let host = host_triple()?;
-    step(&format!(
-        "building static release binaries for {host} (slow on a cold cache)"
-    ));
-    let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    if !rustflags.contains("crt-static") {
-        rustflags.push_str(" -C target-feature=+crt-static");
-    }
+pub(crate) fn static_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let packages: Vec<String> = SERVICES
         .iter()
         .map(|(service, _)| format!("{service}-service"))
         .collect();
-    // An explicit target keeps build scripts and proc-macros dynamic while the binaries
-    // link statically.
-    let mut args = vec!["--release", "--target", &host];
-    for package in &packages {
-        args.extend(["--package", package]);
-    }
-    let binaries = crate::cargo_build(root, &args, &[("RUSTFLAGS", rustflags.trim())])
-        .context("building the static binaries")?;
-    for (service, _) in SERVICES {
-        let name = format!("{service}-service");
-        if !binaries.iter().any(|(n, _)| *n == name) {
+    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
+    let binaries = static_release_build(root, &packages, "static release binaries")?;
+    for name in packages {
+        if !binaries.iter().any(|(n, _)| n == name) {
             bail!("cargo built no binary named {name}");
         }
     }
     Ok(binaries)
+}
+
+/// `cargo build --release --target <host>` of `packages` with `crt-static`: the build
+/// the images and the bench share (one build serves both, in CI and on a warm machine).
+/// `what` names it in the progress line. Returns `(binary name, path)` pairs.
+pub(crate) fn static_release_build(
+    root: &Path,
+    packages: &[&str],
+    what: &str,
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let host = host_triple()?;
+    eprintln!("xtask: building {what} for {host} (slow on a cold cache)…");
+    let mut rustflags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    if !rustflags.contains("crt-static") {
+        rustflags.push_str(" -C target-feature=+crt-static");
+    }
+    // An explicit target keeps build scripts and proc-macros dynamic while the binaries
+    // link statically.
+    let mut args = vec!["--release", "--target", &host];
+    for package in packages {
+        args.extend(["--package", package]);
+    }
+    crate::cargo_build(root, &args, &[("RUSTFLAGS", rustflags.trim())])
+        .with_context(|| format!("building the {what}"))
 }
 
 fn host_triple() -> anyhow::Result<String> {

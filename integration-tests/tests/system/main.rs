@@ -4,6 +4,7 @@
 // Tests panic on purpose: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod bench_reference;
 mod flows;
 mod notifications;
 mod rfc8725;
