@@ -6,6 +6,8 @@
 mod bench;
 mod images;
 #[cfg(test)]
+mod kubernetes;
+#[cfg(test)]
 mod observability;
 mod prometheus;
 #[cfg(test)]

@@ -1,0 +1,361 @@
+"""The Kubernetes manifests as tests: every overlay renders with `kubectl kustomize`,
+validates strictly and offline against Kubernetes's OpenAPI schemas
+(`kubernetes-validate`), passes `yamllint` and the policy of `policy.py`; and the policy
+is shown to catch what it should, on rendered overlays with a probe, a limit or a
+PodDisruptionBudget taken out.
+
+Run from anywhere (the README's `cargo xtask test` runs it through xtask):
+
+    python3 deploy/k8s/tests/test_manifests.py -v
+
+A missing tool (kubectl, kubernetes-validate, yamllint) skips what needs it, saying so,
+unless the CI variable is set: then it fails. Install the Python tools with
+`python3 -m pip install -r deploy/k8s/requirements.txt`.
+"""
+
+import copy
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# No __pycache__ left in the tree by a test run.
+sys.dont_write_bytecode = True
+
+import policy  # noqa: E402  (after the path above)
+
+K8S = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(K8S))
+OVERLAYS = ("dev", "prod")
+# Where the prod overlay is rendered with the optional service-monitor component.
+SERVICE_MONITOR_FIXTURE = os.path.join(HERE, "with-service-monitor")
+# The oldest Kubernetes the manifests are for: the preStop `sleep` action is on by
+# default from 1.30 (beta; GA in 1.34); native gRPC probes from 1.24 (GA 1.27).
+KUBERNETES_VERSION = "1.30.0"
+# Kinds without a schema in kubernetes-validate: custom resources.
+CRD_KINDS = {"ServiceMonitor"}
+SERVICES = ("user", "auth", "notification")
+
+
+def tool(program, why):
+    """The path of `program`, or a skip (a failure under CI) saying what goes unchecked."""
+    path = shutil.which(program)
+    if path:
+        return path
+    message = f"`{program}` is not installed: {why} is not checked"
+    if os.environ.get("CI"):
+        raise AssertionError(f"{message}, and CI is set")
+    raise unittest.SkipTest(message)
+
+
+def run(command):
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    return result.stdout
+
+
+@functools.lru_cache(maxsize=None)
+def rendered_text(directory):
+    kubectl = tool("kubectl", f"rendering {os.path.relpath(directory, ROOT)}")
+    return run([kubectl, "kustomize", directory])
+
+
+def rendered(directory):
+    """A fresh copy of the objects `kubectl kustomize directory` renders."""
+    return [o for o in yaml.safe_load_all(rendered_text(directory)) if o]
+
+
+def overlay(name):
+    return os.path.join(K8S, "overlays", name)
+
+
+@functools.lru_cache(maxsize=None)
+def drain_default_ms():
+    """The default of server.drain_timeout_ms, read from the platform's source."""
+    with open(os.path.join(ROOT, "platform/src/server/mod.rs"), encoding="utf-8") as source:
+        match = re.search(r"drain_timeout_ms:\s*([\d_]+),", source.read())
+    assert match, "no drain_timeout_ms default in platform/src/server/mod.rs"
+    return int(match.group(1).replace("_", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def placeholder_images():
+    """The images the base names, which the overlays must replace."""
+    return frozenset(
+        c["image"]
+        for o in rendered(os.path.join(K8S, "base"))
+        if o.get("kind") == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    )
+
+
+def context(name):
+    return policy.Context(drain_default_ms(), set(placeholder_images()), name == "prod")
+
+
+def find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def container(objects, deployment):
+    return find(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+
+
+# === rendering and schemas ===
+
+
+class Rendering(unittest.TestCase):
+    def test_every_overlay_renders_every_service(self):
+        for name in OVERLAYS:
+            with self.subTest(overlay=name):
+                objects = rendered(overlay(name))
+                kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+                for service in SERVICES:
+                    for kind, object_name in (
+                        ("Deployment", service),
+                        ("ServiceAccount", service),
+                        ("Service", service),
+                        ("Service", f"{service}-headless"),
+                        ("PodDisruptionBudget", service),
+                        ("HorizontalPodAutoscaler", service),
+                        ("NetworkPolicy", service),
+                    ):
+                        self.assertIn((kind, object_name), kinds)
+                namespaced = [o for o in objects if o["kind"] != "Namespace"]
+                self.assertEqual(
+                    {o["metadata"].get("namespace") for o in namespaced},
+                    {"trellis-dev" if name == "dev" else "trellis"},
+                )
+
+    def test_overlays_validate_strictly_against_the_kubernetes_schemas_offline(self):
+        validate = tool("kubernetes-validate", "the OpenAPI schemas")
+        for directory in [overlay(n) for n in OVERLAYS] + [SERVICE_MONITOR_FIXTURE]:
+            with self.subTest(overlay=os.path.relpath(directory, K8S)):
+                objects = rendered(directory)
+                # A custom resource has no schema in kubernetes-validate (it ships the
+                # built-in API's only); the ServiceMonitor is checked by its own test
+                # below instead.
+                builtin = [o for o in objects if o["kind"] not in CRD_KINDS]
+                with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
+                    yaml.safe_dump_all(builtin, out)
+                try:
+                    run([validate, "--strict", "--quiet", "-k", KUBERNETES_VERSION, out.name])
+                finally:
+                    os.unlink(out.name)
+
+    def test_the_schema_check_rejects_an_unknown_field(self):
+        validate = tool("kubernetes-validate", "the OpenAPI schemas")
+        objects = rendered(overlay("prod"))
+        container(objects, "user")["securityContext"]["readOnlyRootFilesytem"] = True
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
+            yaml.safe_dump_all(objects, out)
+        try:
+            result = subprocess.run(
+                [validate, "--strict", "--quiet", "-k", KUBERNETES_VERSION, out.name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            os.unlink(out.name)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("readOnlyRootFilesytem", result.stdout + result.stderr)
+
+    def test_yaml_passes_yamllint(self):
+        yamllint = tool("yamllint", "YAML style")
+        run([yamllint, "--strict", "-c", os.path.join(K8S, ".yamllint"), K8S])
+
+
+# === the policy on every overlay ===
+
+
+class Policy(unittest.TestCase):
+    def test_every_overlay_keeps_the_policy(self):
+        for name in OVERLAYS:
+            with self.subTest(overlay=name):
+                self.assertEqual(policy.violations(rendered(overlay(name)), context(name)), [])
+
+    def test_the_base_alone_fails_for_its_placeholder_images(self):
+        objects = rendered(os.path.join(K8S, "base"))
+        found = policy.violations(objects, context("prod"))
+        for service in SERVICES:
+            self.assertTrue(
+                any(f"Deployment/{service}" in v and "placeholder" in v for v in found), found
+            )
+
+    def test_the_dev_postgres_databases_are_those_of_the_compose_init_script(self):
+        init = find(rendered(overlay("dev")), "ConfigMap", "postgres-init")["data"]
+        with open(os.path.join(ROOT, "deploy/postgres-init.sql"), encoding="utf-8") as source:
+            expected = source.read()
+        self.assertEqual(init["10-databases.sql"], expected)
+
+    def test_the_service_monitor_scrapes_each_service_under_its_job(self):
+        objects = rendered(SERVICE_MONITOR_FIXTURE)
+        monitors = [o for o in objects if o["kind"] == "ServiceMonitor"]
+        self.assertEqual(len(monitors), 1)
+        spec = monitors[0]["spec"]
+        # The rules and the dashboard select job="user|auth|notification".
+        self.assertEqual(spec["jobLabel"], "app.kubernetes.io/name")
+        ports = {e["port"] for e in spec["endpoints"]}
+        for service in SERVICES:
+            with self.subTest(service=service):
+                scraped = [
+                    s
+                    for s in objects
+                    if s["kind"] == "Service"
+                    and s["metadata"]["labels"].get("app.kubernetes.io/name") == service
+                    and policy.selects(spec["selector"], s["metadata"]["labels"])
+                    and any(p["name"] in ports for p in s["spec"]["ports"])
+                ]
+                # Exactly one Service per service has the port: each pod is one target.
+                self.assertEqual([s["metadata"]["name"] for s in scraped], [f"{service}-headless"])
+                pod = find(objects, "Deployment", service)["spec"]["template"]["metadata"]
+                # Not scraped twice: the annotation-based job is told to leave the pod.
+                self.assertEqual(pod["annotations"]["prometheus.io/scrape"], "false")
+        self.assertEqual(policy.violations(objects, context("prod")), [])
+
+    def test_scrape_annotations_match_the_kubernetes_prometheus_config(self):
+        with open(
+            os.path.join(ROOT, "deploy/observability/prometheus/prometheus.kubernetes.yml"),
+            encoding="utf-8",
+        ) as source:
+            config = source.read()
+        for needed in (
+            "__meta_kubernetes_pod_annotation_prometheus_io_scrape",
+            "__meta_kubernetes_pod_annotation_prometheus_io_port",
+            "__meta_kubernetes_pod_annotation_prometheus_io_path",
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name",
+        ):
+            self.assertIn(needed, config)
+        objects = rendered(overlay("prod"))
+        for service in SERVICES:
+            with self.subTest(service=service):
+                pod = find(objects, "Deployment", service)["spec"]["template"]["metadata"]
+                self.assertEqual(pod["annotations"]["prometheus.io/scrape"], "true")
+                self.assertEqual(pod["labels"]["app.kubernetes.io/name"], service)
+
+
+# === the policy catches what it should ===
+
+
+class PolicyCatches(unittest.TestCase):
+    """Each test breaks one rule in a rendered overlay and expects the policy to name it."""
+
+    def assertViolation(self, objects, *words, overlay_name="dev"):
+        found = policy.violations(objects, context(overlay_name))
+        self.assertTrue(
+            any(all(word in line for word in words) for line in found),
+            f"no violation naming {words}; found: {found}",
+        )
+
+    def test_a_missing_readiness_probe(self):
+        objects = rendered(overlay("dev"))
+        del container(objects, "user")["readinessProbe"]
+        self.assertViolation(objects, "Deployment/user", "no readinessProbe")
+
+    def test_a_liveness_probe_that_follows_the_database(self):
+        objects = rendered(overlay("dev"))
+        container(objects, "auth")["livenessProbe"]["grpc"]["service"] = "trellis.auth.v1.AuthService"
+        self.assertViolation(objects, "Deployment/auth", "livenessProbe", "'liveness'")
+
+    def test_an_http_probe_instead_of_grpc(self):
+        objects = rendered(overlay("dev"))
+        container(objects, "notification")["startupProbe"] = {"tcpSocket": {"port": 50053}}
+        self.assertViolation(objects, "Deployment/notification", "startupProbe", "gRPC")
+
+    def test_a_missing_memory_limit(self):
+        objects = rendered(overlay("dev"))
+        del container(objects, "user")["resources"]["limits"]["memory"]
+        self.assertViolation(objects, "Deployment/user", "resources.limits.memory")
+
+    def test_a_missing_pod_disruption_budget(self):
+        objects = rendered(overlay("prod"))
+        objects.remove(find(objects, "PodDisruptionBudget", "auth"))
+        self.assertViolation(objects, "Deployment/auth", "PodDisruptionBudget", overlay_name="prod")
+
+    def test_a_missing_autoscaler_and_a_replica_count(self):
+        objects = rendered(overlay("prod"))
+        objects.remove(find(objects, "HorizontalPodAutoscaler", "user"))
+        find(objects, "Deployment", "user")["spec"]["replicas"] = 3
+        self.assertViolation(objects, "Deployment/user", "HorizontalPodAutoscaler", overlay_name="prod")
+        self.assertViolation(objects, "Deployment/user", "replicas", overlay_name="prod")
+
+    def test_a_missing_headless_service(self):
+        objects = rendered(overlay("dev"))
+        objects.remove(find(objects, "Service", "notification-headless"))
+        self.assertViolation(objects, "Deployment/notification", "headless")
+        # And the peers addressed at it.
+        self.assertViolation(objects, "Deployment/user", "NOTIFICATION__ADDRESSES")
+
+    def test_a_root_user_and_a_writable_root(self):
+        objects = rendered(overlay("dev"))
+        find(objects, "Deployment", "user")["spec"]["template"]["spec"]["securityContext"][
+            "runAsUser"
+        ] = 0
+        del container(objects, "user")["securityContext"]["readOnlyRootFilesystem"]
+        self.assertViolation(objects, "Deployment/user", "runAsUser")
+        self.assertViolation(objects, "Deployment/user", "readOnlyRootFilesystem")
+
+    def test_a_grace_period_shorter_than_pre_stop_and_drain(self):
+        objects = rendered(overlay("dev"))
+        find(objects, "Deployment", "auth")["spec"]["template"]["spec"][
+            "terminationGracePeriodSeconds"
+        ] = 20
+        self.assertViolation(objects, "Deployment/auth", "terminationGracePeriodSeconds 20")
+
+    def test_a_longer_drain_bound_in_the_config_map(self):
+        objects = rendered(overlay("dev"))
+        config_map = next(
+            o
+            for o in objects
+            if o["kind"] == "ConfigMap" and "TRELLIS_USER__SERVER__DRAIN_TIMEOUT_MS" in o.get("data", {})
+        )
+        config_map["data"]["TRELLIS_USER__SERVER__DRAIN_TIMEOUT_MS"] = "25000"
+        self.assertViolation(objects, "Deployment/user", "drain bound 25 s")
+
+    def test_an_inlined_secret_and_a_secret_object(self):
+        objects = rendered(overlay("prod"))
+        env = container(objects, "user")["env"]
+        url = next(e for e in env if e["name"] == "TRELLIS_USER__DATABASE__URL")
+        url.pop("valueFrom")
+        url["value"] = "postgres://trellis:hunter2@db/trellis_user"
+        objects.append(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}, "data": {"k": "dg=="}}
+        )
+        self.assertViolation(objects, "Deployment/user", "DATABASE__URL", "inlined", overlay_name="prod")
+        self.assertViolation(objects, "Secret/x", "data", overlay_name="prod")
+
+    def test_a_latest_image_in_prod_and_the_base_placeholder(self):
+        objects = rendered(overlay("prod"))
+        container(objects, "user")["image"] = "registry.example.com/trellis/user-service:latest"
+        container(objects, "auth")["image"] = "auth-service"
+        self.assertViolation(objects, "Deployment/user", "fixed tag", overlay_name="prod")
+        self.assertViolation(objects, "Deployment/auth", "placeholder", overlay_name="prod")
+
+    def test_an_unnamed_port_and_another_services_setting(self):
+        objects = rendered(overlay("dev"))
+        user = container(objects, "user")
+        user["ports"].append({"containerPort": 9000})
+        user["env"].append({"name": "TRELLIS_AUTH__TELEMETRY__LOG_FORMAT", "value": "json"})
+        self.assertViolation(objects, "Deployment/user", "port 9000 has no name")
+        self.assertViolation(objects, "Deployment/user", "TRELLIS_AUTH__TELEMETRY__LOG_FORMAT")
+
+    def test_a_missing_default_deny_policy(self):
+        objects = rendered(overlay("dev"))
+        objects.remove(find(objects, "NetworkPolicy", "default-deny"))
+        self.assertViolation(objects, "default-deny")
+
+
+if __name__ == "__main__":
+    unittest.main()
