@@ -104,6 +104,46 @@ def context(name):
     return policy.Context(drain_default_ms(), set(placeholder_images()), name == "prod")
 
 
+# Settings whose next level is a key of the user's choosing (a map), not a field.
+MAP_SECTIONS = {"peers", "service_clients"}
+
+
+@functools.lru_cache(maxsize=None)
+def config_fields():
+    """Every field name of a deserialized struct in the platform and the services: the
+    names a TRELLIS_ variable's levels may use (serde's deny_unknown_fields refuses the
+    others at start-up with exit code 78)."""
+    names = set()
+    for top in ("platform/src", "services"):
+        for directory, _, files in os.walk(os.path.join(ROOT, top)):
+            for file in files:
+                if file.endswith(".rs"):
+                    with open(os.path.join(directory, file), encoding="utf-8") as source:
+                        names.update(re.findall(r"^\s*pub (\w+):", source.read(), re.M))
+    return names
+
+
+def unknown_settings(objects):
+    """The TRELLIS_ variables of the rendered objects with a level that is no config
+    field, as `(variable, level)`."""
+    unknown = []
+    variables = set()
+    for o in objects:
+        if o["kind"] == "ConfigMap":
+            variables.update(o.get("data") or {})
+        if o["kind"] == "Deployment":
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                variables.update(e["name"] for e in c.get("env") or [])
+    for variable in sorted(v for v in variables if v.startswith("TRELLIS_")):
+        levels = variable.lower().split("__")[1:]
+        for i, level in enumerate(levels):
+            if i > 0 and levels[i - 1] in MAP_SECTIONS:
+                continue
+            if level not in config_fields():
+                unknown.append((variable, level))
+    return unknown
+
+
 def find(objects, kind, name):
     return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
 
@@ -185,6 +225,20 @@ class Policy(unittest.TestCase):
         for name in OVERLAYS:
             with self.subTest(overlay=name):
                 self.assertEqual(policy.violations(rendered(overlay(name)), context(name)), [])
+
+    def test_every_setting_names_config_fields(self):
+        for name in OVERLAYS:
+            with self.subTest(overlay=name):
+                self.assertEqual(unknown_settings(rendered(overlay(name))), [])
+
+    def test_a_mistyped_setting_is_found(self):
+        objects = rendered(overlay("dev"))
+        container(objects, "auth")["env"].append(
+            {"name": "TRELLIS_AUTH__SERVER__DRAIN_TIMEOUT_MSS", "value": "1"}
+        )
+        self.assertEqual(
+            unknown_settings(objects), [("TRELLIS_AUTH__SERVER__DRAIN_TIMEOUT_MSS", "drain_timeout_mss")]
+        )
 
     def test_the_base_alone_fails_for_its_placeholder_images(self):
         objects = rendered(os.path.join(K8S, "base"))
