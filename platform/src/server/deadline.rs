@@ -4,9 +4,9 @@
 //! no more than what is left — and a handler still running at the deadline is dropped
 //! and answered DEADLINE_EXCEEDED, the code the gRPC spec gives an expired deadline.
 //!
-//! tonic's own timeout answers CANCELLED "Timeout expired" and sits outside every layer;
-//! [`DeadlineService`] fires [`TONIC_MARGIN`] before it, so the caller sees
-//! DEADLINE_EXCEEDED. Like tonic's, the deadline bounds the time to the response's
+//! tonic's own timeout answers CANCELLED "Timeout expired" and sits outside every layer
+//! (and a tonic client keeps a timer of its own); [`DeadlineService`] answers
+//! [`TONIC_MARGIN`] before the caller's deadline, so the caller sees DEADLINE_EXCEEDED. Like tonic's, the deadline bounds the time to the response's
 //! headers: a stream already answering is not cut.
 
 use std::future::Future;
@@ -21,9 +21,13 @@ use tower::{Layer, Service};
 
 use crate::context;
 
-/// How much earlier than tonic's timer ours fires when the caller set `grpc-timeout`
-/// (both count from the call's arrival; tokio's timers tick in milliseconds).
-pub const TONIC_MARGIN: Duration = Duration::from_millis(1);
+/// How much earlier than the caller's `grpc-timeout` our answer is sent. tonic enforces
+/// the header itself on both sides — its server's timer and, in a tonic client, the
+/// caller's own timer from the moment it sent — and either answers CANCELLED "Timeout
+/// expired". Ours must fire first *and* its DEADLINE_EXCEEDED reach the caller before
+/// the caller's timer: tokio's timers tick in milliseconds, and on a loaded machine the
+/// answer's way back takes a few more. 1 ms lost that race in a CI run.
+pub const TONIC_MARGIN: Duration = Duration::from_millis(5);
 
 /// When a request arrived at the server, recorded by the outer request-id layer so the
 /// deadline counts time spent queued behind the concurrency limit too.
