@@ -88,6 +88,19 @@ pub fn taskset_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A command running `program` on `cpus` (`taskset -c`, which execs it, so the child's
+/// pid is the program's), or unpinned without them.
+fn pinned(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", cpus]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 /// Pins every thread of this process to `cpus` (a `taskset` list such as `1` or `1-3`).
 /// Call it before starting the async runtime, so its workers are sized to the list.
 ///
@@ -175,14 +188,7 @@ impl Running {
         let log = self.dir.path().join(format!("{name}.log"));
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = match cpus {
-            Some(cpus) => {
-                let mut c = Command::new("taskset");
-                c.args(["-c", cpus]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
+        let mut command = pinned(program, cpus);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -353,14 +359,7 @@ pub async fn argon2_rate(
     cpus: Option<&str>,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let mut command = match cpus {
-        Some(cpus) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpus]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    };
+    let mut command = pinned(program, cpus);
     command
         .arg("argon2-rate")
         .arg("--duration")
