@@ -1,10 +1,14 @@
 //! Request context carried from a server handler to the peer calls it causes: the
 //! request id (`x-request-id`) and the call's deadline (from `grpc-timeout`), kept in
-//! task-locals while the handler runs. Both the server (which installs them) and peer
-//! clients and the outbox (which forward them) use this module; it depends on nothing
-//! else in the platform.
+//! task-locals while the handler runs, and the `grpc-timeout` header's codec. Both the
+//! server (which installs them and reads the caller's timeout) and peer clients and the
+//! outbox (which forward them) use this module; it depends on nothing else in the
+//! platform.
 
 use std::future::Future;
+use std::time::Duration;
+
+use http::HeaderMap;
 
 /// The header that carries a request id between services.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -62,7 +66,7 @@ pub fn deadline() -> Option<tokio::time::Instant> {
 /// Time left until [`deadline`] (zero once it passed); `None` outside a handler. Long
 /// work can stop early when too little is left, and peer calls made from the handler
 /// are given no more than this.
-pub fn remaining() -> Option<std::time::Duration> {
+pub fn remaining() -> Option<Duration> {
     deadline().map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()))
 }
 
@@ -83,6 +87,37 @@ pub fn source_bucket(ip: std::net::IpAddr) -> std::net::IpAddr {
             std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX)).into()
         }
         v4 => v4,
+    }
+}
+
+/// The `grpc-timeout` header's value: 1 to 8 ASCII digits and a unit of `H M S m u n`
+/// (gRPC over HTTP/2, "Timeout"). `None` when absent or malformed.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// `timeout` as a `grpc-timeout` value: whole milliseconds, rounded up so a call is never
+/// given less than it has, or seconds when the milliseconds need more than 8 digits.
+pub fn encode_grpc_timeout(timeout: Duration) -> String {
+    let millis = timeout.as_nanos().div_ceil(1_000_000);
+    if millis < 100_000_000 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
     }
 }
 
@@ -120,5 +155,42 @@ mod tests {
                 proptest::prop_assert_eq!(id, given);
             }
         }
+    }
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn grpc_timeout_follows_the_spec_grammar() {
+        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(
+            grpc_timeout(&headers("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&headers("2H")),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
+        for bad in ["", "m", "123456789m", "1x", "-1m", "1.5S", " 1m"] {
+            assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn encoded_timeouts_round_up_and_fit_eight_digits() {
+        assert_eq!(encode_grpc_timeout(Duration::from_micros(1500)), "2m");
+        assert_eq!(encode_grpc_timeout(Duration::from_millis(30_000)), "30000m");
+        assert_eq!(encode_grpc_timeout(Duration::ZERO), "0m");
+        let long = encode_grpc_timeout(Duration::from_secs(400_000));
+        assert_eq!(long, "400000S");
+        assert_eq!(
+            grpc_timeout(&headers(&long)),
+            Some(Duration::from_secs(400_000))
+        );
     }
 }

@@ -24,8 +24,7 @@ use super::balance::{Endpoint, Outcome, Outstanding};
 use super::breaker::is_failure_code;
 use super::retry::{never_sent, timed_out};
 use super::stats::inc;
-use crate::context;
-use crate::server::deadline::{encode_grpc_timeout, grpc_timeout};
+use crate::context::{self, encode_grpc_timeout, grpc_timeout};
 use crate::status::grpc_status;
 
 /// Taken off a handler's remaining time for the peer calls it makes: the time to carry

@@ -14,12 +14,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::context;
+use crate::context::{self, grpc_timeout};
 
 /// How much earlier than the caller's `grpc-timeout` our answer is sent. tonic enforces
 /// the header itself on both sides — its server's timer and, in a tonic client, the
@@ -98,78 +98,5 @@ where
                 .into_http()),
             }
         })
-    }
-}
-
-/// The `grpc-timeout` header's value: 1 to 8 ASCII digits and a unit of `H M S m u n`
-/// (gRPC over HTTP/2, "Timeout"). `None` when absent or malformed.
-pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-/// `timeout` as a `grpc-timeout` value: whole milliseconds, rounded up so a call is never
-/// given less than it has, or seconds when the milliseconds need more than 8 digits.
-pub fn encode_grpc_timeout(timeout: Duration) -> String {
-    let millis = timeout.as_nanos().div_ceil(1_000_000);
-    if millis < 100_000_000 {
-        format!("{millis}m")
-    } else {
-        format!("{}S", timeout.as_secs().min(99_999_999))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("grpc-timeout", value.parse().unwrap());
-        headers
-    }
-
-    #[test]
-    fn grpc_timeout_follows_the_spec_grammar() {
-        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
-        assert_eq!(
-            grpc_timeout(&headers("250m")),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(
-            grpc_timeout(&headers("2H")),
-            Some(Duration::from_secs(7200))
-        );
-        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
-        for bad in ["", "m", "123456789m", "1x", "-1m", "1.5S", " 1m"] {
-            assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
-        }
-        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
-    }
-
-    #[test]
-    fn encoded_timeouts_round_up_and_fit_eight_digits() {
-        assert_eq!(encode_grpc_timeout(Duration::from_micros(1500)), "2m");
-        assert_eq!(encode_grpc_timeout(Duration::from_millis(30_000)), "30000m");
-        assert_eq!(encode_grpc_timeout(Duration::ZERO), "0m");
-        let long = encode_grpc_timeout(Duration::from_secs(400_000));
-        assert_eq!(long, "400000S");
-        assert_eq!(
-            grpc_timeout(&headers(&long)),
-            Some(Duration::from_secs(400_000))
-        );
     }
 }
