@@ -9,7 +9,7 @@
 //!   and each variant of the system ([`system`] starts and stops them), in rounds, into a
 //!   [`report::Report`] with ratios and the [`slo`] gates' outcome.
 //!
-//! The README's "Performance" section describes the command.
+//! `docs/performance.md` describes the command.
 
 pub mod argon2_rate;
 pub mod baseline;

@@ -129,11 +129,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// 192 random bits from the OS, hex-encoded.
 fn random_secret() -> anyhow::Result<String> {
-    use std::io::Read as _;
     let mut bytes = [0_u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
+    getrandom::fill(&mut bytes).context("reading the OS's random bytes")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
