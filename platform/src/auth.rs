@@ -8,16 +8,20 @@
 //! RFC 8725: the algorithm comes from our allowlist, never from the token; `iss` and
 //! `aud` are required and checked; `exp` and `nbf` are checked with a small leeway. Every
 //! failure gives the same UNAUTHENTICATED status.
+//!
+//! The platform's own clients of the auth contract sit together in `client`:
+//! [`RemoteKeySource`] (the keys) and [`ClientCredentials`] (this service's tokens for
+//! calling peers).
 
+mod client;
 mod layer;
 mod policy;
 mod verifier;
 
+pub use client::{ClientCredentials, RemoteKeySource};
 pub use layer::{AuthLayer, Authenticated};
 pub use policy::{Access, AccessPolicy};
-pub use verifier::{
-    AuthConfig, KeySource, MAX_LEEWAY_SECS, PublicKey, RemoteKeySource, TokenVerifier, VerifyError,
-};
+pub use verifier::{AuthConfig, KeySource, MAX_LEEWAY_SECS, PublicKey, TokenVerifier, VerifyError};
 
 use serde::{Deserialize, Serialize};
 use tonic::Status;

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::SecretString;
 use serde::Deserialize;
-use trellis_proto::auth_v1::{ListSigningKeysRequest, auth_service_client::AuthServiceClient};
 
 use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_IDENTITY_PEER, DEFAULT_ISSUER, Principal};
 use crate::config::{ConfigError, require_positive};
-use crate::peer::PeerChannel;
 
 /// Largest clock-skew leeway allowed, in seconds (RFC 8725 leaves it to us; we keep it
 /// small).
@@ -116,41 +114,6 @@ impl KeySource for Arc<dyn KeySource> {
         &self,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>> {
         (**self).fetch()
-    }
-}
-
-/// Keys fetched from `trellis.auth.v1.AuthService/ListSigningKeys`.
-#[derive(Debug, Clone)]
-pub struct RemoteKeySource {
-    client: AuthServiceClient<PeerChannel>,
-}
-
-impl RemoteKeySource {
-    /// Fetches over `channel`, a peer channel to the auth service.
-    pub fn new(channel: PeerChannel) -> Self {
-        Self {
-            client: AuthServiceClient::new(channel),
-        }
-    }
-}
-
-impl KeySource for RemoteKeySource {
-    fn fetch(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, tonic::Status>> + Send + '_>> {
-        let mut client = self.client.clone();
-        Box::pin(async move {
-            let keys = client
-                .list_signing_keys(ListSigningKeysRequest {})
-                .await?
-                .into_inner()
-                .keys;
-            Ok(keys
-                .into_iter()
-                .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
-                .map(|k| PublicKey { kid: k.kid, x: k.x })
-                .collect())
-        })
     }
 }
 

@@ -35,13 +35,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::auth::{Access, AccessPolicy, AuthLayer, KeySource, RemoteKeySource, TokenVerifier};
+use crate::auth::{
+    Access, AccessPolicy, AuthLayer, ClientCredentials, KeySource, RemoteKeySource, TokenVerifier,
+};
 use crate::config::{ServiceInfo, Validate};
 use crate::discovery::{Registration, Registry};
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::outbox::{Dispatcher, OutboxWaker};
 use crate::pagination::PageTokenCodec;
-use crate::peer::{ClientCredentials, CredentialSource, PeerChannel, PeerError, Peers};
+use crate::peer::{CredentialSource, PeerChannel, PeerError, Peers};
 use crate::server::{GrpcService, ServerBuilder};
 
 /// Why a service could not be built. Services' own [`Service::build`] errors (anything
