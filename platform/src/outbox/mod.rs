@@ -13,7 +13,7 @@
 //! it at ERROR (row id, peer, method, status) and logs the number of failed messages at
 //! WARN when it starts and after each new failure. [`failed_count`] reads that number
 //! (for a check; [`watch`] exports it and the backlog as metrics), and [`retry_failed`] — or clearing `failed_time` by hand,
-//! see the README — puts failed messages back in the queue. Delivered messages are
+//! see `docs/operating/outbox.md` — puts failed messages back in the queue. Delivered messages are
 //! deleted after `outbox.retention_ms`; failed ones are never deleted automatically.
 //!
 //! Traces: [`enqueue`] keeps the W3C trace context of the current span with the row
@@ -25,9 +25,11 @@
 //! all under the same parent.
 
 pub mod entity;
+mod events;
 mod gauges;
 pub mod migration;
 
+pub use events::EventOutbox;
 pub use gauges::{oldest_pending_time, watch};
 
 use std::collections::HashMap;
@@ -344,7 +346,7 @@ impl Dispatcher {
             Ok(failed) => tracing::warn!(
                 failed,
                 "outbox holds messages their peers rejected for good; \
-                 see last_error, fix the cause, then retry them (README: outbox)"
+                 see last_error, fix the cause, then retry them (docs/operating/outbox.md)"
             ),
             Err(err) => tracing::warn!(error = %err, "cannot count failed outbox messages"),
         }

@@ -2,25 +2,25 @@
 //! rotating refresh tokens with reuse detection, published signing keys, and service
 //! identities by OAuth 2.0 client credentials.
 //!
-//! Layers: [`grpc`] (wire types, statuses, the user-service adapter), [`domain`] (rules,
-//! no gRPC, no SQL), [`storage`] (sea-orm). [`Service`] wires them onto the platform.
+//! Layers: [`grpc`] (wire types, statuses, the local key source for internal calls),
+//! [`domain`] (rules, no gRPC, no SQL; a sign-in is stated as a [`domain::SignInEvent`]),
+//! [`storage`] (sea-orm; enqueues those events with the change) and [`peers`] (the calls
+//! out: the user service as a [`domain::UserDirectory`], the notice each sign-in becomes,
+//! the service's own credentials). [`Service`] wires them onto the platform.
 
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod peers;
 pub mod storage;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
-use trellis_platform::auth::{Access, AccessPolicy, KeySource, PublicKey};
+use trellis_platform::auth::{Access, AccessPolicy};
 use trellis_platform::metrics::prometheus::IntCounter;
-use trellis_platform::peer::CredentialSource;
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::auth_v1::auth_internal_service_server::AuthInternalServiceServer;
 use trellis_proto::auth_v1::auth_service_server::AuthServiceServer;
@@ -28,7 +28,8 @@ use trellis_proto::auth_v1::auth_service_server::AuthServiceServer;
 use domain::keys::{KeyRing, RotationPolicy};
 use domain::throttle::LoginThrottle;
 use domain::{Auth, TokenIssuer, TokenSettings};
-use grpc::{AuthHandlers, UserServiceDirectory};
+use grpc::{AuthHandlers, LocalKeys};
+use peers::{LocalCredentials, UserServiceDirectory};
 use storage::SeaOrmAuthRepository;
 
 /// How often signing keys are reloaded, rotated and retired.
@@ -42,44 +43,6 @@ pub struct Service;
 /// database `sqlite://.data/auth.db?mode=rwc`, peers `user` and `notification`) and
 /// [`config::Settings`], from `TRELLIS_AUTH__*`.
 pub type Config = trellis_platform::Config<Service>;
-
-/// The auth service's own credentials for calling peers: it signs its service tokens
-/// itself instead of asking itself over the network.
-struct LocalCredentials {
-    issuer: TokenIssuer,
-}
-
-impl CredentialSource for LocalCredentials {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>> {
-        Box::pin(async move {
-            self.issuer
-                .sign_service(<Service as trellis_platform::Service>::INFO.name)
-                .map(|(token, _)| token)
-                .map_err(|err| Status::internal(err.to_string()))
-        })
-    }
-}
-
-/// The auth service verifies the tokens sent to its own internal methods against its
-/// key ring, instead of fetching its own published keys over the network.
-struct LocalKeys {
-    ring: KeyRing,
-}
-
-impl KeySource for LocalKeys {
-    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<Vec<PublicKey>, Status>> + Send + '_>> {
-        let keys = self
-            .ring
-            .published()
-            .into_iter()
-            .map(|key| PublicKey {
-                x: key.public_x(),
-                kid: key.kid,
-            })
-            .collect();
-        Box::pin(async move { Ok(keys) })
-    }
-}
 
 impl trellis_platform::Service for Service {
     const INFO: ServiceInfo = ServiceInfo {
@@ -128,16 +91,18 @@ impl trellis_platform::Service for Service {
 
         let keys = KeyRing::default();
         let issuer = TokenIssuer::new(keys.clone(), token_settings);
-        ctx.use_credentials(Arc::new(LocalCredentials {
-            issuer: issuer.clone(),
-        }));
-        ctx.use_key_source(Arc::new(LocalKeys { ring: keys.clone() }));
-        let repository = SeaOrmAuthRepository::new(ctx.db().clone(), ctx.outbox());
+        ctx.use_credentials(Arc::new(LocalCredentials::new(
+            issuer.clone(),
+            <Self as trellis_platform::Service>::INFO.name,
+        )));
+        ctx.use_key_source(Arc::new(LocalKeys::new(keys.clone())));
+        let repository =
+            SeaOrmAuthRepository::new(ctx.db().clone(), peers::sign_in_events(ctx.outbox()));
         maintain_keys(&repository, &policy, &keys)
             .await
             .context("signing keys")?;
 
-        let users = UserServiceDirectory::new(ctx.peer("user")?);
+        let users = UserServiceDirectory::new(ctx.peer(peers::USER_PEER)?);
         let throttle = LoginThrottle::new(
             settings.login_throttle.max_failures_per_account_per_hour,
             settings.login_throttle.max_failures_per_source_per_hour,

@@ -167,7 +167,8 @@ impl trellis_platform::Commands<crate::Service> for Command {
         let hasher = PasswordHasher::new(config.service.password_hashing)?;
         // Nothing dispatches in this process: a welcome notification `--create` enqueues
         // is delivered by the running service's outbox, which polls.
-        let repository = SeaOrmUserRepository::new(db, OutboxWaker::default());
+        let repository =
+            SeaOrmUserRepository::new(db, crate::peers::account_events(OutboxWaker::default()));
         let report = command
             .execute(&Users::new(repository, hasher), read_password)
             .await?;

@@ -1,13 +1,17 @@
 //! Trellis's user service: user accounts and credentials behind `trellis.user.v1`.
 //!
 //! Layers, each testable without the one above: [`grpc`] (wire types and statuses),
-//! [`domain`] (rules, no gRPC, no SQL), [`storage`] (sea-orm). [`Service`] wires them onto the
-//! platform; [`admin`] holds the binary's management commands (`user-service admin grant`).
+//! [`domain`] (rules, no gRPC, no SQL; what other services must do is stated as
+//! [`domain::AccountEvent`]s), [`storage`] (sea-orm; enqueues those events with the change)
+//! and [`peers`] (the calls out: which peer call each event becomes). [`Service`] wires
+//! them onto the platform; [`admin`] holds the binary's management commands
+//! (`user-service admin grant`).
 
 pub mod admin;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod peers;
 pub mod sign_up;
 pub mod storage;
 
@@ -62,7 +66,8 @@ impl trellis_platform::Service for Service {
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
         let hasher = ctx.settings().password_hasher()?;
         let sign_up = SignUpLimiter::new(ctx.settings().sign_up_rate);
-        let repository = SeaOrmUserRepository::new(ctx.db().clone(), ctx.outbox());
+        let repository =
+            SeaOrmUserRepository::new(ctx.db().clone(), peers::account_events(ctx.outbox()));
         let handlers = UserHandlers::new(Users::new(repository, hasher), ctx.page_tokens())
             .with_sign_up_limiter(sign_up);
         ctx.add_service(UserServiceServer::new(handlers.clone()));

@@ -1,29 +1,29 @@
-//! The auth domain: sign-in, access and refresh tokens, service identities and signing
-//! keys. No gRPC and no SQL: users are asked about through [`UserDirectory`] and state
-//! is kept through [`AuthRepository`].
+//! The auth domain: sign-in, refresh-token rotation, logout and service identities, over
+//! [`tokens`] (what is issued and how it is signed), [`keys`] (the signing keys) and
+//! [`throttle`] (the sign-in budgets). No gRPC and no SQL: users are asked about through
+//! [`UserDirectory`], state is kept through [`AuthRepository`], and what other services
+//! must hear of is stated as a [`SignInEvent`].
 
 pub mod keys;
 pub mod throttle;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rand::RngCore as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
-use trellis_platform::auth::{Claims, PrincipalKind};
+use trellis_platform::auth::PrincipalKind;
 use trellis_platform::validation::FieldViolation;
 use uuid::Uuid;
 
-use keys::KeyRing;
 use throttle::{AccountKey, LoginThrottle};
+use tokens::new_refresh_token;
+pub use tokens::{TokenIssuer, TokenPair, TokenSettings, hash_token};
 
 /// Longest access-token lifetime the issue allows: 15 minutes.
 pub const MAX_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -199,106 +199,6 @@ pub trait AuthRepository: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, AuthError>> + Send;
 }
 
-/// Token settings.
-#[derive(Debug, Clone)]
-pub struct TokenSettings {
-    /// `iss` of issued tokens.
-    pub issuer: String,
-    /// `aud` of issued tokens.
-    pub audience: String,
-    /// Access-token lifetime (≤ 15 min).
-    pub access_ttl: Duration,
-    /// Service-token lifetime.
-    pub service_ttl: Duration,
-    /// Absolute lifetime of a refresh-token family.
-    pub refresh_ttl: Duration,
-}
-
-/// A freshly issued pair.
-#[derive(Debug, Clone)]
-pub struct TokenPair {
-    /// The JWT.
-    pub access_token: String,
-    /// Its lifetime.
-    pub expires_in: Duration,
-    /// The opaque refresh token.
-    pub refresh_token: String,
-    /// The family's absolute expiry.
-    pub refresh_expire_time: DateTime<Utc>,
-}
-
-/// Signs JWTs with the key ring's current key.
-#[derive(Debug, Clone)]
-pub struct TokenIssuer {
-    keys: KeyRing,
-    settings: TokenSettings,
-}
-
-impl TokenIssuer {
-    /// An issuer over `keys`.
-    pub fn new(keys: KeyRing, settings: TokenSettings) -> Self {
-        Self { keys, settings }
-    }
-
-    /// The key ring.
-    pub fn keys(&self) -> &KeyRing {
-        &self.keys
-    }
-
-    /// Signs an access token for `subject`.
-    ///
-    /// # Errors
-    /// When no key is active or signing fails.
-    pub fn sign(
-        &self,
-        subject: &str,
-        kind: PrincipalKind,
-        roles: Vec<String>,
-        ttl: Duration,
-    ) -> anyhow::Result<String> {
-        let now = Utc::now();
-        let key = self
-            .keys
-            .signing_key(now)
-            .ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
-        let iat = now.timestamp();
-        let claims = Claims {
-            iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
-            sub: subject.to_owned(),
-            iat,
-            nbf: iat,
-            exp: iat + i64::try_from(ttl.as_secs()).unwrap_or(0),
-            jti: Uuid::new_v4().to_string(),
-            kind,
-            roles,
-        };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(
-            &header,
-            &claims,
-            &EncodingKey::from_ed_der(&key.private_pkcs8),
-        )
-        .map_err(|err| anyhow::anyhow!("signing failed: {err}"))
-    }
-
-    /// Signs a service token for `client_id`.
-    ///
-    /// # Errors
-    /// As [`Self::sign`].
-    pub fn sign_service(&self, client_id: &str) -> anyhow::Result<(String, Duration)> {
-        let ttl = self.settings.service_ttl;
-        let token = self.sign(
-            &format!("service:{client_id}"),
-            PrincipalKind::Service,
-            Vec::new(),
-            ttl,
-        )?;
-        Ok((token, ttl))
-    }
-}
-
 /// INVALID_ARGUMENT for an empty `field`.
 fn required(field: &str) -> AuthError {
     AuthError::InvalidArgument(vec![FieldViolation::new(field, "is required")])
@@ -330,21 +230,6 @@ fn check_login_input(email: &str, password: &str) -> Result<(), AuthError> {
     } else {
         Err(AuthError::InvalidArgument(violations))
     }
-}
-
-/// Makes an opaque refresh token: 256 random bits, base64url.
-fn new_refresh_token() -> (String, Vec<u8>) {
-    let mut bytes = [0_u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = URL_SAFE_NO_PAD.encode(bytes);
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-/// SHA-256 of a refresh token: what is stored. The token's 256 random bits make a slow
-/// hash unnecessary.
-pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
 }
 
 /// The auth operations.
@@ -426,7 +311,8 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
             token_hash,
             create_time: now,
             expire_time: now
-                + chrono::Duration::from_std(self.issuer.settings.refresh_ttl).unwrap_or_default(),
+                + chrono::Duration::from_std(self.issuer.settings().refresh_ttl)
+                    .unwrap_or_default(),
         };
         let event = SignInEvent {
             user_id: user.id.clone(),
@@ -544,7 +430,7 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
         refresh_token: String,
         refresh_expire_time: DateTime<Utc>,
     ) -> Result<TokenPair, AuthError> {
-        let ttl = self.issuer.settings.access_ttl;
+        let ttl = self.issuer.settings().access_ttl;
         let access_token = self.issuer.sign(user_id, PrincipalKind::User, roles, ttl)?;
         Ok(TokenPair {
             access_token,

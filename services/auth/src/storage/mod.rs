@@ -1,5 +1,5 @@
 //! Auth storage on sea-orm: signing keys, refresh-token families and the outbox of
-//! sign-in notifications. The same code runs on SQLite and PostgreSQL.
+//! sign-in events (their wire form is the `peers` module's). The same code runs on SQLite and PostgreSQL.
 
 pub mod entity;
 pub mod migration;
@@ -12,29 +12,26 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait as _, DatabaseConnection, DbErr, EntityTrait as _,
     QueryFilter as _, QuerySelect as _, TransactionTrait as _,
 };
-use trellis_platform::outbox::{self, OutboxEntry, OutboxWaker};
-use trellis_proto::notification_v1::SendNotificationRequest;
+use trellis_platform::outbox::EventOutbox;
 use uuid::Uuid;
 
 use crate::domain::keys::{KeyPlan, KeyRecord};
 use crate::domain::{AuthError, AuthRepository, RefreshRecord, Rotation, SignInEvent};
 use entity::{refresh_token, signing_key};
 
-/// The peer that receives notifications, as named in the `peers` config.
-pub const NOTIFICATION_PEER: &str = "notification";
-
 /// [`AuthRepository`] and key storage over a sea-orm connection.
 #[derive(Debug, Clone)]
 pub struct SeaOrmAuthRepository {
     db: DatabaseConnection,
-    waker: OutboxWaker,
+    outbox: EventOutbox<SignInEvent>,
 }
 
 impl SeaOrmAuthRepository {
-    /// A repository over `db` (migrated with [`migration::Migrator`]); `waker` is told
-    /// when a committed transaction enqueued a notification.
-    pub fn new(db: DatabaseConnection, waker: OutboxWaker) -> Self {
-        Self { db, waker }
+    /// A repository over `db` (migrated with [`migration::Migrator`]); `outbox` turns
+    /// the domain's [`SignInEvent`]s into outbox calls (the service's `peers` module makes
+    /// it) and is woken after each commit that enqueued one.
+    pub fn new(db: DatabaseConnection, outbox: EventOutbox<SignInEvent>) -> Self {
+        Self { db, outbox }
     }
 
     /// Every stored signing key.
@@ -91,32 +88,6 @@ fn encode_hash(hash: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(hash)
 }
 
-/// The sign-in notification, as an outbox call to the notification service. Its id is
-/// the idempotency key, so redelivery cannot duplicate it.
-fn sign_in_notification(event: &SignInEvent) -> OutboxEntry {
-    let id = Uuid::now_v7();
-    let from = event
-        .source
-        .map(|ip| format!(" from {ip}"))
-        .unwrap_or_default();
-    let request = SendNotificationRequest {
-        user_id: event.user_id.clone(),
-        kind: "new_sign_in".to_owned(),
-        title: "New sign-in".to_owned(),
-        body: format!(
-            "Your account was signed in to at {}{from}. If this was not you, change your password.",
-            event.time.format("%Y-%m-%d %H:%M UTC")
-        ),
-        idempotency_key: id.to_string(),
-    };
-    OutboxEntry::new(
-        id,
-        NOTIFICATION_PEER,
-        trellis_proto::paths::SEND_NOTIFICATION,
-        &request,
-    )
-}
-
 impl AuthRepository for SeaOrmAuthRepository {
     async fn start_family(
         &self,
@@ -138,11 +109,9 @@ impl AuthRepository for SeaOrmAuthRepository {
         .exec_without_returning(&txn)
         .await
         .map_err(unexpected)?;
-        outbox::enqueue(&txn, sign_in_notification(event))
-            .await
-            .map_err(unexpected)?;
+        self.outbox.enqueue(&txn, event).await.map_err(unexpected)?;
         txn.commit().await.map_err(unexpected)?;
-        self.waker.wake();
+        self.outbox.wake();
         Ok(())
     }
 

@@ -43,7 +43,10 @@ async fn a_storage_failure_is_internal_with_no_detail() {
         .expect("connects");
     let issuer = test_issuer();
     let auth = Auth::new(
-        SeaOrmAuthRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
+        SeaOrmAuthRepository::new(
+            db,
+            auth_service::peers::sign_in_events(trellis_platform::outbox::OutboxWaker::default()),
+        ),
         AcceptAll,
         issuer,
         LoginThrottle::new(100, 1000),

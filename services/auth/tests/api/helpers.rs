@@ -275,7 +275,10 @@ pub(crate) async fn migrated_repository() -> SeaOrmAuthRepository {
     <Migrator as sea_orm_migration::MigratorTrait>::up(&db, None)
         .await
         .expect("migrates");
-    SeaOrmAuthRepository::new(db, trellis_platform::outbox::OutboxWaker::default())
+    SeaOrmAuthRepository::new(
+        db,
+        auth_service::peers::sign_in_events(trellis_platform::outbox::OutboxWaker::default()),
+    )
 }
 
 /// The delay of a status's `google.rpc.RetryInfo` detail.

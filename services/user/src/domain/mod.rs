@@ -95,9 +95,34 @@ pub enum UserError {
     Unexpected(#[from] anyhow::Error),
 }
 
+/// What must happen to other services because an account changed, stated as plain data.
+///
+/// The operations of [`Users`] hand these to the repository with the change; storage
+/// enqueues them in the same transaction (the platform's outbox delivers each at least
+/// once), and the service's `peers` module says which call each becomes. Nothing here
+/// knows a wire format or a peer's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountEvent {
+    /// A new account: its user is greeted with a notification.
+    Welcome {
+        /// The new user.
+        user_id: Uuid,
+        /// Their display name, for the greeting.
+        display_name: DisplayName,
+    },
+    /// The account is gone: every refresh token of its user must be revoked, so no
+    /// session outlives it.
+    RevokeTokens {
+        /// The deleted user.
+        user_id: Uuid,
+    },
+}
+
 /// Storage of users, implemented by the storage layer.
 pub trait UserRepository: Send + Sync + 'static {
-    /// Inserts a new user with their roles.
+    /// Inserts a new user with their roles and, in the same transaction, enqueues
+    /// `events` for delivery (the outbox retries each until its peer answers): the user
+    /// and their events commit together or not at all.
     ///
     /// # Errors
     /// [`UserError::EmailTaken`] when the email exists; [`UserError::Unexpected`] otherwise.
@@ -105,6 +130,7 @@ pub trait UserRepository: Send + Sync + 'static {
         &self,
         user: &User,
         password_hash: &PasswordHash,
+        events: &[AccountEvent],
     ) -> impl Future<Output = Result<(), UserError>> + Send;
     /// Loads a user with their roles by id; `None` when absent.
     fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
@@ -136,10 +162,14 @@ pub trait UserRepository: Send + Sync + 'static {
         changes: &UserChanges,
         update_time: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<User>, UserError>> + Send;
-    /// Deletes a user and, in the same transaction, enqueues the revocation of all
-    /// their refresh tokens at the auth service (the outbox retries it until auth
-    /// answers); `false` when there was no such user.
-    fn delete(&self, id: Uuid) -> impl Future<Output = Result<bool, UserError>> + Send;
+    /// Deletes a user and, in the same transaction, enqueues `events` for delivery (the
+    /// outbox retries each until its peer answers); `false`, with nothing enqueued, when
+    /// there was no such user.
+    fn delete(
+        &self,
+        id: Uuid,
+        events: &[AccountEvent],
+    ) -> impl Future<Output = Result<bool, UserError>> + Send;
     /// Grants or revokes `role`, setting `update_time` when that changed anything;
     /// returns the user with their roles after the change, `None` when absent.
     fn change_role(
@@ -195,7 +225,13 @@ impl<R: UserRepository> Users<R> {
             create_time: now,
             update_time: now,
         };
-        self.repository.insert(&user, &password_hash).await?;
+        let welcome = AccountEvent::Welcome {
+            user_id: user.id,
+            display_name: user.display_name.clone(),
+        };
+        self.repository
+            .insert(&user, &password_hash, &[welcome])
+            .await?;
         Ok(user)
     }
 
@@ -239,13 +275,14 @@ impl<R: UserRepository> Users<R> {
             .ok_or(UserError::NotFound)
     }
 
-    /// Deletes the user with `id` and has their refresh tokens revoked (see
-    /// [`UserRepository::delete`]).
+    /// Deletes the user with `id` and has their refresh tokens revoked
+    /// ([`AccountEvent::RevokeTokens`], enqueued with the deletion).
     ///
     /// # Errors
     /// [`UserError::NotFound`].
     pub async fn delete(&self, id: Uuid) -> Result<(), UserError> {
-        if self.repository.delete(id).await? {
+        let revoke = AccountEvent::RevokeTokens { user_id: id };
+        if self.repository.delete(id, &[revoke]).await? {
             Ok(())
         } else {
             Err(UserError::NotFound)
@@ -318,4 +355,171 @@ fn collect<T>(
     violations: &mut Vec<FieldViolation>,
 ) -> Option<T> {
     result.map_err(|v| violations.push(v)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::password::HashCost;
+    use super::*;
+
+    /// A repository that keeps users in memory and records the events each change
+    /// handed it.
+    #[derive(Debug, Default)]
+    struct RecordingRepository {
+        users: Mutex<Vec<User>>,
+        events: Mutex<Vec<AccountEvent>>,
+    }
+
+    impl RecordingRepository {
+        fn events(&self) -> Vec<AccountEvent> {
+            self.events.lock().map(|e| e.clone()).unwrap_or_default()
+        }
+
+        fn record(&self, events: &[AccountEvent]) {
+            if let Ok(mut recorded) = self.events.lock() {
+                recorded.extend_from_slice(events);
+            }
+        }
+
+        fn find(&self, matches: impl Fn(&User) -> bool) -> Option<User> {
+            let users = self.users.lock().ok()?;
+            users.iter().find(|u| matches(u)).cloned()
+        }
+    }
+
+    impl UserRepository for RecordingRepository {
+        async fn insert(
+            &self,
+            user: &User,
+            _password_hash: &PasswordHash,
+            events: &[AccountEvent],
+        ) -> Result<(), UserError> {
+            if self
+                .find(|u| u.email.canonical() == user.email.canonical())
+                .is_some()
+            {
+                return Err(UserError::EmailTaken);
+            }
+            if let Ok(mut users) = self.users.lock() {
+                users.push(user.clone());
+            }
+            self.record(events);
+            Ok(())
+        }
+
+        async fn get(&self, id: Uuid) -> Result<Option<User>, UserError> {
+            Ok(self.find(|u| u.id == id))
+        }
+
+        async fn find_by_email(&self, email: &Email) -> Result<Option<User>, UserError> {
+            Ok(self.find(|u| u.email.canonical() == email.canonical()))
+        }
+
+        async fn get_credentials(
+            &self,
+            _email: &Email,
+        ) -> Result<Option<UserWithCredentials>, UserError> {
+            Ok(None)
+        }
+
+        async fn list(&self, _after: Option<Uuid>, _limit: u64) -> Result<Vec<User>, UserError> {
+            Ok(Vec::new())
+        }
+
+        async fn update(
+            &self,
+            _id: Uuid,
+            _changes: &UserChanges,
+            _update_time: DateTime<Utc>,
+        ) -> Result<Option<User>, UserError> {
+            Ok(None)
+        }
+
+        async fn delete(&self, id: Uuid, events: &[AccountEvent]) -> Result<bool, UserError> {
+            let Ok(mut users) = self.users.lock() else {
+                return Ok(false);
+            };
+            let before = users.len();
+            users.retain(|u| u.id != id);
+            let deleted = users.len() < before;
+            drop(users);
+            if deleted {
+                self.record(events);
+            }
+            Ok(deleted)
+        }
+
+        async fn change_role(
+            &self,
+            _id: Uuid,
+            _role: Role,
+            _change: RoleChange,
+            _update_time: DateTime<Utc>,
+        ) -> Result<Option<User>, UserError> {
+            Ok(None)
+        }
+    }
+
+    fn users() -> anyhow::Result<Users<RecordingRepository>> {
+        let hasher = PasswordHasher::new(HashCost::default())?;
+        Ok(Users::new(RecordingRepository::default(), hasher))
+    }
+
+    #[tokio::test]
+    async fn sign_up_states_a_welcome_for_the_new_user_by_their_display_name() -> anyhow::Result<()>
+    {
+        let users = users()?;
+        let user = users
+            .create("ada@example.com", "Ada Lovelace", "correct horse battery")
+            .await?;
+        assert_eq!(
+            users.repository.events(),
+            vec![AccountEvent::Welcome {
+                user_id: user.id,
+                display_name: user.display_name.clone(),
+            }]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refused_sign_up_states_no_event() -> anyhow::Result<()> {
+        let users = users()?;
+        let invalid = users.create("not an address", "Ada", "short").await;
+        assert!(matches!(invalid, Err(UserError::Invalid(_))), "{invalid:?}");
+        users
+            .create("ada@example.com", "Ada", "correct horse battery")
+            .await?;
+        let taken = users
+            .create("ADA@example.com", "Ada again", "correct horse battery")
+            .await;
+        assert!(matches!(taken, Err(UserError::EmailTaken)), "{taken:?}");
+        assert_eq!(users.repository.events().len(), 1, "only the first welcome");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn deleting_a_user_states_the_revocation_of_their_tokens() -> anyhow::Result<()> {
+        let users = users()?;
+        let user = users
+            .create("ada@example.com", "Ada", "correct horse battery")
+            .await?;
+        users.delete(user.id).await?;
+        assert_eq!(
+            users.repository.events().last(),
+            Some(&AccountEvent::RevokeTokens { user_id: user.id })
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn deleting_an_unknown_user_is_not_found_and_revokes_nothing() -> anyhow::Result<()> {
+        let users = users()?;
+        let result = users.delete(Uuid::now_v7()).await;
+        assert!(matches!(result, Err(UserError::NotFound)), "{result:?}");
+        assert_eq!(users.repository.events(), Vec::new());
+        Ok(())
+    }
 }

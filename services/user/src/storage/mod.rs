@@ -15,68 +15,41 @@ use sea_orm::{
     EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, SqlErr,
     TransactionTrait as _, TryInsertResult,
 };
-use trellis_platform::outbox::{self, OutboxEntry, OutboxWaker};
-use trellis_proto::auth_v1::RevokeUserTokensRequest;
-use trellis_proto::notification_v1::SendNotificationRequest;
+use trellis_platform::outbox::EventOutbox;
 use uuid::Uuid;
 
 use crate::domain::{
-    DisplayName, Email, PasswordHash, Role, RoleChange, User, UserChanges, UserError,
+    AccountEvent, DisplayName, Email, PasswordHash, Role, RoleChange, User, UserChanges, UserError,
     UserRepository, UserWithCredentials,
 };
 use entity::{Column, Entity};
-
-/// The peer that receives notifications, as named in the `peers` config.
-pub const NOTIFICATION_PEER: &str = "notification";
-/// The peer that holds refresh tokens, as named in the `peers` config.
-pub const AUTH_PEER: &str = "auth";
 
 /// [`UserRepository`] over a sea-orm connection.
 #[derive(Debug, Clone)]
 pub struct SeaOrmUserRepository {
     db: DatabaseConnection,
-    waker: OutboxWaker,
+    outbox: EventOutbox<AccountEvent>,
 }
 
 impl SeaOrmUserRepository {
     /// A repository over `db`, which must be migrated with [`migration::Migrator`];
-    /// `waker` is told when a committed sign-up enqueued its welcome notification.
-    pub fn new(db: DatabaseConnection, waker: OutboxWaker) -> Self {
-        Self { db, waker }
+    /// `outbox` turns the domain's [`AccountEvent`]s into outbox calls (the service's
+    /// `peers` module makes it) and is woken after each commit that enqueued one.
+    pub fn new(db: DatabaseConnection, outbox: EventOutbox<AccountEvent>) -> Self {
+        Self { db, outbox }
     }
-}
 
-/// The welcome notification, as an outbox call to the notification service; its id is
-/// the idempotency key, so redelivery cannot duplicate it.
-fn welcome(user: &User) -> OutboxEntry {
-    let id = Uuid::now_v7();
-    let request = SendNotificationRequest {
-        user_id: user.id.to_string(),
-        kind: "welcome".to_owned(),
-        title: format!("Welcome, {}!", user.display_name.as_str()),
-        body: "Your Trellis account is ready.".to_owned(),
-        idempotency_key: id.to_string(),
-    };
-    OutboxEntry::new(
-        id,
-        NOTIFICATION_PEER,
-        trellis_proto::paths::SEND_NOTIFICATION,
-        &request,
-    )
-}
-
-/// The revocation of every refresh token of the user `id`, as an outbox call to the auth
-/// service. Revoking is idempotent, so redelivery is harmless.
-fn revoke_tokens(id: Uuid) -> OutboxEntry {
-    let request = RevokeUserTokensRequest {
-        user_id: id.to_string(),
-    };
-    OutboxEntry::new(
-        Uuid::now_v7(),
-        AUTH_PEER,
-        trellis_proto::paths::REVOKE_USER_TOKENS,
-        &request,
-    )
+    /// Enqueues `events` through `txn`, the transaction making the change they report.
+    async fn enqueue(
+        &self,
+        txn: &impl ConnectionTrait,
+        events: &[AccountEvent],
+    ) -> Result<(), UserError> {
+        for event in events {
+            self.outbox.enqueue(txn, event).await.map_err(unexpected)?;
+        }
+        Ok(())
+    }
 }
 
 fn to_domain(model: entity::Model, roles: BTreeSet<Role>) -> User {
@@ -151,7 +124,12 @@ fn unexpected(err: DbErr) -> UserError {
 }
 
 impl UserRepository for SeaOrmUserRepository {
-    async fn insert(&self, user: &User, password_hash: &PasswordHash) -> Result<(), UserError> {
+    async fn insert(
+        &self,
+        user: &User,
+        password_hash: &PasswordHash,
+        events: &[AccountEvent],
+    ) -> Result<(), UserError> {
         let model = entity::ActiveModel {
             id: Set(user.id),
             email: Set(user.email.as_str().to_owned()),
@@ -161,7 +139,7 @@ impl UserRepository for SeaOrmUserRepository {
             create_time: Set(user.create_time),
             update_time: Set(user.update_time),
         };
-        // The user and their welcome notification commit together or not at all.
+        // The user and their events commit together or not at all.
         let txn = self.db.begin().await.map_err(unexpected)?;
         Entity::insert(model)
             .exec_without_returning(&txn)
@@ -181,11 +159,9 @@ impl UserRepository for SeaOrmUserRepository {
                 .await
                 .map_err(unexpected)?;
         }
-        outbox::enqueue(&txn, welcome(user))
-            .await
-            .map_err(unexpected)?;
+        self.enqueue(&txn, events).await?;
         txn.commit().await.map_err(map_write_error)?;
-        self.waker.wake();
+        self.outbox.wake();
         Ok(())
     }
 
@@ -267,9 +243,9 @@ impl UserRepository for SeaOrmUserRepository {
         self.get(id).await
     }
 
-    async fn delete(&self, id: Uuid) -> Result<bool, UserError> {
-        // The user goes, and the revocation of their tokens is enqueued, together or not
-        // at all. Roles go by the foreign key's cascade, and explicitly in case a SQLite
+    async fn delete(&self, id: Uuid, events: &[AccountEvent]) -> Result<bool, UserError> {
+        // The user goes, and their events (the revocation of their tokens) are enqueued,
+        // together or not at all. Roles go by the foreign key's cascade, and explicitly in case a SQLite
         // connection has foreign keys off.
         let txn = self.db.begin().await.map_err(unexpected)?;
         user_role::Entity::delete_many()
@@ -285,11 +261,9 @@ impl UserRepository for SeaOrmUserRepository {
             txn.rollback().await.map_err(unexpected)?;
             return Ok(false);
         }
-        outbox::enqueue(&txn, revoke_tokens(id))
-            .await
-            .map_err(unexpected)?;
+        self.enqueue(&txn, events).await?;
         txn.commit().await.map_err(unexpected)?;
-        self.waker.wake();
+        self.outbox.wake();
         Ok(true)
     }
 

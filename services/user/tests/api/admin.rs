@@ -23,7 +23,10 @@ async fn users() -> Users<SeaOrmUserRepository> {
         .expect("a migrated database");
     let hasher = PasswordHasher::new(HashCost::default()).expect("hasher");
     Users::new(
-        SeaOrmUserRepository::new(db, OutboxWaker::default()),
+        SeaOrmUserRepository::new(
+            db,
+            user_service::peers::account_events(OutboxWaker::default()),
+        ),
         hasher,
     )
 }

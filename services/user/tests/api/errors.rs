@@ -19,7 +19,12 @@ async fn a_database_failure_is_internal_with_no_detail() {
     let hasher = PasswordHasher::new(HashCost::default()).expect("hasher");
     let handlers = UserHandlers::new(
         Users::new(
-            SeaOrmUserRepository::new(db, trellis_platform::outbox::OutboxWaker::default()),
+            SeaOrmUserRepository::new(
+                db,
+                user_service::peers::account_events(
+                    trellis_platform::outbox::OutboxWaker::default(),
+                ),
+            ),
             hasher,
         ),
         PageTokenCodec::random(),
