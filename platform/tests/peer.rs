@@ -13,6 +13,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::context as request_id;
 use trellis_platform::peer::{CredentialSource, PeerConfig, Peers};
+use trellis_platform::testing::assert_eventually_that;
 
 struct FixedToken;
 
@@ -250,16 +251,9 @@ async fn verify(
     Ok(response.into_inner().user.unwrap_or_default().id)
 }
 
-/// Polls `check` every 20 ms until it holds, failing after 10 s.
+/// Polls `check` until it holds (the testkit's [`assert_eventually_that`]).
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eventually_that(what, || std::future::ready(check())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

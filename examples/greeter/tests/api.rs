@@ -10,7 +10,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use trellis_platform::service::Launch;
 use trellis_platform::testing::{
-    FakeAuth, TestIssuer, TestServer, test_config, violated_fields, with_token,
+    FakeAuth, TestIssuer, TestServer, assert_serves_health_and_reflection, test_config,
+    violated_fields, with_token,
 };
 use trellis_proto::greeter_v1 as pb;
 use trellis_proto::greeter_v1::greeter_service_client::GreeterServiceClient;
@@ -129,5 +130,13 @@ async fn tokens_verify_against_keys_fetched_from_the_identity_peer() {
         .await
         .expect_err("a token signed by another key is refused");
     assert_eq!(status.code(), Code::Unauthenticated);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn serves_health_and_reflection_as_grpcurl_expects() {
+    let (server, _client, _token) = start().await;
+    assert_serves_health_and_reflection(&server.channel, &["trellis.greeter.v1.GreeterService"])
+        .await;
     server.stop().await;
 }

@@ -1,8 +1,10 @@
 //! The testkit (feature `testing`), one for every suite: start any service in-process
-//! ([`TestServer`]), ask it what grpcurl would ([`reflection`]), sign tokens for users, admins and services ([`TestIssuer`]), serve
-//! those keys as a fake identity peer ([`FakeAuth`]), read its metrics endpoint
-//! ([`metrics`]), run a real etcd ([`EtcdServer`]), and wait on observable state instead
-//! of sleeping ([`assert_eventually`]).
+//! ([`TestServer`]), ask it what grpcurl would ([`reflection`]) and check that it shows
+//! health and reflection as grpcurl and probes expect
+//! ([`assert_serves_health_and_reflection`]), sign tokens for users, admins and services
+//! ([`TestIssuer`]), serve those keys as a fake identity peer ([`FakeAuth`]), read its
+//! metrics endpoint ([`metrics`]), run a real etcd ([`EtcdServer`]), and wait on
+//! observable state instead of sleeping ([`assert_eventually`]).
 //!
 //! Helpers panic on failure: a failed expectation is the test failing.
 
@@ -13,10 +15,12 @@ mod fake_auth;
 mod issuer;
 pub mod metrics;
 pub mod reflection;
+mod surface;
 
 pub use etcd::EtcdServer;
 pub use fake_auth::FakeAuth;
 pub use issuer::{StaticKeySource, TestIssuer};
+pub use surface::assert_serves_health_and_reflection;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,7 +49,20 @@ pub const TEST_DRAIN_MS: u64 = 300;
 ///
 /// # Panics
 /// When it does not hold within [`EVENTUALLY`] (15 s).
-pub async fn assert_eventually<F, Fut>(mut condition: F)
+pub async fn assert_eventually<F, Fut>(condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert_eventually_that("condition", condition).await;
+}
+
+/// As [`assert_eventually`], saying `what` was awaited when it fails, e.g.
+/// `assert_eventually_that("every replica reports SERVING", || ready(all_serving()))`.
+///
+/// # Panics
+/// When `condition` does not hold within [`EVENTUALLY`] (15 s).
+pub async fn assert_eventually_that<F, Fut>(what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -54,7 +71,7 @@ where
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "condition not met within {} s",
+            "{what} not met within {} s",
             EVENTUALLY.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

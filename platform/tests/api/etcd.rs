@@ -11,7 +11,7 @@ use trellis_platform::discovery::{
     EtcdConfig, EtcdRegistry, Registration, Registry, Target, Watch,
 };
 use trellis_platform::testing::metrics::{http_get, sample};
-use trellis_platform::testing::{EVENTUALLY, EtcdServer, assert_eventually};
+use trellis_platform::testing::{EtcdServer, assert_eventually, assert_eventually_that};
 use trellis_proto::etcd::etcdserverpb::kv_client::KvClient;
 use trellis_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use trellis_proto::etcd::etcdserverpb::{LeaseRevokeRequest, RangeRequest};
@@ -55,15 +55,11 @@ fn uris(watch: &Watch) -> Option<Vec<String>> {
 /// Waits until `watch` shows exactly `expected`.
 async fn wait_for(watch: &Watch, expected: &[&str]) {
     let expected: Vec<String> = expected.iter().map(|&s| s.to_owned()).collect();
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    while uris(watch).as_ref() != Some(&expected) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the watch shows {:?}, not {expected:?}",
-            uris(watch)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("the watch showing {expected:?}");
+    assert_eventually_that(&what, || {
+        std::future::ready(uris(watch).as_ref() == Some(&expected))
+    })
+    .await;
 }
 
 fn channel(server: &EtcdServer) -> Channel {

@@ -1,23 +1,21 @@
 //! Health and reflection: what `grpcurl` and orchestrators see.
 
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use trellis_platform::testing::health_status;
+use trellis_platform::testing::assert_serves_health_and_reflection;
 use trellis_platform::testing::reflection::{Ask, Version, ask};
 
 use crate::helpers::spawn_app;
 
 #[tokio::test]
-async fn check_reports_serving_for_the_server_and_the_auth_service() {
+async fn serves_health_and_reflection_for_both_auth_services_as_grpcurl_expects() {
     let app = spawn_app().await;
-    let mut health = HealthClient::new(app.channel.clone());
-    for service in ["", "trellis.auth.v1.AuthService"] {
-        assert_eq!(
-            health_status(&mut health, service).await,
-            Some(ServingStatus::Serving),
-            "{service:?}"
-        );
-    }
+    assert_serves_health_and_reflection(
+        &app.channel,
+        &[
+            "trellis.auth.v1.AuthService",
+            "trellis.auth.v1.AuthInternalService",
+        ],
+    )
+    .await;
     app.stop().await;
 }
 

@@ -9,13 +9,12 @@ use pb::notification_service_client::NotificationServiceClient;
 use tokio::task::JoinHandle;
 use tonic::Status;
 use tonic::transport::Channel;
-use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::app::AppError;
 use trellis_platform::service::{Config, Launch};
 use trellis_platform::testing::{TestIssuer, TestServer, local_listener, test_config};
 use trellis_proto::notification_v1 as pb;
 
-pub(crate) use trellis_platform::testing::{code, health_status, violated_fields, with_token};
+pub(crate) use trellis_platform::testing::{code, violated_fields, with_token};
 
 /// The notification service's config as the testkit makes it.
 pub(crate) type NotificationConfig = Config<notification_service::Service>;
@@ -24,7 +23,6 @@ pub(crate) type NotificationConfig = Config<notification_service::Service>;
 pub(crate) struct TestApp {
     pub(crate) notifications: NotificationServiceClient<Channel>,
     pub(crate) internal: NotificationInternalServiceClient<Channel>,
-    pub(crate) health: HealthClient<Channel>,
     pub(crate) channel: Channel,
     /// Its metrics endpoint.
     pub(crate) metrics_addr: std::net::SocketAddr,
@@ -52,7 +50,6 @@ pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut NotificationConfig))
     TestApp {
         notifications: NotificationServiceClient::new(channel.clone()),
         internal: NotificationInternalServiceClient::new(channel.clone()),
-        health: HealthClient::new(channel.clone()),
         channel,
         metrics_addr: server.metrics_addr.expect("a metrics endpoint"),
         issuer,

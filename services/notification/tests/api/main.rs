@@ -13,6 +13,5 @@ mod connect;
 mod health;
 mod list;
 mod mark_read;
-mod reflection;
 mod send;
 mod subscribe;

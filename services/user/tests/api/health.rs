@@ -1,35 +1,26 @@
-//! grpc.health.v1 Check and Watch, and graceful shutdown with an open stream.
+//! grpc.health.v1 Check and Watch, server reflection (the testkit's check), and
+//! graceful shutdown with an open stream.
 
 use std::time::Duration;
 
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use trellis_platform::testing::assert_serves_health_and_reflection;
 
-use crate::helpers::{health_status, spawn_app};
+use crate::helpers::spawn_app;
 
 #[tokio::test]
-async fn check_reports_serving_for_the_server_and_each_service() {
-    let mut app = spawn_app().await;
-    for service in [
-        "",
-        "trellis.user.v1.UserService",
-        "trellis.user.v1.UserInternalService",
-    ] {
-        assert_eq!(
-            health_status(&mut app.health, service).await,
-            Some(ServingStatus::Serving),
-            "{service:?}"
-        );
-    }
-    let unknown = app
-        .health
-        .check(HealthCheckRequest {
-            service: "no.such.Service".into(),
-        })
-        .await
-        .expect_err("unknown service");
-    assert_eq!(unknown.code(), Code::NotFound);
+async fn serves_health_and_reflection_for_both_services_as_grpcurl_expects() {
+    let app = spawn_app().await;
+    assert_serves_health_and_reflection(
+        &app.channel,
+        &[
+            "trellis.user.v1.UserService",
+            "trellis.user.v1.UserInternalService",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use trellis_proto::user_v1 as pb;
 use user_service::config::SignUpRate;
 
 pub(crate) use trellis_platform::testing::{
-    TEST_PASSWORD as PASSWORD, health_status, violated_fields, with_token,
+    TEST_PASSWORD as PASSWORD, violated_fields, with_token,
 };
 
 /// A running service and clients for it.

@@ -15,6 +15,5 @@ mod errors;
 mod health;
 mod limits;
 mod properties;
-mod reflection;
 mod roles;
 mod users;
