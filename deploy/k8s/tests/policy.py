@@ -7,7 +7,7 @@ passes. Run on its own:
 
     kubectl kustomize deploy/k8s/overlays/prod | python3 deploy/k8s/tests/policy.py -
 
-The rules (README, "Kubernetes"):
+The rules (docs/operating/kubernetes.md):
 - every container of a Trellis service has gRPC startup, liveness and readiness probes on
   its `grpc` port; startup and liveness ask the `liveness` health name (SERVING while the
   process serves, whatever the database does), readiness the service's own name or "";

@@ -1,6 +1,6 @@
 //! The notification service's own settings, beside the platform's sections: defaults in
 //! code, then an optional file, then `TRELLIS_NOTIFICATION__*` environment variables (see
-//! the README's configuration reference).
+//! `docs/operating/configuration.md`).
 
 use serde::Deserialize;
 use trellis_platform::config::{ConfigError, Validate, require_positive};

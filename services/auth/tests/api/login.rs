@@ -13,9 +13,9 @@ const MAX_EMAIL_BYTES: usize = 320;
 /// The user service's longest password, 1024 bytes.
 const MAX_PASSWORD_BYTES: usize = 1024;
 
-/// 15 minutes, the README's access-token lifetime.
+/// 15 minutes, the access-token lifetime (README's tour).
 const ACCESS_TTL_SECS: i64 = 900;
-/// 30 days, the README's refresh-token lifetime.
+/// 30 days, the refresh-token lifetime (docs/operating/configuration.md).
 const REFRESH_TTL_SECS: i64 = 30 * 24 * 3600;
 
 #[tokio::test]
