@@ -9,6 +9,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::Context as _;
 
+use crate::services::SERVICES;
+
 /// Options of `cargo xtask bench`: everything is passed to `trellis-bench`.
 #[derive(Debug, clap::Args)]
 // `--help` goes to trellis-bench, which lists the options.
@@ -37,10 +39,10 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let built = crate::images::static_binaries(&root)?;
         let dir = built
             .iter()
-            .find(|(name, _)| name == "user-service")
+            .find(|(name, _)| SERVICES.iter().any(|service| service.package == name))
             .and_then(|(_, path)| path.parent())
             .map(Path::to_path_buf)
-            .context("cargo built no user-service binary")?;
+            .context("cargo built no service binary")?;
         Some(dir)
     };
     let bench = crate::images::static_release_build(

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-/// The services and their ports (the Dockerfile's `SERVICE` and `PORT`).
-const SERVICES: [(&str, u16); 3] = [("user", 50051), ("auth", 50052), ("notification", 50053)];
+use crate::services::by_port;
 
 /// Options of `cargo xtask images`.
 #[derive(Debug, Clone, clap::Args)]
@@ -82,7 +81,8 @@ fn docker_build(command: &mut Command, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn quiet_ok(command: &mut Command) -> bool {
+/// Whether `command` succeeds, its output discarded.
+pub(crate) fn quiet_ok(command: &mut Command) -> bool {
     command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -90,7 +90,8 @@ fn quiet_ok(command: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn image_exists(image: &str) -> bool {
+/// Whether Docker has `image` locally.
+pub(crate) fn image_exists(image: &str) -> bool {
     quiet_ok(Command::new("docker").args(["image", "inspect", image]))
 }
 
@@ -106,15 +107,15 @@ pub(crate) fn run_images(args: &Args) -> anyhow::Result<()> {
     postgres(&root, args)?;
     let binaries = static_binaries(&root)?;
     let context = stage_context(&binaries)?;
-    for (service, port) in SERVICES {
-        let image = args.service_image(service);
+    for service in by_port() {
+        let image = args.service_image(service.name);
         step(&format!("building {image} on {}", args.base_image));
         docker_build(
             Command::new("docker")
                 .args(["build", "--quiet", "-f"])
                 .arg(root.join("deploy/docker/Dockerfile"))
-                .args(["--build-arg", &format!("SERVICE={service}")])
-                .args(["--build-arg", &format!("PORT={port}")])
+                .args(["--build-arg", &format!("SERVICE={}", service.name)])
+                .args(["--build-arg", &format!("PORT={}", service.port)])
                 .args(["--build-arg", &format!("BASE_IMAGE={}", args.base_image)])
                 .args(["-t", &image])
                 .arg(&context),
@@ -122,9 +123,9 @@ pub(crate) fn run_images(args: &Args) -> anyhow::Result<()> {
         )?;
     }
     step("images:");
-    for image in SERVICES
-        .iter()
-        .map(|(service, _)| args.service_image(service))
+    for image in by_port()
+        .into_iter()
+        .map(|service| args.service_image(service.name))
         .chain([args.postgres_image()])
     {
         let output = Command::new("docker")
@@ -185,13 +186,12 @@ fn postgres(root: &Path, args: &Args) -> anyhow::Result<()> {
     )
 }
 
-/// Builds the three service binaries as static executables (glibc, `crt-static`).
+/// Builds the service binaries as static executables (glibc, `crt-static`).
 pub(crate) fn static_binaries(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let packages: Vec<String> = SERVICES
-        .iter()
-        .map(|(service, _)| format!("{service}-service"))
+    let packages: Vec<&str> = by_port()
+        .into_iter()
+        .map(|service| service.package)
         .collect();
-    let packages: Vec<&str> = packages.iter().map(String::as_str).collect();
     let binaries = static_release_build(root, &packages, "static release binaries")?;
     for name in packages {
         if !binaries.iter().any(|(n, _)| n == name) {

@@ -4,12 +4,14 @@
 //! product does not compile.
 
 mod bench;
+mod child;
 mod images;
 #[cfg(test)]
 mod kubernetes;
 #[cfg(test)]
 mod observability;
 mod prometheus;
+mod services;
 #[cfg(test)]
 mod tidy;
 mod up;

@@ -203,7 +203,7 @@ pub(crate) fn start(
             return Ok(child);
         }
         if started.elapsed() > READY_TIMEOUT {
-            crate::up::stop_child("prometheus", &mut child);
+            crate::child::stop_child("prometheus", &mut child);
             anyhow::bail!(
                 "prometheus did not listen on {listen} within {} s",
                 READY_TIMEOUT.as_secs()
