@@ -1,109 +1,15 @@
-//! Repository rules as tests, in the manner of rust-analyzer's `xtask/src/tidy.rs`: each
-//! test reads the source tree under [`workspace_root`] and fails naming every offender.
-//!
-//! The rules come from DESIGN.md: every module says what it is; services meet only over
-//! gRPC, never as crate dependencies; the platform's modules form layers with no cycle.
+//! The platform's module graph: its top-level modules, with the modules each refers to
+//! through `crate::` and `super::` paths (read with proc-macro2's lexer, so comments and
+//! strings do not count), must form layers with no cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::{read, rust_files};
 use crate::workspace_root;
 
 /// Module names mapped to the module names they refer to.
 type Graph = BTreeMap<String, BTreeSet<String>>;
-
-#[test]
-fn every_source_file_opens_with_a_module_doc_comment() {
-    let root = workspace_root();
-    let mut source_dirs = vec![
-        root.join("platform/src"),
-        root.join("proto/src"),
-        root.join("xtask/src"),
-        root.join("integration-tests/src"),
-    ];
-    for parent in ["services", "examples"] {
-        source_dirs.extend(
-            subdirs(&root.join(parent))
-                .into_iter()
-                .map(|d| d.join("src")),
-        );
-    }
-    let files: Vec<PathBuf> = source_dirs.iter().flat_map(|d| rust_files(d)).collect();
-    assert!(
-        files.contains(&root.join("platform/src/lib.rs")),
-        "the walk found no platform source: {files:?}"
-    );
-    let offenders: Vec<String> = files
-        .iter()
-        .filter(|file| {
-            let text = read(file);
-            let first = text.lines().map(str::trim).find(|l| !l.is_empty());
-            !first.is_some_and(|l| l.starts_with("//!"))
-        })
-        .map(|file| relative(&root, file))
-        .collect();
-    assert!(
-        offenders.is_empty(),
-        "these files do not open with a `//!` module doc comment:\n  {}",
-        offenders.join("\n  ")
-    );
-}
-
-#[test]
-fn no_service_crate_depends_on_another_service_crate() {
-    let root = workspace_root();
-    let workspace = manifest(&root.join("Cargo.toml"));
-    let workspace_deps = workspace
-        .get("workspace")
-        .and_then(|w| w.get("dependencies"))
-        .and_then(toml::Value::as_table)
-        .cloned()
-        .unwrap_or_default();
-    // Every package under services/, by name, with its directory.
-    let services: Vec<(String, PathBuf, toml::Table)> = subdirs(&root.join("services"))
-        .into_iter()
-        .filter(|dir| dir.join("Cargo.toml").is_file())
-        .map(|dir| {
-            let manifest = manifest(&dir.join("Cargo.toml"));
-            let name = manifest
-                .get("package")
-                .and_then(|p| p.get("name"))
-                .and_then(toml::Value::as_str)
-                .unwrap_or_else(|| panic!("{} names its package", dir.display()))
-                .to_owned();
-            (name, canonical(&dir), manifest)
-        })
-        .collect();
-    assert!(
-        services.len() >= 2,
-        "found fewer than two service crates under services/: {:?}",
-        services.iter().map(|s| &s.0).collect::<Vec<_>>()
-    );
-
-    let mut offenders = Vec::new();
-    for (name, dir, manifest) in &services {
-        for (section, deps) in dependency_tables(manifest) {
-            for (key, spec) in deps {
-                let (package, path) = dependency_target(key, spec, dir, &workspace_deps, &root);
-                let other = services.iter().find(|(other, other_dir, _)| {
-                    other != name && (*other == package || path.as_ref() == Some(other_dir))
-                });
-                if let Some((other, _, _)) = other {
-                    offenders.push(format!(
-                        "{} [{section}] {key} (the service crate {other})",
-                        relative(&root, &dir.join("Cargo.toml"))
-                    ));
-                }
-            }
-        }
-    }
-    assert!(
-        offenders.is_empty(),
-        "service crates must meet only over gRPC, but:\n  {}",
-        offenders.join("\n  ")
-    );
-}
 
 #[test]
 fn platform_modules_form_no_cycle() {
@@ -187,37 +93,6 @@ fn references_follow_crate_and_super_paths_but_not_comments_or_strings() {
 }
 
 #[test]
-fn dependency_targets_follow_renames_and_workspace_inheritance() {
-    let manifest: toml::Table = r#"
-        [dependencies]
-        plain = "1"
-        renamed = { package = "user-service", version = "1" }
-        by-path = { path = "../user" }
-        inherited.workspace = true
-    "#
-    .parse()
-    .expect("a manifest");
-    let workspace: toml::Table =
-        r#"inherited = { package = "auth-service", path = "services/auth" }"#
-            .parse()
-            .expect("workspace dependencies");
-    let root = Path::new("/nonexistent/root");
-    let dir = root.join("services/notification");
-    let deps = manifest["dependencies"].as_table().expect("a table");
-    let target = |key: &str| dependency_target(key, &deps[key], &dir, &workspace, root);
-    assert_eq!(target("plain"), ("plain".to_owned(), None));
-    assert_eq!(target("renamed").0, "user-service");
-    assert_eq!(
-        target("by-path"),
-        ("by-path".to_owned(), Some(dir.join("../user")))
-    );
-    assert_eq!(
-        target("inherited"),
-        ("auth-service".to_owned(), Some(root.join("services/auth")))
-    );
-}
-
-#[test]
 fn root_reexports_map_names_to_their_modules() {
     let lib = "pub mod config;\npub use config::{ConfigError, inner::Deep as Renamed};\npub use runtime::run;\nuse std::fmt;";
     let modules: BTreeSet<String> = ["config", "runtime"].map(String::from).into();
@@ -233,118 +108,6 @@ fn root_reexports_map_names_to_their_modules() {
         .into()
     );
 }
-
-// ---------------------------------------------------------------------------------------
-// The source tree.
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
-}
-
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
-
-fn canonical(path: &Path) -> PathBuf {
-    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// The directories directly in `dir` (none when it does not exist), sorted.
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-/// Every `.rs` file under `dir`, recursively (none when it does not exist), sorted.
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
-// ---------------------------------------------------------------------------------------
-// Cargo manifests.
-
-fn manifest(path: &Path) -> toml::Table {
-    read(path)
-        .parse()
-        .unwrap_or_else(|err| panic!("parse {}: {err}", path.display()))
-}
-
-/// The dependency tables of a manifest with their section names: `[dependencies]`,
-/// `[dev-dependencies]`, `[build-dependencies]` and their `[target.'…'.*]` forms.
-fn dependency_tables(manifest: &toml::Table) -> Vec<(String, &toml::Table)> {
-    const KINDS: [&str; 3] = ["dependencies", "dev-dependencies", "build-dependencies"];
-    let mut tables = Vec::new();
-    for kind in KINDS {
-        if let Some(table) = manifest.get(kind).and_then(toml::Value::as_table) {
-            tables.push((kind.to_owned(), table));
-        }
-    }
-    if let Some(targets) = manifest.get("target").and_then(toml::Value::as_table) {
-        for (target, sections) in targets {
-            for kind in KINDS {
-                if let Some(table) = sections.get(kind).and_then(toml::Value::as_table) {
-                    tables.push((format!("target.{target}.{kind}"), table));
-                }
-            }
-        }
-    }
-    tables
-}
-
-/// The package a dependency entry names (its `package` key, else its own key) and the
-/// directory of its `path`, following `workspace = true` to `[workspace.dependencies]`.
-fn dependency_target(
-    key: &str,
-    spec: &toml::Value,
-    manifest_dir: &Path,
-    workspace_deps: &toml::Table,
-    root: &Path,
-) -> (String, Option<PathBuf>) {
-    let inherited = spec.get("workspace").and_then(toml::Value::as_bool) == Some(true);
-    let (spec, base) = match workspace_deps.get(key) {
-        Some(workspace_spec) if inherited => (workspace_spec, root),
-        _ => (spec, manifest_dir),
-    };
-    let package = spec
-        .get("package")
-        .and_then(toml::Value::as_str)
-        .unwrap_or(key)
-        .to_owned();
-    let path = spec
-        .get("path")
-        .and_then(toml::Value::as_str)
-        .map(|p| canonical(&base.join(p)));
-    (package, path)
-}
-
-// ---------------------------------------------------------------------------------------
-// The platform's module graph.
 
 /// The top-level modules of `platform/src` (`X.rs` and `X/`), each with the top-level
 /// modules its files refer to through `crate::` or `super::` paths (itself excluded).
@@ -606,7 +369,7 @@ fn use_tree(
 
 /// What [`references`] needs of Rust's tokens; comments, literals and lifetimes are dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
+pub(super) enum Token {
     Ident(String),
     /// `::`
     PathSep,
@@ -621,7 +384,7 @@ enum Token {
 
 /// `source`'s tokens, by proc-macro2's Rust lexer (which drops comments and knows every
 /// literal form), flattened with braces kept as [`Token::Open`] / [`Token::Close`].
-fn lex(source: &str) -> Vec<Token> {
+pub(super) fn lex(source: &str) -> Vec<Token> {
     let stream: proc_macro2::TokenStream = source
         .parse()
         .unwrap_or_else(|err| panic!("not Rust tokens: {err:?}"));
