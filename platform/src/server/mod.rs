@@ -20,190 +20,30 @@ pub mod drain;
 pub mod request_id;
 pub mod trace;
 
+mod config;
+mod health;
+
+pub use config::ServerConfig;
+pub use health::{LIVENESS, ReadinessProbe};
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 use trellis_proto::MessageLimits;
 
-use crate::config::{ConfigError, require_positive};
 use crate::metrics::{Metrics, MetricsError, MetricsLayer};
-
-/// The `grpc.health.v1` service name for liveness probes: SERVING from the moment the
-/// server serves until the process ends, whatever the readiness probe (the database)
-/// says, so a Kubernetes `livenessProbe` (`grpc: {port, service: liveness}`) restarts a
-/// process that stopped answering, never one whose database is down. `""` and the
-/// service names follow readiness, for readiness probes and load balancers.
-pub const LIVENESS: &str = "liveness";
+use health::{Health, run_readiness};
 
 /// How long connections may stay open after the drain bound, before they are dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// The `server` section of a service's configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServerConfig {
-    /// Address to listen on, e.g. `0.0.0.0:50051`; port 0 picks a free port.
-    pub listen_addr: SocketAddr,
-    /// Largest message accepted or sent, in bytes. Default 4 MiB (gRPC's usual limit).
-    pub max_message_bytes: usize,
-    /// Most requests handled at once across all connections; more wait. Default 1024.
-    pub max_concurrent_requests: usize,
-    /// Longest deadline of a call, in ms: the deadline of calls that set no `grpc-timeout`
-    /// and the cap of those that set a longer one; at it the call is answered
-    /// DEADLINE_EXCEEDED (see [`deadline`]). Default 30000.
-    pub request_timeout_ms: u64,
-    /// How long shutdown waits for in-flight calls before ending open streams, in ms.
-    /// Default 10000.
-    pub drain_timeout_ms: u64,
-    /// How often the readiness probe (e.g. a database ping) runs, in ms. Default 5000.
-    pub readiness_interval_ms: u64,
-    /// Most concurrent streams (calls) a client may open on one HTTP/2 connection
-    /// (RFC 9113 `SETTINGS_MAX_CONCURRENT_STREAMS`); a well-behaved client queues the
-    /// rest. Default 200 (hyper's own default, which tonic otherwise overrides with
-    /// "unlimited").
-    pub http2_max_concurrent_streams: u32,
-    /// How often the server pings an idle connection's client (HTTP/2 PING), in ms.
-    /// Default 60000.
-    pub http2_keepalive_interval_ms: u64,
-    /// How long the server waits for a ping's acknowledgement before it closes the
-    /// connection, in ms. Default 20000 (grpc-go's).
-    pub http2_keepalive_timeout_ms: u64,
-    /// Most streams a client may open and reset before the server answers them
-    /// (CVE-2023-44487, "rapid reset"); over it the connection is closed. Default 20
-    /// (h2's).
-    pub http2_max_pending_accept_reset_streams: usize,
-    /// Most streams the server resets because of a client's protocol errors before it
-    /// closes the connection (CVE-2024-27316 class). Default 1024 (hyper's).
-    pub http2_max_local_error_reset_streams: usize,
-    /// Age after which a connection is told to go away (HTTP/2 GOAWAY), in ms, so
-    /// clients reconnect and rebalance across replicas (gRFC A9 `MAX_CONNECTION_AGE`).
-    /// Default 1800000 (30 min).
-    pub max_connection_age_ms: u64,
-    /// How long calls still open on a connection past its maximum age may go on, in ms;
-    /// then the connection is closed (gRFC A9 `MAX_CONNECTION_AGE_GRACE`). Long-lived
-    /// streams end here and clients resubscribe. Default 300000 (5 min).
-    pub max_connection_age_grace_ms: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-            max_message_bytes: 4 * 1024 * 1024,
-            max_concurrent_requests: 1024,
-            request_timeout_ms: 30_000,
-            drain_timeout_ms: 10_000,
-            readiness_interval_ms: 5_000,
-            http2_max_concurrent_streams: 200,
-            http2_keepalive_interval_ms: 60_000,
-            http2_keepalive_timeout_ms: 20_000,
-            http2_max_pending_accept_reset_streams: 20,
-            http2_max_local_error_reset_streams: 1024,
-            max_connection_age_ms: 30 * 60 * 1000,
-            max_connection_age_grace_ms: 5 * 60 * 1000,
-        }
-    }
-}
-
-impl ServerConfig {
-    /// The defaults, listening on `0.0.0.0:port`.
-    pub fn with_port(port: u16) -> Self {
-        Self {
-            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-            ..Self::default()
-        }
-    }
-
-    /// Checks the values.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the first key set to 0.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        require_positive("server.max_message_bytes", self.max_message_bytes as u64)?;
-        require_positive(
-            "server.max_concurrent_requests",
-            self.max_concurrent_requests as u64,
-        )?;
-        require_positive("server.request_timeout_ms", self.request_timeout_ms)?;
-        require_positive("server.drain_timeout_ms", self.drain_timeout_ms)?;
-        require_positive("server.readiness_interval_ms", self.readiness_interval_ms)?;
-        require_positive(
-            "server.http2_max_concurrent_streams",
-            u64::from(self.http2_max_concurrent_streams),
-        )?;
-        require_positive(
-            "server.http2_keepalive_interval_ms",
-            self.http2_keepalive_interval_ms,
-        )?;
-        require_positive(
-            "server.http2_keepalive_timeout_ms",
-            self.http2_keepalive_timeout_ms,
-        )?;
-        require_positive(
-            "server.http2_max_pending_accept_reset_streams",
-            self.http2_max_pending_accept_reset_streams as u64,
-        )?;
-        require_positive(
-            "server.http2_max_local_error_reset_streams",
-            self.http2_max_local_error_reset_streams as u64,
-        )?;
-        require_positive("server.max_connection_age_ms", self.max_connection_age_ms)?;
-        require_positive(
-            "server.max_connection_age_grace_ms",
-            self.max_connection_age_grace_ms,
-        )
-    }
-
-    /// The age at which a connection is told to go away.
-    pub fn max_connection_age(&self) -> Duration {
-        Duration::from_millis(self.max_connection_age_ms)
-    }
-
-    /// The longest a connection lives: its maximum age plus the grace.
-    pub fn max_connection_lifetime(&self) -> Duration {
-        Duration::from_millis(
-            self.max_connection_age_ms
-                .saturating_add(self.max_connection_age_grace_ms),
-        )
-    }
-
-    /// The drain bound of a graceful shutdown.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
-    }
-
-    /// The default deadline of a call.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    /// The interval between readiness probes.
-    pub fn readiness_interval(&self) -> Duration {
-        Duration::from_millis(self.readiness_interval_ms)
-    }
-
-    /// The address a client on this host uses to reach the server: the listen address,
-    /// with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
-    pub fn local_client_addr(&self) -> SocketAddr {
-        let ip = match self.listen_addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, self.listen_addr.port())
-    }
-}
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -259,10 +99,6 @@ impl<T> GrpcService for T where
         + 'static
 {
 }
-
-/// A check of whether the service can serve (e.g. its database answers). `true` means
-/// SERVING.
-pub type ReadinessProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// Collects a service's parts; [`ServerBuilder::bind`] turns them into a [`BoundServer`].
 pub struct ServerBuilder {
@@ -446,17 +282,7 @@ impl ServerBuilder {
         let routes = routes
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        let health = Health {
-            reporter,
-            names: service_names,
-        };
-        // tonic-health starts "" as SERVING: nothing is ready until the probe says so.
-        health.set_all(ServingStatus::NotServing).await;
-        health
-            .reporter
-            .set_service_status(LIVENESS, ServingStatus::Serving)
-            .await;
+        let (health, health_service) = Health::start(service_names).await;
         let routes = routes.add_service(health_service);
 
         let bind_error = |source| ServerError::Bind {
@@ -616,60 +442,6 @@ impl BoundServer {
                 tracing::warn!("closing connections that outlived the drain bound");
                 Ok(())
             }
-        }
-    }
-}
-
-/// The health statuses of one server: `""` and each service's name.
-struct Health {
-    reporter: HealthReporter,
-    names: Vec<&'static str>,
-}
-
-impl Health {
-    async fn set_all(&self, status: ServingStatus) {
-        self.reporter.set_service_status("", status).await;
-        for name in &self.names {
-            self.reporter.set_service_status(*name, status).await;
-        }
-    }
-}
-
-async fn run_readiness(
-    health: Arc<Health>,
-    probe: Option<ReadinessProbe>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let Some(probe) = probe else {
-        health.set_all(ServingStatus::Serving).await;
-        return;
-    };
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = None;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let ready = tokio::select! {
-            () = stop.cancelled() => return,
-            ready = probe() => ready,
-        };
-        if last != Some(ready) {
-            if ready {
-                tracing::info!("ready: SERVING");
-            } else {
-                tracing::warn!("readiness probe failed: NOT_SERVING");
-            }
-            let status = if ready {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            health.set_all(status).await;
-            last = Some(ready);
         }
     }
 }

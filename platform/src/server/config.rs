@@ -1,0 +1,165 @@
+//! The `server` section of a service's configuration: listen address, message and
+//! concurrency limits, deadlines, HTTP/2 settings, connection ages and the drain bound.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, require_positive};
+
+/// The `server` section of a service's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:50051`; port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// Largest message accepted or sent, in bytes. Default 4 MiB (gRPC's usual limit).
+    pub max_message_bytes: usize,
+    /// Most requests handled at once across all connections; more wait. Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Longest deadline of a call, in ms: the deadline of calls that set no `grpc-timeout`
+    /// and the cap of those that set a longer one; at it the call is answered
+    /// DEADLINE_EXCEEDED (see [`super::deadline`]). Default 30000.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight calls before ending open streams, in ms.
+    /// Default 10000.
+    pub drain_timeout_ms: u64,
+    /// How often the readiness probe (e.g. a database ping) runs, in ms. Default 5000.
+    pub readiness_interval_ms: u64,
+    /// Most concurrent streams (calls) a client may open on one HTTP/2 connection
+    /// (RFC 9113 `SETTINGS_MAX_CONCURRENT_STREAMS`); a well-behaved client queues the
+    /// rest. Default 200 (hyper's own default, which tonic otherwise overrides with
+    /// "unlimited").
+    pub http2_max_concurrent_streams: u32,
+    /// How often the server pings an idle connection's client (HTTP/2 PING), in ms.
+    /// Default 60000.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long the server waits for a ping's acknowledgement before it closes the
+    /// connection, in ms. Default 20000 (grpc-go's).
+    pub http2_keepalive_timeout_ms: u64,
+    /// Most streams a client may open and reset before the server answers them
+    /// (CVE-2023-44487, "rapid reset"); over it the connection is closed. Default 20
+    /// (h2's).
+    pub http2_max_pending_accept_reset_streams: usize,
+    /// Most streams the server resets because of a client's protocol errors before it
+    /// closes the connection (CVE-2024-27316 class). Default 1024 (hyper's).
+    pub http2_max_local_error_reset_streams: usize,
+    /// Age after which a connection is told to go away (HTTP/2 GOAWAY), in ms, so
+    /// clients reconnect and rebalance across replicas (gRFC A9 `MAX_CONNECTION_AGE`).
+    /// Default 1800000 (30 min).
+    pub max_connection_age_ms: u64,
+    /// How long calls still open on a connection past its maximum age may go on, in ms;
+    /// then the connection is closed (gRFC A9 `MAX_CONNECTION_AGE_GRACE`). Long-lived
+    /// streams end here and clients resubscribe. Default 300000 (5 min).
+    pub max_connection_age_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 1024,
+            request_timeout_ms: 30_000,
+            drain_timeout_ms: 10_000,
+            readiness_interval_ms: 5_000,
+            http2_max_concurrent_streams: 200,
+            http2_keepalive_interval_ms: 60_000,
+            http2_keepalive_timeout_ms: 20_000,
+            http2_max_pending_accept_reset_streams: 20,
+            http2_max_local_error_reset_streams: 1024,
+            max_connection_age_ms: 30 * 60 * 1000,
+            max_connection_age_grace_ms: 5 * 60 * 1000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The defaults, listening on `0.0.0.0:port`.
+    pub fn with_port(port: u16) -> Self {
+        Self {
+            listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key set to 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_positive("server.max_message_bytes", self.max_message_bytes as u64)?;
+        require_positive(
+            "server.max_concurrent_requests",
+            self.max_concurrent_requests as u64,
+        )?;
+        require_positive("server.request_timeout_ms", self.request_timeout_ms)?;
+        require_positive("server.drain_timeout_ms", self.drain_timeout_ms)?;
+        require_positive("server.readiness_interval_ms", self.readiness_interval_ms)?;
+        require_positive(
+            "server.http2_max_concurrent_streams",
+            u64::from(self.http2_max_concurrent_streams),
+        )?;
+        require_positive(
+            "server.http2_keepalive_interval_ms",
+            self.http2_keepalive_interval_ms,
+        )?;
+        require_positive(
+            "server.http2_keepalive_timeout_ms",
+            self.http2_keepalive_timeout_ms,
+        )?;
+        require_positive(
+            "server.http2_max_pending_accept_reset_streams",
+            self.http2_max_pending_accept_reset_streams as u64,
+        )?;
+        require_positive(
+            "server.http2_max_local_error_reset_streams",
+            self.http2_max_local_error_reset_streams as u64,
+        )?;
+        require_positive("server.max_connection_age_ms", self.max_connection_age_ms)?;
+        require_positive(
+            "server.max_connection_age_grace_ms",
+            self.max_connection_age_grace_ms,
+        )
+    }
+
+    /// The age at which a connection is told to go away.
+    pub fn max_connection_age(&self) -> Duration {
+        Duration::from_millis(self.max_connection_age_ms)
+    }
+
+    /// The longest a connection lives: its maximum age plus the grace.
+    pub fn max_connection_lifetime(&self) -> Duration {
+        Duration::from_millis(
+            self.max_connection_age_ms
+                .saturating_add(self.max_connection_age_grace_ms),
+        )
+    }
+
+    /// The drain bound of a graceful shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// The default deadline of a call.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The interval between readiness probes.
+    pub fn readiness_interval(&self) -> Duration {
+        Duration::from_millis(self.readiness_interval_ms)
+    }
+
+    /// The address a client on this host uses to reach the server: the listen address,
+    /// with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub fn local_client_addr(&self) -> SocketAddr {
+        let ip = match self.listen_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, self.listen_addr.port())
+    }
+}
