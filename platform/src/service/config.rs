@@ -20,6 +20,7 @@ use std::path::Path;
 
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::Service;
 use crate::auth::AuthConfig;
@@ -201,7 +202,9 @@ impl<S: Service> Config<S> {
             .filter_map(|key| own.remove_entry(*key))
             .collect();
         let mut config: Self = config::deserialize(platform)?;
-        config.service = config::deserialize(own).map_err(unknown_key_hint)?;
+        let unknown = unknown_key::<S::Settings>(&own);
+        config.service = config::deserialize(own)
+            .map_err(|err| unknown.map_or(err, unknown_key_error::<S::Settings>))?;
         config.validate()?;
         Ok(config)
     }
@@ -281,19 +284,29 @@ impl<S: Service> Config<S> {
     }
 }
 
+/// A top-level key of `table` that `T` does not declare (the least, so the answer does
+/// not depend on the table's order); `None` when `T` declares every one, or is no struct.
+fn unknown_key<T: DeserializeOwned>(
+    table: &::config::Map<String, ::config::Value>,
+) -> Option<String> {
+    let declared = declared_fields::<T>()?;
+    table
+        .keys()
+        .filter(|key| !declared.contains(&key.as_str()))
+        .min()
+        .cloned()
+}
+
 /// An unknown top-level key reaches the service's own settings, whose error knows only
 /// their fields: name the platform's sections too.
-fn unknown_key_hint(err: ConfigError) -> ConfigError {
-    let message = err.to_string();
-    let Some((key, rest)) = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-    else {
-        return err;
-    };
-    let own = match rest.trim_start_matches(',').trim() {
-        "" | "there are no fields" => "none".to_owned(),
-        expected => expected.trim_start_matches("expected ").to_owned(),
+fn unknown_key_error<T: DeserializeOwned>(key: String) -> ConfigError {
+    let own = match declared_fields::<T>().unwrap_or_default() {
+        [] => "none".to_owned(),
+        fields => fields
+            .iter()
+            .map(|field| format!("`{field}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     ConfigError::invalid(
         key,
@@ -302,6 +315,45 @@ fn unknown_key_hint(err: ConfigError) -> ConfigError {
             PLATFORM_KEYS.join(", ")
         ),
     )
+}
+
+/// The field names `T`'s derived `Deserialize` asks for (what it passes to
+/// `deserialize_struct`); `None` when `T` does not deserialize as a struct. The method of
+/// serde-aux's `serde_introspect`, written here because that crate brings a second major
+/// version of `ordered-float` into the tree.
+fn declared_fields<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    use serde::de::{self, Visitor};
+
+    struct Fields<'a>(&'a mut Option<&'static [&'static str]>);
+
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only the field names are wanted"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = Some(fields);
+            Err(de::Error::custom("only the field names are wanted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut fields = None;
+    // The error is the point: deserializing stops once the names are known.
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }
 
 /// Settings for a service with no keys of its own: any key outside the platform's
@@ -313,5 +365,54 @@ pub struct NoSettings {}
 impl config::Validate for NoSettings {
     fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Own {
+        #[allow(dead_code, reason = "only its name is read")]
+        sign_up_rate: u32,
+    }
+
+    fn table(keys: &[&str]) -> ::config::Map<String, ::config::Value> {
+        keys.iter()
+            .map(|key| ((*key).to_owned(), ::config::Value::from(1)))
+            .collect()
+    }
+
+    #[test]
+    fn an_undeclared_top_level_key_is_named_with_the_keys_there_are() {
+        assert_eq!(declared_fields::<Own>(), Some(&["sign_up_rate"][..]));
+        assert_eq!(declared_fields::<NoSettings>(), Some(&[][..]));
+        assert_eq!(declared_fields::<HashMap<String, u32>>(), None);
+
+        assert_eq!(unknown_key::<Own>(&table(&["sign_up_rate"])), None);
+        assert_eq!(
+            unknown_key::<Own>(&table(&["sign_up_rate", "zeta", "listen_port"])).as_deref(),
+            Some("listen_port")
+        );
+        assert_eq!(
+            unknown_key::<NoSettings>(&table(&["x"])).as_deref(),
+            Some("x")
+        );
+        assert_eq!(unknown_key::<HashMap<String, u32>>(&table(&["x"])), None);
+
+        let message = unknown_key_error::<Own>("listen_port".to_owned()).to_string();
+        assert!(
+            message.starts_with("invalid value for key `listen_port`: unknown key"),
+            "{message}"
+        );
+        assert!(message.contains("page_token_secret"), "{message}");
+        assert!(
+            message.ends_with("the service's own: `sign_up_rate`"),
+            "{message}"
+        );
+        let message = unknown_key_error::<NoSettings>("x".to_owned()).to_string();
+        assert!(message.ends_with("the service's own: none"), "{message}");
     }
 }
