@@ -15,6 +15,8 @@
 //! The HTTP client is hyper-util's (plain HTTP/1.1 to the agent, which normally listens
 //! on `127.0.0.1:8500`); the ACL token goes in `X-Consul-Token`.
 
+mod watch;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -30,15 +32,13 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::{
-    BoxFuture, DiscoveryError, Instance, Publisher, Registered, Registration, Registry, Target,
-    Watch,
+    BoxFuture, DiscoveryError, Instance, Registered, Registration, Registry, Target, Watch,
 };
 use crate::config::{ConfigError, require_positive};
 use crate::status::ErrorChain;
+use watch::spawn_watch;
 
 const BACKEND: &str = "consul";
 
@@ -55,10 +55,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time a blocking query's HTTP request gets beyond `wait` plus Consul's jitter of up
 /// to `wait / 16`.
 const QUERY_GRACE: Duration = Duration::from_secs(5);
-
-/// Shortest time between two blocking queries (the docs ask clients to rate-limit their
-/// loop; consul-template uses the same 100 ms).
-const MIN_QUERY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Largest response body read from the agent, bytes.
 const MAX_BODY_BYTES: usize = 16 << 20;
@@ -550,63 +546,6 @@ fn entry_instance(service: &str, entry: ServiceEntry) -> Option<Instance> {
         return None;
     }
     Some(instance)
-}
-
-/// The index for the next blocking query after one answered `returned` (Consul docs,
-/// "Blocking Queries", implementation details): back to 0 when it went backwards (a
-/// restarted or different server: start over), otherwise at least 1 (an index of 0
-/// would make every query return at once).
-fn next_index(previous: u64, returned: u64) -> u64 {
-    if returned < previous {
-        0
-    } else {
-        returned.max(1)
-    }
-}
-
-/// Runs the blocking-query loop for `target` until every [`Watch`] is gone: publishes
-/// each answer, keeps the last set while the agent fails (retrying with backoff), and
-/// abandons a pending query as soon as the watchers leave.
-fn spawn_watch(agent: Arc<Agent>, target: &Target, publisher: Publisher) -> JoinHandle<()> {
-    let peer = target.peer.clone();
-    let service = target.service.clone();
-    tokio::spawn(async move {
-        let mut index = 0;
-        let mut retry_in = agent.backoff.initial;
-        loop {
-            let started = Instant::now();
-            let answer = tokio::select! {
-                () = publisher.closed() => return,
-                answer = agent.health(&service, index) => answer,
-            };
-            let pause = match answer {
-                Ok(health) => {
-                    publisher.publish(health.instances);
-                    index = next_index(index, health.index);
-                    retry_in = agent.backoff.initial;
-                    MIN_QUERY_INTERVAL.saturating_sub(started.elapsed())
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        peer,
-                        service,
-                        %error,
-                        retry_in_ms = retry_in.as_millis(),
-                        "consul: health query failed; keeping the last set of instances"
-                    );
-                    let pause = retry_in;
-                    retry_in = (retry_in * 2).min(agent.backoff.max);
-                    pause
-                }
-            };
-            if !pause.is_zero() {
-                tokio::select! {
-                    () = publisher.closed() => return,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::*;
 use crate::discovery::{Watch, channel};
