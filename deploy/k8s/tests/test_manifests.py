@@ -80,13 +80,22 @@ def overlay(name):
     return os.path.join(K8S, "overlays", name)
 
 
+# Where the server's settings and their defaults are declared.
+SERVER_CONFIG = "platform/src/server/config.rs"
+
+
 @functools.lru_cache(maxsize=None)
 def drain_default_ms():
-    """The default of server.drain_timeout_ms, read from the platform's source."""
-    with open(os.path.join(ROOT, "platform/src/server/mod.rs"), encoding="utf-8") as source:
-        match = re.search(r"drain_timeout_ms:\s*([\d_]+),", source.read())
-    assert match, "no drain_timeout_ms default in platform/src/server/mod.rs"
-    return int(match.group(1).replace("_", ""))
+    """The default of server.drain_timeout_ms, read from the platform's source: a count
+    of milliseconds, or a `Duration::from_millis(..)`/`from_secs(..)`."""
+    with open(os.path.join(ROOT, SERVER_CONFIG), encoding="utf-8") as source:
+        text = source.read()
+    match = re.search(
+        r"drain_timeout(?:_ms)?:\s*(?:Duration::from_(millis|secs)\()?([\d_]+)\)?,", text
+    )
+    assert match, f"no drain_timeout_ms default in {SERVER_CONFIG}"
+    value = int(match.group(2).replace("_", ""))
+    return value * 1000 if match.group(1) == "secs" else value
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,7 +128,11 @@ def config_fields():
             for file in files:
                 if file.endswith(".rs"):
                     with open(os.path.join(directory, file), encoding="utf-8") as source:
-                        names.update(re.findall(r"^\s*pub (\w+):", source.read(), re.M))
+                        text = source.read()
+                    names.update(re.findall(r"^\s*pub (\w+):", text, re.M))
+                    # A field read under another key (`#[serde(rename = "drain_timeout_ms")]
+                    # pub drain_timeout: Duration`) answers to that key.
+                    names.update(re.findall(r'#\[serde\([^]]*\brename = "(\w+)"', text))
     return names
 
 
