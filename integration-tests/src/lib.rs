@@ -13,6 +13,7 @@ pub mod docker;
 pub mod scenarios;
 
 use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use tonic::transport::Channel;
@@ -22,7 +23,7 @@ use trellis_platform::outbox::OutboxConfig;
 use trellis_platform::peer::PeerConfig;
 use trellis_platform::server::ServerConfig;
 use trellis_platform::service::Launch;
-use trellis_platform::testing::{TEST_DRAIN_MS, TestServer, local_listener};
+use trellis_platform::testing::{TEST_DRAIN, TestServer, local_listener};
 
 pub use trellis_platform::testing::{assert_eventually, channel, wait_serving, with_token};
 
@@ -88,8 +89,8 @@ pub struct System {
 fn server_config(addr: SocketAddr) -> ServerConfig {
     ServerConfig {
         listen_addr: addr,
-        drain_timeout_ms: TEST_DRAIN_MS,
-        readiness_interval_ms: 50,
+        drain_timeout: TEST_DRAIN,
+        readiness_interval: Duration::from_millis(50),
         ..ServerConfig::default()
     }
 }
@@ -106,9 +107,9 @@ fn addr_of(listener: &TcpListener) -> SocketAddr {
 
 fn fast_outbox() -> OutboxConfig {
     OutboxConfig {
-        poll_interval_ms: 100,
-        initial_backoff_ms: 50,
-        max_backoff_ms: 400,
+        poll_interval: Duration::from_millis(100),
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
         batch_size: 100,
         ..OutboxConfig::default()
     }
@@ -239,7 +240,7 @@ impl System {
             peers: peers(&[("auth", self.auth_addr)]),
             ..notification_service::Config::default()
         };
-        config.auth.min_refresh_interval_ms = 200;
+        config.auth.min_refresh_interval = Duration::from_millis(200);
         let listener = listener_on(listener, self.notification_addr);
         let launch = self.with_metrics(Launch::new(config).listener(listener), 2, metrics);
         self.notification = Some(TestServer::start(launch).await);
@@ -288,7 +289,7 @@ impl System {
             ..user_service::Config::default()
         };
         config.auth.client_secret = Some(SecretString::from(USER_CLIENT_SECRET));
-        config.auth.min_refresh_interval_ms = 200;
+        config.auth.min_refresh_interval = Duration::from_millis(200);
         config
     }
 

@@ -8,9 +8,12 @@
 //! wants one. This module knows no section: the sections live with the code they
 //! configure, and [`crate::service::Config`] assembles them.
 
+use std::num::NonZeroU64;
 use std::path::Path;
+use std::time::Duration;
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize as _;
+use serde::de::{DeserializeOwned, Deserializer};
 
 /// Who a service is: its short name (used in logs, file names and as its OAuth client
 /// id) and the prefix of its environment variables.
@@ -104,6 +107,23 @@ pub fn deserialize<T: DeserializeOwned>(
     table: config::Map<String, config::Value>,
 ) -> Result<T, ConfigError> {
     Ok(config::Value::new(None, config::ValueKind::Table(table)).try_deserialize()?)
+}
+
+/// A [`Duration`] read as a whole number of milliseconds that must not be 0: the
+/// `serde_with` adapter of the `*_ms` keys where zero makes no sense (a timeout, an
+/// interval). Use it as `#[serde_as(as = "NonZeroMilliSeconds")]`, with
+/// `#[serde(rename = "…_ms")]` on the field; 0 fails loading with an error that names the
+/// key (e.g. "invalid value: integer `0`, expected a nonzero u64 for key
+/// `server.drain_timeout_ms`"). Only the config's values are checked: code may still
+/// build the field as [`Duration::ZERO`]. Keys where 0 is fine use `serde_with`'s
+/// `DurationMilliSeconds<u64>`.
+#[derive(Debug, Clone, Copy)]
+pub struct NonZeroMilliSeconds;
+
+impl<'de> serde_with::DeserializeAs<'de, Duration> for NonZeroMilliSeconds {
+    fn deserialize_as<D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        NonZeroU64::deserialize(deserializer).map(|ms| Duration::from_millis(ms.get()))
+    }
 }
 
 /// Rejects zero for a count or duration key.

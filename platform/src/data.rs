@@ -8,10 +8,12 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
+use serde_with::serde_as;
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 
 /// The `database` section of a service's configuration.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -21,8 +23,10 @@ pub struct DatabaseConfig {
     pub url: SecretString,
     /// Most open connections in the pool. Default 10. In-memory SQLite always uses one.
     pub max_connections: u32,
-    /// How long to wait for a connection, in ms. Default 5000.
-    pub connect_timeout_ms: u64,
+    /// `connect_timeout_ms`: how long to wait for a connection, in ms. Default 5000.
+    #[serde(rename = "connect_timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub connect_timeout: Duration,
     /// SQLite files only: when a commit reaches the disk (SQLite's `PRAGMA synchronous`).
     /// Default `normal`.
     pub sqlite_synchronous: SqliteSync,
@@ -50,7 +54,7 @@ impl Default for DatabaseConfig {
         Self {
             url: SecretString::from("sqlite::memory:"),
             max_connections: 10,
-            connect_timeout_ms: 5_000,
+            connect_timeout: Duration::from_secs(5),
             sqlite_synchronous: SqliteSync::default(),
         }
     }
@@ -68,8 +72,7 @@ impl DatabaseConfig {
     /// Checks the values.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming `database.url`, `database.max_connections` or
-    /// `database.connect_timeout_ms`.
+    /// [`ConfigError::Invalid`] naming `database.url` or `database.max_connections`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = self.url.expose_secret();
         if !(url.starts_with("sqlite:")
@@ -81,8 +84,7 @@ impl DatabaseConfig {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
-        require_positive("database.max_connections", u64::from(self.max_connections))?;
-        require_positive("database.connect_timeout_ms", self.connect_timeout_ms)
+        require_positive("database.max_connections", u64::from(self.max_connections))
     }
 
     fn is_memory(&self) -> bool {
@@ -157,8 +159,8 @@ pub async fn connect<M: MigratorTrait>(
     }
     let mut options = ConnectOptions::new(config.url.expose_secret().to_owned());
     options
-        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .connect_timeout(config.connect_timeout)
+        .acquire_timeout(config.connect_timeout)
         .sqlx_logging(false);
     if config.is_memory() {
         options

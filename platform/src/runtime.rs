@@ -137,7 +137,7 @@ where
                 workers,
                 "starting"
             );
-            let drain_timeout = config.server.drain_timeout();
+            let drain_timeout = config.server.drain_timeout;
             let code = match runtime.block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {

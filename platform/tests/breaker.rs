@@ -136,7 +136,7 @@ fn breaker(config: BreakerConfig) -> Breaker {
 fn opens_after(failures: u32) -> BreakerConfig {
     BreakerConfig {
         consecutive_failures: failures,
-        open_ms: 60_000,
+        open: Duration::from_millis(60_000),
         ..BreakerConfig::default()
     }
 }
@@ -145,7 +145,7 @@ fn opens_after(failures: u32) -> BreakerConfig {
 fn probes_soon() -> BreakerConfig {
     BreakerConfig {
         consecutive_failures: 1,
-        open_ms: 30,
+        open: Duration::from_millis(30),
         ..BreakerConfig::default()
     }
 }
@@ -355,7 +355,7 @@ async fn the_rate_model_opens_on_the_failure_rate_of_the_window() {
         failure_model: FailureModel::Rate,
         failure_rate_percent: 50,
         minimum_calls: 4,
-        window_ms: 60_000,
+        window: Duration::from_millis(60_000),
         ..opens_after(1)
     });
     let mut client = client(&breaker, channel);

@@ -54,7 +54,7 @@ async fn calls_carry_deadline_request_id_and_credentials() {
     let peers = Peers::new(HashMap::from([(
         "health".to_owned(),
         PeerConfig {
-            timeout_ms: 1500,
+            timeout: Duration::from_millis(1500),
             ..PeerConfig::with_address(format!("http://{addr}"))
         },
     )]))
@@ -352,8 +352,8 @@ async fn with_every_replica_down_calls_fail_fast_and_recover_on_their_own() {
         &[replica.addr],
         PeerConfig {
             // Far longer than the test may take: failing fast must not wait for it.
-            connect_timeout_ms: 60_000,
-            timeout_ms: 60_000,
+            connect_timeout: Duration::from_millis(60_000),
+            timeout: Duration::from_millis(60_000),
             ..PeerConfig::default()
         },
     );
@@ -422,8 +422,8 @@ async fn an_empty_set_fails_fast_with_unavailable() {
         HashMap::from([(
             "user".to_owned(),
             PeerConfig {
-                connect_timeout_ms: 60_000,
-                timeout_ms: 60_000,
+                connect_timeout: Duration::from_millis(60_000),
+                timeout: Duration::from_millis(60_000),
                 ..PeerConfig::with_address("http://unused.invalid:1")
             },
         )]),

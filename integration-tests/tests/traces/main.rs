@@ -163,7 +163,7 @@ async fn a_sign_in_is_one_trace_across_the_three_services_and_the_outbox() {
     // The test's own calls go through platform peer channels, so they are client spans
     // that send their traceparent, children of one root span.
     let peer = |addr: std::net::SocketAddr| PeerConfig {
-        timeout_ms: 30_000,
+        timeout: std::time::Duration::from_millis(30_000),
         ..PeerConfig::with_address(format!("http://{addr}"))
     };
     let peers = Peers::new(HashMap::from([

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::SecretString;
 use serde::Deserialize;
+use serde_with::serde_as;
 
 use super::{Claims, DEFAULT_AUDIENCE, DEFAULT_IDENTITY_PEER, DEFAULT_ISSUER, Principal};
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds};
 
 /// Largest clock-skew leeway allowed, in seconds (RFC 8725 leaves it to us; we keep it
 /// small).
@@ -19,6 +20,7 @@ pub const MAX_LEEWAY_SECS: u64 = 30;
 
 /// How a service deals with the auth service (the `auth` section): the rules its token
 /// verification applies, and its own client secret for obtaining service credentials.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -35,10 +37,15 @@ pub struct AuthConfig {
     pub audience: String,
     /// Clock-skew leeway for `exp` and `nbf`, s. Default and maximum 30.
     pub leeway_secs: u64,
-    /// Least time between two key fetches caused by unknown `kid`s, ms. Default 10000.
-    pub min_refresh_interval_ms: u64,
-    /// Keys older than this are refetched before use, ms. Default 300000 (5 min).
-    pub max_key_age_ms: u64,
+    /// `min_refresh_interval_ms`: least time between two key fetches caused by unknown `kid`s, ms.
+    /// Default 10000.
+    #[serde(rename = "min_refresh_interval_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub min_refresh_interval: Duration,
+    /// `max_key_age_ms`: keys older than this are refetched before use, ms. Default 300000 (5 min).
+    #[serde(rename = "max_key_age_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub max_key_age: Duration,
     /// How many verified tokens to remember, so a client that sends the same access
     /// token on every call costs one Ed25519 verification, not one per call. An entry
     /// lasts until the token's `exp` (plus the leeway), at most `max_key_age_ms`, and
@@ -55,8 +62,8 @@ impl Default for AuthConfig {
             issuer: DEFAULT_ISSUER.to_owned(),
             audience: DEFAULT_AUDIENCE.to_owned(),
             leeway_secs: MAX_LEEWAY_SECS,
-            min_refresh_interval_ms: 10_000,
-            max_key_age_ms: 300_000,
+            min_refresh_interval: Duration::from_secs(10),
+            max_key_age: Duration::from_secs(5 * 60),
             verified_token_cache: 10_000,
         }
     }
@@ -84,11 +91,7 @@ impl AuthConfig {
         if self.audience.is_empty() {
             return Err(ConfigError::invalid(key("audience"), "must not be empty"));
         }
-        require_positive(
-            &key("min_refresh_interval_ms"),
-            self.min_refresh_interval_ms,
-        )?;
-        require_positive(&key("max_key_age_ms"), self.max_key_age_ms)
+        Ok(())
     }
 }
 
@@ -249,7 +252,7 @@ impl TokenVerifier {
         validation.set_audience(&[&config.audience]);
         validation.set_issuer(&[&config.issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
-        let max_key_age = Duration::from_millis(config.max_key_age_ms);
+        let max_key_age = config.max_key_age;
         let leeway_secs = i64::try_from(validation.leeway).unwrap_or(0);
         let verified = (config.verified_token_cache > 0).then(|| {
             moka::sync::Cache::builder()
@@ -264,7 +267,7 @@ impl TokenVerifier {
             fetching: Arc::default(),
             verified,
             leeway_secs,
-            min_refresh_interval: Duration::from_millis(config.min_refresh_interval_ms),
+            min_refresh_interval: config.min_refresh_interval,
             max_key_age,
         }
     }

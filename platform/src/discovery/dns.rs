@@ -34,6 +34,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::rdata::SRV;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use serde::Deserialize;
+use serde_with::serde_as;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
@@ -41,12 +42,13 @@ use super::{
     BoxFuture, DiscoveryError, Instance, Publisher, Registered, Registration, Registry, Target,
     Watch,
 };
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 
 /// The port a name server listens on when `nameservers` gives none (RFC 1035, 4.2).
 const DNS_PORT: u16 = 53;
 
 /// The `discovery.dns.*` section.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
@@ -61,9 +63,11 @@ pub struct DnsConfig {
     /// given, without a search list. Default: the system's (`/etc/resolv.conf`, with its
     /// `search` domains and `ndots`).
     pub nameservers: Option<String>,
-    /// Time to wait for one answer from a name server, ms. Default: the system's
+    /// `timeout_ms`: time to wait for one answer from a name server, ms. Default: the system's
     /// (`options timeout:` in `/etc/resolv.conf`, else 5000).
-    pub timeout_ms: Option<u64>,
+    #[serde(rename = "timeout_ms")]
+    #[serde_as(as = "Option<NonZeroMilliSeconds>")]
+    pub timeout: Option<Duration>,
 }
 
 impl Default for DnsConfig {
@@ -72,7 +76,7 @@ impl Default for DnsConfig {
             min_ttl_s: 1,
             max_ttl_s: 30,
             nameservers: None,
-            timeout_ms: None,
+            timeout: None,
         }
     }
 }
@@ -89,9 +93,6 @@ impl DnsConfig {
                 format!("{prefix}.max_ttl_s"),
                 "must be at least min_ttl_s",
             ));
-        }
-        if let Some(timeout_ms) = self.timeout_ms {
-            require_positive(&format!("{prefix}.timeout_ms"), timeout_ms)?;
         }
         if let Some(list) = &self.nameservers {
             parse_nameservers(list).map_err(|message| {
@@ -175,8 +176,8 @@ impl DnsRegistry {
                 )
             })?,
         };
-        if let Some(timeout_ms) = config.timeout_ms {
-            builder.options_mut().timeout = Duration::from_millis(timeout_ms);
+        if let Some(timeout) = config.timeout {
+            builder.options_mut().timeout = timeout;
         }
         let resolver = builder.build().map_err(|error| {
             DiscoveryError::backend("dns", format!("building the resolver: {error}"))
@@ -635,7 +636,7 @@ mod tests {
                 min_ttl_s,
                 max_ttl_s,
                 nameservers: Some(self.address.to_string()),
-                timeout_ms: Some(300),
+                timeout: Some(Duration::from_millis(300)),
             })
             .unwrap()
         }

@@ -46,43 +46,54 @@ use sea_orm::{
     EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
 };
 use serde::Deserialize;
+use serde_with::serde_as;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 use crate::context;
 use crate::peer::{PeerChannel, PeerError, Peers};
 use crate::telemetry::TraceContext;
 use entity::{Column, Entity};
 
 /// Settings of the outbox dispatcher.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxConfig {
-    /// How often the table is checked when nothing wakes the dispatcher, ms. Default 1000.
-    pub poll_interval_ms: u64,
-    /// Delay before the first retry, ms; it doubles per attempt. Default 200.
-    pub initial_backoff_ms: u64,
-    /// Longest delay between retries, ms. Default 30000.
-    pub max_backoff_ms: u64,
+    /// `poll_interval_ms`: how often the table is checked when nothing wakes the dispatcher, ms.
+    /// Default 1000.
+    #[serde(rename = "poll_interval_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub poll_interval: Duration,
+    /// `initial_backoff_ms`: delay before the first retry, ms; it doubles per attempt. Default 200.
+    #[serde(rename = "initial_backoff_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub initial_backoff: Duration,
+    /// `max_backoff_ms`: longest delay between retries, ms. Default 30000.
+    #[serde(rename = "max_backoff_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub max_backoff: Duration,
     /// Most messages read per pass. Default 100.
     pub batch_size: u64,
-    /// How long delivered messages are kept before they are deleted, ms. Default
+    /// `retention_ms`: how long delivered messages are kept before they are deleted, ms. Default
     /// 604800000 (7 days). Failed messages are kept until retried or deleted by hand.
-    pub retention_ms: u64,
+    #[serde(rename = "retention_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub retention: Duration,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
-            poll_interval_ms: 1_000,
-            initial_backoff_ms: 200,
-            max_backoff_ms: 30_000,
+            poll_interval: Duration::from_secs(1),
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
             batch_size: 100,
-            retention_ms: 7 * 24 * 3600 * 1000,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -91,18 +102,10 @@ impl OutboxConfig {
     /// Checks the values.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the first key set to 0.
+    /// [`ConfigError::Invalid`] naming `outbox.batch_size` when it is 0 (a duration of 0
+    /// fails loading already).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        require_positive("outbox.poll_interval_ms", self.poll_interval_ms)?;
-        require_positive("outbox.initial_backoff_ms", self.initial_backoff_ms)?;
-        require_positive("outbox.max_backoff_ms", self.max_backoff_ms)?;
-        require_positive("outbox.batch_size", self.batch_size)?;
-        require_positive("outbox.retention_ms", self.retention_ms)
-    }
-
-    /// How long delivered messages are kept.
-    pub fn retention(&self) -> Duration {
-        Duration::from_millis(self.retention_ms)
+        require_positive("outbox.batch_size", self.batch_size)
     }
 
     /// The delay before retry number `attempt` (1-based), with ±20 % jitter.
@@ -111,11 +114,10 @@ impl OutboxConfig {
             .unwrap_or(0)
             .min(20);
         let base = self
-            .initial_backoff_ms
+            .initial_backoff
             .saturating_mul(1 << exponent)
-            .min(self.max_backoff_ms);
-        let jitter = rand::rng().random_range(0.8..1.2);
-        Duration::from_millis((base as f64 * jitter) as u64)
+            .min(self.max_backoff);
+        base.mul_f64(rand::rng().random_range(0.8..1.2))
     }
 }
 
@@ -303,15 +305,15 @@ impl Dispatcher {
     /// again after a restart — delivery is at least once) and no further one starts, so
     /// shutdown keeps its drain bound.
     pub async fn run(self, stop: CancellationToken) {
-        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let poll = self.config.poll_interval;
         self.report_failed().await;
         // Prune at start, then about as often as the retention (at most hourly).
-        let prune_every = self.config.retention().min(Duration::from_secs(3600));
+        let prune_every = self.config.retention.min(Duration::from_secs(3600));
         let mut next_prune = tokio::time::Instant::now();
         loop {
             if tokio::time::Instant::now() >= next_prune {
                 next_prune = tokio::time::Instant::now() + prune_every;
-                match prune_delivered(&self.db, self.config.retention()).await {
+                match prune_delivered(&self.db, self.config.retention).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "pruned delivered outbox messages"),
                     Err(err) => tracing::warn!(error = %err, "cannot prune the outbox"),

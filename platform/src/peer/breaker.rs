@@ -46,6 +46,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_with::serde_as;
 use tonic::Code;
 use tower::Service;
 use tower_resilience_circuitbreaker::{
@@ -53,9 +54,10 @@ use tower_resilience_circuitbreaker::{
     FailureClassifier, SlidingWindowType,
 };
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 
 /// The breaker of one peer: `peers.<name>.breaker`.
+#[serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
@@ -68,14 +70,18 @@ pub struct BreakerConfig {
     /// `rate` model: open when at least this percentage (1–100) of the calls in the
     /// window failed. Default 50.
     pub failure_rate_percent: u8,
-    /// `rate` model: the sliding window, ms. Default 10000.
-    pub window_ms: u64,
+    /// `window_ms`: `rate` model: the sliding window, ms. Default 10000.
+    #[serde(rename = "window_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub window: Duration,
     /// `rate` model: the fewest calls in the window before the rate is judged.
     /// Default 20.
     pub minimum_calls: u32,
-    /// How long an open circuit rejects calls before the next call is let through as a
+    /// `open_ms`: how long an open circuit rejects calls before the next call is let through as a
     /// probe (half-open), ms. Default 10000.
-    pub open_ms: u64,
+    #[serde(rename = "open_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub open: Duration,
     /// Probes let through at once while half-open; the circuit closes after this many
     /// succeed and re-opens on the first that fails. Other calls are rejected meanwhile.
     /// Default 1.
@@ -89,9 +95,9 @@ impl Default for BreakerConfig {
             failure_model: FailureModel::Consecutive,
             consecutive_failures: 5,
             failure_rate_percent: 50,
-            window_ms: 10_000,
+            window: Duration::from_secs(10),
             minimum_calls: 20,
-            open_ms: 10_000,
+            open: Duration::from_secs(10),
             half_open_calls: 1,
         }
     }
@@ -114,8 +120,8 @@ impl BreakerConfig {
     /// the day the breaker is switched on.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the first bad key: a count or duration of 0, or a
-    /// `failure_rate_percent` above 100.
+    /// [`ConfigError::Invalid`] naming the first bad key: a count of 0, or a
+    /// `failure_rate_percent` above 100 (a duration of 0 fails loading already).
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         require_positive(
             &format!("{prefix}.consecutive_failures"),
@@ -127,12 +133,10 @@ impl BreakerConfig {
                 "must be between 1 and 100",
             ));
         }
-        require_positive(&format!("{prefix}.window_ms"), self.window_ms)?;
         require_positive(
             &format!("{prefix}.minimum_calls"),
             self.minimum_calls.into(),
         )?;
-        require_positive(&format!("{prefix}.open_ms"), self.open_ms)?;
         require_positive(
             &format!("{prefix}.half_open_calls"),
             self.half_open_calls.into(),
@@ -248,7 +252,7 @@ pub struct Breaker {
 #[derive(Debug)]
 struct Shared {
     peer: Arc<str>,
-    open_ms: u64,
+    open: Duration,
     rejections: AtomicU64,
 }
 
@@ -275,7 +279,7 @@ impl Breaker {
         config.validate(&prefix)?;
         let shared = Arc::new(Shared {
             peer: Arc::from(peer),
-            open_ms: config.open_ms,
+            open: config.open,
             rejections: AtomicU64::new(0),
         });
         if !config.enabled {
@@ -287,7 +291,7 @@ impl Breaker {
         let logged_peer = Arc::clone(&shared.peer);
         let builder = CircuitBreakerLayer::builder()
             .name(peer)
-            .wait_duration_in_open(Duration::from_millis(config.open_ms))
+            .wait_duration_in_open(config.open)
             .permitted_calls_in_half_open(to_usize(config.half_open_calls))
             .on_state_transition(move |from, to| {
                 let (from, to) = (CircuitState::from(from), CircuitState::from(to));
@@ -303,7 +307,7 @@ impl Breaker {
             }
             FailureModel::Rate => builder
                 .sliding_window_type(SlidingWindowType::TimeBased)
-                .sliding_window_duration(Duration::from_millis(config.window_ms))
+                .sliding_window_duration(config.window)
                 .minimum_number_of_calls(to_usize(config.minimum_calls))
                 .failure_rate_threshold(f64::from(config.failure_rate_percent) / 100.0),
         };
@@ -434,7 +438,8 @@ impl Shared {
         tracing::debug!(peer = %self.peer, "call rejected by the open circuit breaker");
         tonic::Status::unavailable(format!(
             "circuit breaker for {} is open after repeated failures; a probe is let through every {} ms",
-            self.peer, self.open_ms
+            self.peer,
+            self.open.as_millis()
         ))
         .into_http()
     }
@@ -494,33 +499,59 @@ mod tests {
         ));
     }
 
+    /// A service with one peer, `user`, to load configs through [`crate::Config::load_from`].
+    struct WithUserPeer;
+
+    /// No migrations: nothing is stored.
+    struct NoMigrations;
+
+    impl sea_orm_migration::MigratorTrait for NoMigrations {
+        fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+            Vec::new()
+        }
+    }
+
+    impl crate::Service for WithUserPeer {
+        const INFO: crate::ServiceInfo = crate::ServiceInfo {
+            name: "probe",
+            env_prefix: "TRELLIS_PROBE",
+        };
+        const DEFAULT_PORT: u16 = 50099;
+        const DEFAULT_PEERS: &'static [(&'static str, &'static str)] =
+            &[("user", "http://127.0.0.1:9")];
+        type Settings = crate::service::NoSettings;
+        type Migrator = NoMigrations;
+
+        async fn build(_: &mut crate::Context<Self>) -> Result<(), crate::BuildError> {
+            Ok(())
+        }
+    }
+
+    /// The dotted key that loading `variable = value` fails on: from validation, or from
+    /// deserializing (a duration of 0).
+    fn bad_key(variable: &str, value: &str) -> String {
+        let env = [(
+            format!("TRELLIS_PROBE__PEERS__USER__BREAKER__{variable}"),
+            value.to_owned(),
+        )];
+        match crate::Config::<WithUserPeer>::load_from(None, env) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(ConfigError::Load(config::ConfigError::At { key: Some(key), .. })) => key,
+            other => panic!("expected an error naming a key, got {other:?}"),
+        }
+    }
+
     #[test]
     fn validation_names_the_bad_key() {
-        let bad = [
-            BreakerConfig {
-                consecutive_failures: 0,
-                ..BreakerConfig::default()
-            },
-            BreakerConfig {
-                failure_rate_percent: 101,
-                ..BreakerConfig::default()
-            },
-            BreakerConfig {
-                open_ms: 0,
-                ..BreakerConfig::default()
-            },
-            BreakerConfig {
-                half_open_calls: 0,
-                ..BreakerConfig::default()
-            },
-        ];
-        let keys: Vec<String> = bad
-            .iter()
-            .map(|config| match config.validate("peers.user.breaker") {
-                Err(ConfigError::Invalid { key, .. }) => key,
-                other => panic!("expected an invalid key, got {other:?}"),
-            })
-            .collect();
+        let keys: Vec<String> = [
+            ("CONSECUTIVE_FAILURES", "0"),
+            ("FAILURE_RATE_PERCENT", "101"),
+            ("OPEN_MS", "0"),
+            ("HALF_OPEN_CALLS", "0"),
+        ]
+        .into_iter()
+        .map(|(variable, value)| bad_key(variable, value))
+        .collect();
         assert_eq!(
             keys,
             [
@@ -542,7 +573,7 @@ mod tests {
         let config: BreakerConfig =
             serde_json::from_str(r#"{"failure_model": "rate", "open_ms": 250}"#).unwrap();
         assert_eq!(config.failure_model, FailureModel::Rate);
-        assert_eq!(config.open_ms, 250);
+        assert_eq!(config.open, Duration::from_millis(250));
         assert!(config.enabled);
         assert!(serde_json::from_str::<BreakerConfig>(r#"{"open_msec": 250}"#).is_err());
     }

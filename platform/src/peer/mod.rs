@@ -29,13 +29,14 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use serde::Deserialize;
+use serde_with::serde_as;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::transport::Endpoint;
 use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
 use crate::discovery::{Backend, Registry, StaticRegistry, Target};
 use crate::metrics::{ClientMetrics, Metrics, MetricsError};
@@ -57,6 +58,7 @@ use retry::RetryPolicy;
 use stats::{PeerCounters, ResilienceMetrics};
 
 /// How to reach one peer.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerConfig {
@@ -69,11 +71,15 @@ pub struct PeerConfig {
     /// An SRV name to resolve instead of `addresses` (DNS backend), e.g.
     /// `_grpc._tcp.user.default.svc.cluster.local`.
     pub srv: Option<String>,
-    /// Deadline of each call, ms. Default 5000.
-    pub timeout_ms: u64,
-    /// Deadline of establishing a connection, ms; also how long a call waits for
-    /// discovery's first answer. Default 2000.
-    pub connect_timeout_ms: u64,
+    /// `timeout_ms`: deadline of each call, ms. Default 5000.
+    #[serde(rename = "timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub timeout: Duration,
+    /// `connect_timeout_ms`: deadline of establishing a connection, ms; also how long a call waits
+    /// for discovery's first answer. Default 2000.
+    #[serde(rename = "connect_timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub connect_timeout: Duration,
     /// Follow each instance's `grpc.health.v1` Watch and send calls only to those
     /// SERVING (gRPC client-side health checking). Default true.
     pub health_check: bool,
@@ -91,8 +97,8 @@ impl Default for PeerConfig {
             addresses: String::new(),
             service: None,
             srv: None,
-            timeout_ms: 5_000,
-            connect_timeout_ms: 2_000,
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
             health_check: true,
             outlier: OutlierConfig::default(),
             retry: RetryConfig::default(),
@@ -139,11 +145,6 @@ impl PeerConfig {
                 ));
             }
         }
-        require_positive(&format!("{prefix}.timeout_ms"), self.timeout_ms)?;
-        require_positive(
-            &format!("{prefix}.connect_timeout_ms"),
-            self.connect_timeout_ms,
-        )?;
         self.outlier.validate(&format!("{prefix}.outlier"))?;
         self.retry.validate(&format!("{prefix}.retry"))?;
         self.breaker.validate(&format!("{prefix}.breaker"))
@@ -331,7 +332,7 @@ impl Peers {
             peer,
             self.registry.watch(&target),
             BalancerSettings {
-                connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+                connect_timeout: config.connect_timeout,
                 health_check: config.health_check,
                 outlier: config.outlier.clone(),
                 ejections_total: counters.ejections.clone(),
@@ -342,7 +343,7 @@ impl Peers {
             span_target: Arc::new(PeerTarget::new(peer, &target.addresses)),
             balancer,
             methods: self.methods.clone(),
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: config.timeout,
             retry: RetryPolicy::new(&config.retry),
             counters,
         }))

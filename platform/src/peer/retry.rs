@@ -12,27 +12,33 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_with::{DurationMilliSeconds, serde_as};
 use tower::retry::backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff as _};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::util::rng::HasherRng;
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds};
 
 /// How long the budget remembers calls.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// `peers.<name>.retry.*`.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     /// Attempts in all, the first included; 1 turns retries off. Default 3 (at most 5,
     /// gRPC's cap).
     pub max_attempts: u32,
-    /// Backoff before the first retry, ms; it doubles per retry, plus up to as much
-    /// again at random. Default 10.
-    pub initial_backoff_ms: u64,
-    /// Longest backoff, ms. Default 200.
-    pub max_backoff_ms: u64,
+    /// `initial_backoff_ms`: backoff before the first retry, ms; it doubles per retry, plus up to
+    /// as much again at random. Default 10.
+    #[serde(rename = "initial_backoff_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub initial_backoff: Duration,
+    /// `max_backoff_ms`: longest backoff, ms. Default 200.
+    #[serde(rename = "max_backoff_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub max_backoff: Duration,
     /// Retries allowed as a percentage of calls over the last 10 s. Default 20.
     pub budget_percent: u32,
     /// Retries per second allowed whatever the traffic. Default 10.
@@ -43,8 +49,8 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             max_attempts: 3,
-            initial_backoff_ms: 10,
-            max_backoff_ms: 200,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(200),
             budget_percent: 20,
             budget_min_per_second: 10,
         }
@@ -63,11 +69,7 @@ impl RetryConfig {
                 "must be 1 to 5",
             ));
         }
-        require_positive(
-            &format!("{prefix}.initial_backoff_ms"),
-            self.initial_backoff_ms,
-        )?;
-        if self.max_backoff_ms < self.initial_backoff_ms {
+        if self.max_backoff < self.initial_backoff {
             return Err(ConfigError::invalid(
                 format!("{prefix}.max_backoff_ms"),
                 "must be at least initial_backoff_ms",
@@ -93,8 +95,8 @@ pub(crate) struct RetryPolicy {
 
 impl RetryPolicy {
     pub(crate) fn new(config: &RetryConfig) -> Self {
-        let initial = Duration::from_millis(config.initial_backoff_ms.max(1));
-        let max = Duration::from_millis(config.max_backoff_ms).max(initial);
+        let initial = config.initial_backoff.max(Duration::from_millis(1));
+        let max = config.max_backoff.max(initial);
         Self {
             max_attempts: config.max_attempts.clamp(1, 5),
             budget: TpsBudget::new(

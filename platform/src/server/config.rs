@@ -5,10 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_with::serde_as;
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 
 /// The `server` section of a service's configuration.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -18,26 +20,37 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Most requests handled at once across all connections; more wait. Default 1024.
     pub max_concurrent_requests: usize,
-    /// Longest deadline of a call, in ms: the deadline of calls that set no `grpc-timeout`
-    /// and the cap of those that set a longer one; at it the call is answered
+    /// `request_timeout_ms`: longest deadline of a call, in ms: the deadline of calls that set no
+    /// `grpc-timeout` and the cap of those that set a longer one; at it the call is answered
     /// DEADLINE_EXCEEDED (see [`super::deadline`]). Default 30000.
-    pub request_timeout_ms: u64,
-    /// How long shutdown waits for in-flight calls before ending open streams, in ms.
-    /// Default 10000.
-    pub drain_timeout_ms: u64,
-    /// How often the readiness probe (e.g. a database ping) runs, in ms. Default 5000.
-    pub readiness_interval_ms: u64,
+    #[serde(rename = "request_timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub request_timeout: Duration,
+    /// `drain_timeout_ms`: how long shutdown waits for in-flight calls before ending open streams,
+    /// in ms. Default 10000.
+    #[serde(rename = "drain_timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub drain_timeout: Duration,
+    /// `readiness_interval_ms`: how often the readiness probe (e.g. a database ping) runs, in ms.
+    /// Default 5000.
+    #[serde(rename = "readiness_interval_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub readiness_interval: Duration,
     /// Most concurrent streams (calls) a client may open on one HTTP/2 connection
     /// (RFC 9113 `SETTINGS_MAX_CONCURRENT_STREAMS`); a well-behaved client queues the
     /// rest. Default 200 (hyper's own default, which tonic otherwise overrides with
     /// "unlimited").
     pub http2_max_concurrent_streams: u32,
-    /// How often the server pings an idle connection's client (HTTP/2 PING), in ms.
-    /// Default 60000.
-    pub http2_keepalive_interval_ms: u64,
-    /// How long the server waits for a ping's acknowledgement before it closes the
-    /// connection, in ms. Default 20000 (grpc-go's).
-    pub http2_keepalive_timeout_ms: u64,
+    /// `http2_keepalive_interval_ms`: how often the server pings an idle connection's client
+    /// (HTTP/2 PING), in ms. Default 60000.
+    #[serde(rename = "http2_keepalive_interval_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub http2_keepalive_interval: Duration,
+    /// `http2_keepalive_timeout_ms`: how long the server waits for a ping's acknowledgement before
+    /// it closes the connection, in ms. Default 20000 (grpc-go's).
+    #[serde(rename = "http2_keepalive_timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub http2_keepalive_timeout: Duration,
     /// Most streams a client may open and reset before the server answers them
     /// (CVE-2023-44487, "rapid reset"); over it the connection is closed. Default 20
     /// (h2's).
@@ -45,14 +58,18 @@ pub struct ServerConfig {
     /// Most streams the server resets because of a client's protocol errors before it
     /// closes the connection (CVE-2024-27316 class). Default 1024 (hyper's).
     pub http2_max_local_error_reset_streams: usize,
-    /// Age after which a connection is told to go away (HTTP/2 GOAWAY), in ms, so
-    /// clients reconnect and rebalance across replicas (gRFC A9 `MAX_CONNECTION_AGE`).
+    /// `max_connection_age_ms`: age after which a connection is told to go away (HTTP/2 GOAWAY), in
+    /// ms, so clients reconnect and rebalance across replicas (gRFC A9 `MAX_CONNECTION_AGE`).
     /// Default 1800000 (30 min).
-    pub max_connection_age_ms: u64,
-    /// How long calls still open on a connection past its maximum age may go on, in ms;
-    /// then the connection is closed (gRFC A9 `MAX_CONNECTION_AGE_GRACE`). Long-lived
-    /// streams end here and clients resubscribe. Default 300000 (5 min).
-    pub max_connection_age_grace_ms: u64,
+    #[serde(rename = "max_connection_age_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub max_connection_age: Duration,
+    /// `max_connection_age_grace_ms`: how long calls still open on a connection past its maximum
+    /// age may go on, in ms; then the connection is closed (gRFC A9 `MAX_CONNECTION_AGE_GRACE`).
+    /// Long-lived streams end here and clients resubscribe. Default 300000 (5 min).
+    #[serde(rename = "max_connection_age_grace_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub max_connection_age_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -61,16 +78,16 @@ impl Default for ServerConfig {
             listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
-            request_timeout_ms: 30_000,
-            drain_timeout_ms: 10_000,
-            readiness_interval_ms: 5_000,
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+            readiness_interval: Duration::from_secs(5),
             http2_max_concurrent_streams: 200,
-            http2_keepalive_interval_ms: 60_000,
-            http2_keepalive_timeout_ms: 20_000,
+            http2_keepalive_interval: Duration::from_secs(60),
+            http2_keepalive_timeout: Duration::from_secs(20),
             http2_max_pending_accept_reset_streams: 20,
             http2_max_local_error_reset_streams: 1024,
-            max_connection_age_ms: 30 * 60 * 1000,
-            max_connection_age_grace_ms: 5 * 60 * 1000,
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -87,27 +104,17 @@ impl ServerConfig {
     /// Checks the values.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the first key set to 0.
+    /// [`ConfigError::Invalid`] naming the first count set to 0 (a duration of 0 fails
+    /// loading already).
     pub fn validate(&self) -> Result<(), ConfigError> {
         require_positive("server.max_message_bytes", self.max_message_bytes as u64)?;
         require_positive(
             "server.max_concurrent_requests",
             self.max_concurrent_requests as u64,
         )?;
-        require_positive("server.request_timeout_ms", self.request_timeout_ms)?;
-        require_positive("server.drain_timeout_ms", self.drain_timeout_ms)?;
-        require_positive("server.readiness_interval_ms", self.readiness_interval_ms)?;
         require_positive(
             "server.http2_max_concurrent_streams",
             u64::from(self.http2_max_concurrent_streams),
-        )?;
-        require_positive(
-            "server.http2_keepalive_interval_ms",
-            self.http2_keepalive_interval_ms,
-        )?;
-        require_positive(
-            "server.http2_keepalive_timeout_ms",
-            self.http2_keepalive_timeout_ms,
         )?;
         require_positive(
             "server.http2_max_pending_accept_reset_streams",
@@ -116,40 +123,13 @@ impl ServerConfig {
         require_positive(
             "server.http2_max_local_error_reset_streams",
             self.http2_max_local_error_reset_streams as u64,
-        )?;
-        require_positive("server.max_connection_age_ms", self.max_connection_age_ms)?;
-        require_positive(
-            "server.max_connection_age_grace_ms",
-            self.max_connection_age_grace_ms,
         )
-    }
-
-    /// The age at which a connection is told to go away.
-    pub fn max_connection_age(&self) -> Duration {
-        Duration::from_millis(self.max_connection_age_ms)
     }
 
     /// The longest a connection lives: its maximum age plus the grace.
     pub fn max_connection_lifetime(&self) -> Duration {
-        Duration::from_millis(
-            self.max_connection_age_ms
-                .saturating_add(self.max_connection_age_grace_ms),
-        )
-    }
-
-    /// The drain bound of a graceful shutdown.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
-    }
-
-    /// The default deadline of a call.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    /// The interval between readiness probes.
-    pub fn readiness_interval(&self) -> Duration {
-        Duration::from_millis(self.readiness_interval_ms)
+        self.max_connection_age
+            .saturating_add(self.max_connection_age_grace)
     }
 
     /// The address a client on this host uses to reach the server: the listen address,

@@ -369,25 +369,21 @@ impl BoundServer {
         let readiness_task = tokio::spawn(run_readiness(
             Arc::clone(&health),
             readiness,
-            config.readiness_interval(),
+            config.readiness_interval,
             stop_accepting.clone(),
         ));
 
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(config.http2_max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_millis(
-                config.http2_keepalive_interval_ms,
-            )))
-            .http2_keepalive_timeout(Some(Duration::from_millis(
-                config.http2_keepalive_timeout_ms,
-            )))
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .http2_max_pending_accept_reset_streams(Some(
                 config.http2_max_pending_accept_reset_streams,
             ))
             .http2_max_local_error_reset_streams(Some(config.http2_max_local_error_reset_streams))
             // The GOAWAY at the age; the grace is bounded on the accept path
             // ([`connection`]), since tonic's own grace skips the GOAWAY.
-            .max_connection_age(config.max_connection_age())
+            .max_connection_age(config.max_connection_age)
             .layer(metrics)
             .layer(request_id::RequestIdLayer)
             .layer(trace::layer())
@@ -397,7 +393,7 @@ impl BoundServer {
             .layer(drain::DrainLayer::new(drained.clone()))
             // Innermost, so its DEADLINE_EXCEEDED is seen by every layer above; the
             // request-id layer records the arrival it counts from.
-            .layer(deadline::DeadlineLayer::new(config.request_timeout()))
+            .layer(deadline::DeadlineLayer::new(config.request_timeout))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
                 connection::incoming(listener, config.max_connection_lifetime()),
@@ -415,9 +411,9 @@ impl BoundServer {
             () = shutdown => {}
         }
 
-        let drain_timeout = config.drain_timeout();
+        let drain_timeout = config.drain_timeout;
         tracing::info!(
-            drain_timeout_ms = config.drain_timeout_ms,
+            drain_timeout_ms = drain_timeout.as_millis() as u64,
             "shutting down: NOT_SERVING, draining in-flight calls"
         );
         shutdown_started.cancel();

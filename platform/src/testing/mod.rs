@@ -42,8 +42,8 @@ pub const TEST_PASSWORD: &str = "correct horse battery";
 /// How long [`assert_eventually`] waits before failing.
 pub const EVENTUALLY: Duration = Duration::from_secs(15);
 
-/// The drain bound of test servers, in ms: short, so stopping a test is quick.
-pub const TEST_DRAIN_MS: u64 = 300;
+/// The drain bound of test servers: short, so stopping a test is quick.
+pub const TEST_DRAIN: Duration = Duration::from_millis(300);
 
 /// Retries `condition` every 20 ms until it holds.
 ///
@@ -199,8 +199,8 @@ pub fn test_config<S: Service>() -> Config<S> {
     let mut config = Config::<S>::default();
     config.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.metrics = crate::metrics::MetricsConfig::disabled();
-    config.server.drain_timeout_ms = TEST_DRAIN_MS;
-    config.server.readiness_interval_ms = 50;
+    config.server.drain_timeout = TEST_DRAIN;
+    config.server.readiness_interval = Duration::from_millis(50);
     config.database = crate::data::DatabaseConfig::with_url("sqlite::memory:");
     for peer in config.peers.values_mut() {
         peer.addresses = "http://127.0.0.1:9".to_owned();

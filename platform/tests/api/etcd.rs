@@ -22,7 +22,7 @@ fn config(server: &EtcdServer, lease_ttl_s: u64) -> EtcdConfig {
         endpoints: server.url.clone(),
         prefix: "/test/services/".to_owned(),
         lease_ttl_s,
-        timeout_ms: 2000,
+        timeout: Duration::from_millis(2000),
     }
 }
 

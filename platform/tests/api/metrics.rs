@@ -136,7 +136,7 @@ async fn a_service_without_a_metrics_listener_or_port_serves_no_endpoint() {
 async fn the_endpoint_answers_throughout_the_drain() {
     let issuer = TestIssuer::new();
     let mut config = test_config::<Probe>();
-    config.server.drain_timeout_ms = 2_000;
+    config.server.drain_timeout = std::time::Duration::from_millis(2_000);
     let mut server = TestServer::start(
         Launch::new(config)
             .key_source(Arc::new(issuer.key_source()))

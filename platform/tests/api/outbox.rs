@@ -48,7 +48,7 @@ async fn enqueue_one(db: &DatabaseConnection) -> uuid::Uuid {
 /// Peers with `notification` at `addr`, with a call deadline of an hour.
 fn peers(addr: std::net::SocketAddr) -> Peers {
     let mut peer = PeerConfig::with_address(format!("http://{addr}"));
-    peer.timeout_ms = 3_600_000;
+    peer.timeout = Duration::from_millis(3_600_000);
     Peers::new(HashMap::from([("notification".to_owned(), peer)]))
 }
 
@@ -154,7 +154,7 @@ async fn delivered_messages_are_pruned_after_the_retention() {
     // waiting message stays).
     let stop = CancellationToken::new();
     let config = OutboxConfig {
-        retention_ms: 3_600_000,
+        retention: Duration::from_millis(3_600_000),
         ..OutboxConfig::default()
     };
     let unreachable = "127.0.0.1:9".parse().unwrap();
@@ -243,7 +243,7 @@ async fn the_backlog_gauges_read_pending_failed_and_the_oldest_pending_age_at_ea
 #[test]
 fn outbox_retention_loads_and_is_validated() {
     let config = load(&[("TRELLIS_PROBE__OUTBOX__RETENTION_MS", "86400000")]).unwrap();
-    assert_eq!(config.outbox.retention(), Duration::from_secs(86_400));
+    assert_eq!(config.outbox.retention, Duration::from_secs(86_400));
     let err = load(&[("TRELLIS_PROBE__OUTBOX__RETENTION_MS", "0")])
         .err()
         .map(|err| err.to_string())

@@ -53,8 +53,8 @@ async fn the_server_advertises_its_max_concurrent_streams() {
 #[tokio::test]
 async fn a_stream_ends_when_its_connection_outlives_max_age_and_grace() {
     let addr = serve(ServerConfig {
-        max_connection_age_ms: 100,
-        max_connection_age_grace_ms: 100,
+        max_connection_age: Duration::from_millis(100),
+        max_connection_age_grace: Duration::from_millis(100),
         ..ServerConfig::default()
     })
     .await;
@@ -88,7 +88,10 @@ fn http2_limit_keys_load_and_are_validated() {
     ])
     .unwrap();
     assert_eq!(config.server.http2_max_concurrent_streams, 7);
-    assert_eq!(config.server.http2_keepalive_interval_ms, 1000);
+    assert_eq!(
+        config.server.http2_keepalive_interval,
+        Duration::from_millis(1000)
+    );
     assert_eq!(
         config.server.max_connection_lifetime(),
         std::time::Duration::from_millis(65_000)
@@ -117,7 +120,7 @@ async fn liveness_stays_serving_while_readiness_fails() {
     let probe = std::sync::Arc::clone(&ready);
     let config = ServerConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
-        readiness_interval_ms: 20,
+        readiness_interval: Duration::from_millis(20),
         ..ServerConfig::default()
     };
     let server = ServerBuilder::new(config)

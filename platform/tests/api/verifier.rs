@@ -42,7 +42,7 @@ async fn a_hanging_key_fetch_does_not_block_a_cached_kid() {
     let started = Arc::new(Notify::new());
     let config = AuthConfig {
         // 0: any unknown kid may start a fetch at once.
-        min_refresh_interval_ms: 0,
+        min_refresh_interval: std::time::Duration::ZERO,
         ..AuthConfig::default()
     };
     let verifier = TokenVerifier::new(
@@ -143,7 +143,7 @@ async fn a_verified_token_is_remembered_and_forgotten_when_its_key_is_withdrawn(
     let published = Published::default();
     published.0.lock().push(old.public_key());
     let config = AuthConfig {
-        min_refresh_interval_ms: 0,
+        min_refresh_interval: std::time::Duration::ZERO,
         ..AuthConfig::default()
     };
     let verifier = TokenVerifier::new(&config, published.clone());

@@ -97,6 +97,8 @@ impl Validate for Settings {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     use crate::Config;
@@ -124,7 +126,7 @@ mod tests {
             ("TRELLIS_USER__TELEMETRY__LOG_FORMAT", "json"),
         ])?;
         assert_eq!(config.server.listen_addr.to_string(), "127.0.0.1:6000");
-        assert_eq!(config.server.drain_timeout_ms, 250);
+        assert_eq!(config.server.drain_timeout, Duration::from_millis(250));
         Ok(())
     }
 
@@ -173,7 +175,7 @@ mod tests {
         ])?;
         assert_eq!(config.server.listen_addr.port(), 50051);
         assert_eq!(config.peers["auth"].addresses, "http://127.0.0.1:50052");
-        assert_eq!(config.peers["auth"].timeout_ms, 700);
+        assert_eq!(config.peers["auth"].timeout, Duration::from_millis(700));
         assert_eq!(
             config.peers["notification"].addresses,
             "http://127.0.0.1:50053"

@@ -33,10 +33,11 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use serde_with::serde_as;
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, DiscoveryError, Registered, Registration, Registry, Target, Watch};
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 use cluster::{Cluster, Member};
 use watch::Follower;
 
@@ -50,6 +51,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// The `discovery.etcd.*` section.
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
@@ -63,8 +65,10 @@ pub struct EtcdConfig {
     /// keep-alive. Default 10. etcd raises a TTL below its minimum (about 2 s with the
     /// default heartbeat) to that minimum.
     pub lease_ttl_s: u64,
-    /// Deadline of each call to etcd and of connecting to a member, ms. Default 5000.
-    pub timeout_ms: u64,
+    /// `timeout_ms`: deadline of each call to etcd and of connecting to a member, ms. Default 5000.
+    #[serde(rename = "timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub timeout: Duration,
 }
 
 impl Default for EtcdConfig {
@@ -73,7 +77,7 @@ impl Default for EtcdConfig {
             endpoints: "http://127.0.0.1:2379".to_owned(),
             prefix: "/trellis/services/".to_owned(),
             lease_ttl_s: 10,
-            timeout_ms: 5000,
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -93,12 +97,12 @@ impl EtcdConfig {
                 "is too large",
             ));
         }
-        require_positive(&format!("{prefix}.timeout_ms"), self.timeout_ms)
+        Ok(())
     }
 
     /// The endpoints as members, or why they are invalid.
     fn members(&self) -> Result<Vec<Member>, String> {
-        cluster::members(&self.endpoints, Duration::from_millis(self.timeout_ms))
+        cluster::members(&self.endpoints, self.timeout)
     }
 }
 
@@ -126,10 +130,7 @@ impl EtcdRegistry {
         let lease_ttl_s = i64::try_from(config.lease_ttl_s)
             .map_err(|_| DiscoveryError::backend(BACKEND, "lease_ttl_s is too large"))?;
         Ok(Self {
-            cluster: Arc::new(Cluster::new(
-                members,
-                Duration::from_millis(config.timeout_ms),
-            )),
+            cluster: Arc::new(Cluster::new(members, config.timeout)),
             prefix: config.prefix.clone(),
             lease_ttl_s,
         })

@@ -37,12 +37,13 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use serde::Deserialize;
+use serde_with::{DurationMilliSeconds, serde_as};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-use crate::config::{ConfigError, require_positive};
+use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 use crate::discovery::{Instance, Watch};
 use health::watch_health;
 
@@ -55,16 +56,21 @@ const DECAY: Duration = Duration::from_secs(10);
 const SUSPECT: Duration = Duration::from_secs(1);
 
 /// `peers.<name>.outlier.*`: outlier ejection (defaults: Envoy's).
+#[serde_as]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutlierConfig {
     /// Failed calls in a row that eject an instance. Default 5.
     pub consecutive_failures: u32,
-    /// Ejection time of a first ejection, ms; the n-th lasts n times as long. Default
-    /// 30000.
-    pub base_ejection_ms: u64,
-    /// Longest ejection, ms. Default 300000.
-    pub max_ejection_ms: u64,
+    /// `base_ejection_ms`: ejection time of a first ejection, ms; the n-th lasts n times as long.
+    /// Default 30000.
+    #[serde(rename = "base_ejection_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub base_ejection: Duration,
+    /// `max_ejection_ms`: longest ejection, ms. Default 300000.
+    #[serde(rename = "max_ejection_ms")]
+    #[serde_as(as = "DurationMilliSeconds<u64>")]
+    pub max_ejection: Duration,
     /// Most instances ejected at once, percent of the set (at least one). Default 10.
     pub max_ejection_percent: u8,
 }
@@ -73,8 +79,8 @@ impl Default for OutlierConfig {
     fn default() -> Self {
         Self {
             consecutive_failures: 5,
-            base_ejection_ms: 30_000,
-            max_ejection_ms: 300_000,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(5 * 60),
             max_ejection_percent: 10,
         }
     }
@@ -90,8 +96,7 @@ impl OutlierConfig {
             &format!("{prefix}.consecutive_failures"),
             u64::from(self.consecutive_failures),
         )?;
-        require_positive(&format!("{prefix}.base_ejection_ms"), self.base_ejection_ms)?;
-        if self.max_ejection_ms < self.base_ejection_ms {
+        if self.max_ejection < self.base_ejection {
             return Err(ConfigError::invalid(
                 format!("{prefix}.max_ejection_ms"),
                 "must be at least base_ejection_ms",
@@ -453,12 +458,11 @@ impl Balancer {
             return;
         }
         let times = endpoint.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let duration = Duration::from_millis(
-            self.outlier
-                .base_ejection_ms
-                .saturating_mul(u64::from(times))
-                .min(self.outlier.max_ejection_ms),
-        );
+        let duration = self
+            .outlier
+            .base_ejection
+            .saturating_mul(times)
+            .min(self.outlier.max_ejection);
         *endpoint.ejected_until.lock() = Some(now + duration);
         endpoint.consecutive_failures.store(0, Ordering::Relaxed);
         if let Some(counter) = &self.ejections_total {

@@ -1,6 +1,8 @@
 //! Sign-in notices go through the transactional outbox: login succeeds while the
 //! notification service is down, and the notice arrives once it is back.
 
+use std::time::Duration;
+
 use trellis_platform::auth::PrincipalKind;
 
 use crate::fakes::FakeNotifications;
@@ -17,8 +19,8 @@ async fn a_sign_in_notice_waits_while_notification_is_down_and_arrives_once_it_i
             .expect("a notification peer")
             .addresses = uri;
         // Quick retries, so the test does not wait for the default backoff.
-        config.outbox.initial_backoff_ms = 20;
-        config.outbox.max_backoff_ms = 100;
+        config.outbox.initial_backoff = Duration::from_millis(20);
+        config.outbox.max_backoff = Duration::from_millis(100);
     })
     .await;
 

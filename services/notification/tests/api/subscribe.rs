@@ -183,7 +183,8 @@ async fn shutdown_ends_an_open_stream_with_unavailable_well_within_the_drain_bou
     // A drain bound far beyond the hang guard below: the server can only stop in time if
     // the service ends its open stream itself when shutdown begins, rather than leaving
     // it for the platform to cut at the bound.
-    let mut app = spawn_app_with(|config| config.server.drain_timeout_ms = 600_000).await;
+    let mut app =
+        spawn_app_with(|config| config.server.drain_timeout = Duration::from_millis(600_000)).await;
     let ada = new_user_id();
     let received = app.send(&ada, "Before shutdown").await;
     let mut stream = app.subscribe(&ada, "").await;

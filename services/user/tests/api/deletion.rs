@@ -2,6 +2,7 @@
 //! the deletion and the revocation commit together, and the dispatcher delivers it.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use trellis_platform::peer::PeerConfig;
@@ -87,9 +88,9 @@ async fn deleting_a_user_has_the_auth_service_revoke_their_tokens() {
         "auth".to_owned(),
         PeerConfig::with_address(recorder.start().await),
     );
-    config.outbox.poll_interval_ms = 50;
-    config.outbox.initial_backoff_ms = 20;
-    config.outbox.max_backoff_ms = 100;
+    config.outbox.poll_interval = Duration::from_millis(50);
+    config.outbox.initial_backoff = Duration::from_millis(20);
+    config.outbox.max_backoff = Duration::from_millis(100);
     let server =
         TestServer::start(Launch::new(config).key_source(Arc::new(issuer.key_source()))).await;
     let mut users = UserServiceClient::new(server.channel.clone());
