@@ -14,13 +14,15 @@
 //! calling peers).
 
 mod client;
+mod expiry;
 mod layer;
 mod policy;
 mod verifier;
 
 pub use client::{ClientCredentials, RemoteKeySource};
+pub use expiry::{ExpiringBody, TOKEN_EXPIRED_MESSAGE};
 pub use layer::{AuthLayer, Authenticated};
-pub use policy::{Access, AccessPolicy};
+pub use policy::{Access, AccessPolicy, RateClass};
 pub use verifier::{AuthConfig, KeySource, MAX_LEEWAY_SECS, PublicKey, TokenVerifier, VerifyError};
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,10 @@ pub struct Principal {
     pub kind: PrincipalKind,
     /// The token's roles.
     pub roles: Vec<String>,
+    /// When this service stops accepting the token: its `exp` plus the clock-skew leeway
+    /// (`auth.leeway_secs`). An open server stream of this caller ends with
+    /// UNAUTHENTICATED then ([`AuthLayer`]). `None` for a principal not made from a token.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Principal {

@@ -15,7 +15,7 @@
 //! Modules form layers with no cycle (a tidy test in xtask checks it): leaves first —
 //! `config` (loading, errors), `context` (request context), `validation`, `status`,
 //! `pagination`, `telemetry`, `data`, `metrics`; then `server`, `peer`, `auth`, `outbox`; then
-//! `app`; then
+//! `rate_limit` (over `auth`'s policy and `server`'s client address) and `app`; then
 //! `service` (the builder), `runtime` and `testing` on top.
 
 pub mod app;
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pagination;
 pub mod peer;
+pub mod rate_limit;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -648,3 +648,339 @@ async fn a_deadline_shrinks_across_two_hops_and_expires_as_deadline_exceeded() {
         "hop 2 got less than the caller's 400 ms, not its own 5 s: {sent}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Failure accounting: only what the peer caused counts against it. A deadline the caller
+// chose, a call refused for want of time and a cancelled call count nothing — neither
+// failure nor success — while the peer's own timeout still opens the circuit.
+
+use trellis_platform::peer::{BreakerConfig, CircuitState, PeerChannel, caused_by_caller};
+
+/// How [`Switchable`] answers VerifyCredentials.
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    /// At once, with a user.
+    Answer,
+    /// With a user, after this long.
+    Sleep(Duration),
+    /// At once, DEADLINE_EXCEEDED (as a server whose deadline ran out answers).
+    DeadlineExceeded,
+}
+
+/// A user service whose behaviour the test switches; it counts the calls that reach it.
+#[derive(Clone)]
+struct Switchable {
+    behaviour: Arc<Mutex<Behaviour>>,
+    arrived: Arc<AtomicUsize>,
+}
+
+impl Switchable {
+    fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+}
+
+#[tonic::async_trait]
+impl UserInternalService for Switchable {
+    async fn verify_credentials(
+        &self,
+        _: Request<pb::VerifyCredentialsRequest>,
+    ) -> Result<Response<pb::VerifyCredentialsResponse>, Status> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let behaviour = *self.behaviour.lock().unwrap();
+        match behaviour {
+            Behaviour::Answer => {}
+            Behaviour::Sleep(delay) => tokio::time::sleep(delay).await,
+            Behaviour::DeadlineExceeded => {
+                return Err(Status::deadline_exceeded("the fake ran out of time"));
+            }
+        }
+        Ok(Response::new(pb::VerifyCredentialsResponse {
+            user: Some(pb::User {
+                id: "1".to_owned(),
+                ..pb::User::default()
+            }),
+        }))
+    }
+
+    async fn lookup_user(
+        &self,
+        _: Request<pb::LookupUserRequest>,
+    ) -> Result<Response<pb::LookupUserResponse>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+/// Starts a [`Switchable`] on 127.0.0.1:0 and returns it with the peers of a service
+/// whose `user` peer it is: the peer's `timeout_ms` is `timeout`; its circuit opens after
+/// 3 failures in a row and stays open for `open`; its instance is ejected after 3.
+async fn accounting_fixture(
+    behaviour: Behaviour,
+    timeout: Duration,
+    open: Duration,
+) -> (Switchable, Peers, UserInternalServiceClient<PeerChannel>) {
+    let fake = Switchable {
+        behaviour: Arc::new(Mutex::new(behaviour)),
+        arrived: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserInternalServiceServer::new(fake.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let peers = user_peers(
+        &[addr],
+        PeerConfig {
+            timeout,
+            health_check: false,
+            breaker: BreakerConfig {
+                consecutive_failures: 3,
+                open,
+                ..BreakerConfig::default()
+            },
+            outlier: OutlierConfig {
+                consecutive_failures: 3,
+                ..OutlierConfig::default()
+            },
+            ..PeerConfig::default()
+        },
+    );
+    let client = UserInternalServiceClient::new(peers.channel("user").unwrap());
+    (fake, peers, client)
+}
+
+/// A VerifyCredentials call with `timeout` as its `grpc-timeout` (none: no deadline of
+/// the caller's own).
+async fn verify_within(
+    client: &mut UserInternalServiceClient<PeerChannel>,
+    timeout: Option<Duration>,
+) -> Result<(), Status> {
+    let mut request = Request::new(pb::VerifyCredentialsRequest::default());
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    client.verify_credentials(request).await.map(drop)
+}
+
+/// Asserts `result` is a DEADLINE_EXCEEDED the caller caused (`true`) or the peer did.
+fn assert_deadline_exceeded(result: Result<(), Status>, by_caller: bool) {
+    let status = result.expect_err("the deadline expires");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(caused_by_caller(&status), by_caller, "{status:?}");
+}
+
+fn ejected(peers: &Peers) -> bool {
+    peers
+        .instances("user")
+        .iter()
+        .any(|instance| instance.state == EndpointState::Ejected)
+}
+
+/// No peer timeout is reached in these tests unless they set a short one.
+const LONG: Duration = Duration::from_secs(60);
+/// A caller's deadline, far shorter than the peer's timeout and than the fake's sleep.
+const SHORT: Duration = Duration::from_millis(20);
+
+#[tokio::test]
+async fn deadlines_a_caller_chose_never_open_the_circuit_nor_eject_the_instance() {
+    let (fake, peers, mut client) =
+        accounting_fixture(Behaviour::Sleep(LONG), Duration::from_secs(5), LONG).await;
+    // The caller's `grpc-timeout` binds.
+    for _ in 0..10 {
+        assert_deadline_exceeded(verify_within(&mut client, Some(SHORT)).await, true);
+    }
+    // The handler's deadline binds (a server handler calling its peer).
+    for _ in 0..5 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(30);
+        let result =
+            trellis_platform::context::with_deadline(deadline, verify_within(&mut client, None))
+                .await;
+        assert_deadline_exceeded(result, true);
+    }
+    assert!(fake.arrived() > 0, "the calls reached the peer");
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+    assert!(!ejected(&peers), "{:?}", peers.instances("user"));
+    eventually("no call is outstanding", || {
+        peers.instances("user").iter().all(|i| i.outstanding == 0)
+    })
+    .await;
+    fake.set(Behaviour::Answer);
+    verify_within(&mut client, None)
+        .await
+        .expect("the peer is still called");
+}
+
+#[tokio::test]
+async fn the_peers_own_timeout_still_opens_the_circuit_and_caller_deadlines_do_not_reset_the_run() {
+    let (_fake, peers, mut client) =
+        accounting_fixture(Behaviour::Sleep(LONG), Duration::from_millis(200), LONG).await;
+    for _ in 0..2 {
+        assert_deadline_exceeded(verify_within(&mut client, None).await, false);
+    }
+    // Counted as successes, these would reset the run of failures.
+    for _ in 0..5 {
+        assert_deadline_exceeded(verify_within(&mut client, Some(SHORT)).await, true);
+    }
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+    assert_deadline_exceeded(verify_within(&mut client, None).await, false);
+    assert_eq!(
+        peers.circuit_state("user"),
+        Some(CircuitState::Open),
+        "three timeouts of the peer's own in a row open the circuit"
+    );
+    assert!(ejected(&peers), "{:?}", peers.instances("user"));
+    let rejected = verify_within(&mut client, None).await.unwrap_err();
+    assert_eq!(rejected.code(), Code::Unavailable, "{rejected:?}");
+    assert!(!caused_by_caller(&rejected));
+}
+
+#[tokio::test]
+async fn a_peer_answering_deadline_exceeded_counts_only_under_its_own_deadline() {
+    let (_fake, peers, mut client) =
+        accounting_fixture(Behaviour::DeadlineExceeded, Duration::from_secs(5), LONG).await;
+    // The deadline propagated was the caller's 2 s: the peer ran out of the caller's time.
+    for _ in 0..6 {
+        assert_deadline_exceeded(
+            verify_within(&mut client, Some(Duration::from_secs(2))).await,
+            true,
+        );
+    }
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+    assert!(!ejected(&peers));
+    // Under the peer's own 5 s, the same answer is the peer's failure.
+    for _ in 0..3 {
+        assert_deadline_exceeded(verify_within(&mut client, None).await, false);
+    }
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Open));
+}
+
+#[tokio::test]
+async fn a_call_with_no_time_left_is_refused_without_io_and_counts_nothing() {
+    let (fake, peers, mut client) =
+        accounting_fixture(Behaviour::Answer, Duration::from_secs(5), LONG).await;
+    for _ in 0..5 {
+        let spent = tokio::time::Instant::now();
+        let result =
+            trellis_platform::context::with_deadline(spent, verify_within(&mut client, None)).await;
+        assert_deadline_exceeded(result, true);
+        assert_deadline_exceeded(verify_within(&mut client, Some(Duration::ZERO)).await, true);
+    }
+    assert_eq!(fake.arrived(), 0, "nothing was sent");
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+    verify_within(&mut client, None)
+        .await
+        .expect("the peer is called");
+    assert_eq!(fake.arrived(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_probe_releases_its_instance_and_its_half_open_permit() {
+    let open = Duration::from_millis(50);
+    let (fake, peers, mut client) =
+        accounting_fixture(Behaviour::DeadlineExceeded, LONG, open).await;
+    for _ in 0..3 {
+        assert_deadline_exceeded(verify_within(&mut client, None).await, false);
+    }
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Open));
+    fake.set(Behaviour::Sleep(LONG));
+    let arrived = fake.arrived();
+    // Past `open`, the next call is the one probe half-open lets through.
+    tokio::time::sleep(open * 2).await;
+    let mut probe_client = client.clone();
+    let probe = tokio::spawn(async move { verify_within(&mut probe_client, None).await });
+    eventually("the probe reaches the peer", || fake.arrived() > arrived).await;
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::HalfOpen));
+    probe.abort();
+    assert!(probe.await.unwrap_err().is_cancelled());
+    eventually("the cancelled call is no longer outstanding", || {
+        peers.instances("user").iter().all(|i| i.outstanding == 0)
+    })
+    .await;
+    assert_eq!(
+        peers.circuit_state("user"),
+        Some(CircuitState::HalfOpen),
+        "a cancelled probe decides nothing"
+    );
+    // Its permit is back: the next call is a probe, not a rejection.
+    fake.set(Behaviour::Answer);
+    verify_within(&mut client, None)
+        .await
+        .expect("the next probe is let through");
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+}
+
+// ---------------------------------------------------------------------------------------
+// Key fetches: tokens with unknown `kid`s, verified inside handlers with almost no time
+// left, make one fetch from the identity peer, which runs to its end on its own and
+// counts nothing against the peer.
+
+use trellis_platform::auth::{AuthConfig, RemoteKeySource, TokenVerifier, VerifyError};
+use trellis_platform::testing::{FakeAuth, TestIssuer};
+
+#[tokio::test]
+async fn unknown_kids_verified_with_no_time_left_make_one_key_fetch_and_leave_the_circuit_closed() {
+    let issuer = TestIssuer::new();
+    let auth = FakeAuth::start_with_key_delay(issuer.clone(), Duration::from_millis(100)).await;
+    let peers = Peers::new(HashMap::from([(
+        "auth".to_owned(),
+        PeerConfig {
+            health_check: false,
+            breaker: BreakerConfig {
+                consecutive_failures: 3,
+                open: LONG,
+                ..BreakerConfig::default()
+            },
+            ..PeerConfig::with_address(auth.uri())
+        },
+    )]));
+    let verifier = TokenVerifier::new(
+        &AuthConfig {
+            // Longer than the test: one fetch is all that is allowed.
+            min_refresh_interval: Duration::from_secs(3600),
+            ..AuthConfig::default()
+        },
+        RemoteKeySource::new(peers.anonymous_channel("auth").unwrap()),
+    );
+    // At once, 30 handlers with 5 ms left, each verifying a token of its own unknown kid
+    // and giving up when its time is out.
+    let handlers: Vec<_> = (0..30)
+        .map(|_| {
+            let verifier = verifier.clone();
+            let token = TestIssuer::new().user_token("mallory", &[]);
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(5);
+            tokio::spawn(trellis_platform::context::with_deadline(
+                deadline,
+                async move { tokio::time::timeout_at(deadline, verifier.verify(&token)).await },
+            ))
+        })
+        .collect();
+    for handler in handlers {
+        match handler.await.unwrap() {
+            Err(_) | Ok(Err(VerifyError::UnknownKey(_))) => {}
+            other => panic!("a token with an unknown kid: {other:?}"),
+        }
+    }
+    // Then 10 more with all the time they want: refused, with no fetch of their own.
+    for _ in 0..10 {
+        let token = TestIssuer::new().user_token("mallory", &[]);
+        let refused = verifier.verify(&token).await;
+        assert!(
+            matches!(refused, Err(VerifyError::UnknownKey(_))),
+            "{refused:?}"
+        );
+    }
+    // The one fetch ran to its end without its callers: a valid token verifies.
+    verifier
+        .verify(&issuer.user_token("ada", &[]))
+        .await
+        .expect("a valid token verifies");
+    assert_eq!(auth.key_fetches(), 1);
+    assert_eq!(verifier.key_fetches(), 1);
+    assert_eq!(peers.circuit_state("auth"), Some(CircuitState::Closed));
+}

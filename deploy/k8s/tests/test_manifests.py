@@ -114,7 +114,7 @@ def context(name):
 
 
 # Settings whose next level is a key of the user's choosing (a map), not a field.
-MAP_SECTIONS = {"peers", "service_clients"}
+MAP_SECTIONS = {"peers", "service_clients", "rate_limits"}
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,10 +6,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret as _, SecretString};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 use tonic::Status;
 use trellis_proto::auth_v1::{
     IssueServiceTokenRequest, ListSigningKeysRequest, auth_service_client::AuthServiceClient,
@@ -54,17 +55,37 @@ impl KeySource for RemoteKeySource {
 /// This service's credentials for calling peers: `client_id` and secret exchanged for a
 /// short-lived service token at the auth service (OAuth 2.0 client credentials,
 /// RFC 6749 §4.4), cached and renewed before it expires.
+///
+/// A fetch is single-flight and detached: concurrent callers share one, and it runs in a
+/// task of its own, so a caller's short deadline or cancellation ends only its own wait —
+/// the fetch keeps the identity peer's own `timeout_ms` and its outcome counts for that
+/// peer's breaker as the peer caused it (see [`crate::peer::call`]).
 pub struct ClientCredentials {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     client_id: String,
     client_secret: SecretString,
     client: AuthServiceClient<PeerChannel>,
-    cached: Mutex<Option<(String, Instant)>>,
+    state: parking_lot::Mutex<State>,
+}
+
+/// The outcome of one fetch, once known.
+type Outcome = Option<Result<String, Status>>;
+
+#[derive(Default)]
+struct State {
+    /// The token and when to renew it.
+    cached: Option<(String, Instant)>,
+    /// The fetch running, if any; it sends its outcome, then drops its sender.
+    in_flight: Option<watch::Receiver<Outcome>>,
 }
 
 impl std::fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientCredentials")
-            .field("client_id", &self.client_id)
+            .field("client_id", &self.inner.client_id)
             .finish_non_exhaustive()
     }
 }
@@ -81,37 +102,72 @@ impl ClientCredentials {
         auth: PeerChannel,
     ) -> Self {
         Self {
-            client_id: client_id.into(),
-            client_secret,
-            client: AuthServiceClient::new(auth),
-            cached: Mutex::new(None),
+            inner: Arc::new(Inner {
+                client_id: client_id.into(),
+                client_secret,
+                client: AuthServiceClient::new(auth),
+                state: parking_lot::Mutex::default(),
+            }),
         }
+    }
+}
+
+impl Inner {
+    /// Asks the auth service for a token; caches it when it comes.
+    async fn fetch(&self) -> Result<String, Status> {
+        let response = self
+            .client
+            .clone()
+            .issue_service_token(IssueServiceTokenRequest {
+                client_id: self.client_id.clone(),
+                client_secret: self.client_secret.expose_secret().to_owned(),
+            })
+            .await?
+            .into_inner();
+        let lifetime = Duration::from_secs(u64::try_from(response.expires_in).unwrap_or(0));
+        let renew_at = Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
+        self.state.lock().cached = Some((response.access_token.clone(), renew_at));
+        Ok(response.access_token)
     }
 }
 
 impl CredentialSource for ClientCredentials {
     fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>> {
         Box::pin(async move {
-            // Holding the lock while fetching makes concurrent callers share one fetch.
-            let mut cached = self.cached.lock().await;
-            if let Some((token, renew_at)) = cached.as_ref()
-                && Instant::now() < *renew_at
-            {
-                return Ok(token.clone());
+            let mut outcome = {
+                let mut state = self.inner.state.lock();
+                if let Some((token, renew_at)) = state.cached.as_ref()
+                    && Instant::now() < *renew_at
+                {
+                    return Ok(token.clone());
+                }
+                // A fetch that ended (its sender dropped) is not waited for again.
+                let running = state
+                    .in_flight
+                    .as_ref()
+                    .filter(|outcome| outcome.has_changed().is_ok())
+                    .cloned();
+                match running {
+                    Some(outcome) => outcome,
+                    None => {
+                        let (sender, outcome) = watch::channel(None);
+                        state.in_flight = Some(outcome.clone());
+                        let inner = Arc::clone(&self.inner);
+                        tokio::spawn(async move {
+                            let fetched = inner.fetch().await;
+                            sender.send_replace(Some(fetched));
+                        });
+                        outcome
+                    }
+                }
+            };
+            let ended = outcome.wait_for(Option::is_some).await;
+            match ended.as_deref() {
+                Ok(Some(fetched)) => fetched.clone(),
+                _ => Err(Status::unavailable(
+                    "the service token fetch ended without an answer",
+                )),
             }
-            let response = self
-                .client
-                .clone()
-                .issue_service_token(IssueServiceTokenRequest {
-                    client_id: self.client_id.clone(),
-                    client_secret: self.client_secret.expose_secret().to_owned(),
-                })
-                .await?
-                .into_inner();
-            let lifetime = Duration::from_secs(u64::try_from(response.expires_in).unwrap_or(0));
-            let renew_at = Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
-            *cached = Some((response.access_token.clone(), renew_at));
-            Ok(response.access_token)
         })
     }
 }

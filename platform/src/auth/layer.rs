@@ -1,6 +1,13 @@
 //! The server layer that enforces an [`AccessPolicy`] and attaches the [`Principal`],
 //! counting rejected tokens by reason
 //! (`trellis_auth_token_verification_failures_total{reason}`).
+//!
+//! A server-streaming or bidirectional call lives no longer than the token it was opened
+//! with: its response ends with UNAUTHENTICATED
+//! ([`TOKEN_EXPIRED_MESSAGE`](super::TOKEN_EXPIRED_MESSAGE)) when the token expires
+//! ([`Principal::expires_at`](super::Principal::expires_at)), between two messages; the
+//! client reconnects with a fresh token. Unary and client-streaming calls are never cut: their one
+//! response is the outcome of work already done.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,8 +19,13 @@ use prometheus::{IntCounter, IntCounterVec, Opts};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use super::{Access, AccessPolicy, TokenVerifier, UNAUTHENTICATED_MESSAGE, VerifyError};
+use super::expiry::ExpiringBody;
+use super::{
+    Access, AccessPolicy, PrincipalKind, TokenVerifier, UNAUTHENTICATED_MESSAGE, VerifyError,
+};
+use crate::metrics::grpc::{KnownMethod, RpcType};
 use crate::metrics::{Metrics, MetricsError};
+use crate::server::trace::CallerTrust;
 
 /// Enforces `policy`, verifying bearer tokens with `verifier`.
 #[derive(Debug, Clone)]
@@ -84,6 +96,22 @@ impl AuthLayer {
         })
     }
 
+    /// The server's [`CallerTrust`]: a caller is a Trellis service whose trace context the
+    /// server continues when its bearer token verifies (with this layer's verifier, whose
+    /// cache then serves this layer) as a service token.
+    pub fn caller_trust(&self) -> CallerTrust {
+        let verifier = self.inner.verifier.clone();
+        CallerTrust::new(move |token: &str| {
+            let (verifier, token) = (verifier.clone(), token.to_owned());
+            async move {
+                verifier
+                    .verify(&token)
+                    .await
+                    .is_ok_and(|principal| principal.kind == PrincipalKind::Service)
+            }
+        })
+    }
+
     fn rejected(&self, reason: &str) {
         if let Some(failures) = &self.inner.failures {
             failures.count(reason);
@@ -116,7 +144,7 @@ where
     ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response<ExpiringBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -135,7 +163,7 @@ where
             } = &*auth.inner;
             let access = policy.access(request.uri().path());
             if access == Access::Public {
-                return inner.call(request).await;
+                return Ok(inner.call(request).await?.map(ExpiringBody::unbounded));
             }
             let token = request
                 .headers()
@@ -167,9 +195,12 @@ where
                     .into_http());
                 };
                 if !policy.allows_caller(request.uri().path(), caller) {
+                    // Named from the method table: a made-up path is no log field.
+                    let (service, method) = KnownMethod::names_in(request.extensions());
                     tracing::warn!(
                         caller,
-                        method = request.uri().path(),
+                        service,
+                        method,
                         "service not allowed to call this internal method"
                     );
                     return Ok(
@@ -178,8 +209,20 @@ where
                     );
                 }
             }
+            let streams_responses =
+                request
+                    .extensions()
+                    .get::<KnownMethod>()
+                    .is_some_and(|known| {
+                        matches!(
+                            known.rpc_type(),
+                            RpcType::ServerStream | RpcType::BidiStream
+                        )
+                    });
+            let expires_at = principal.expires_at.filter(|_| streams_responses);
             request.extensions_mut().insert(principal);
-            inner.call(request).await
+            let response = inner.call(request).await?;
+            Ok(response.map(|body| ExpiringBody::new(body, expires_at)))
         })
     }
 }

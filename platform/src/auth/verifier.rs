@@ -1,4 +1,21 @@
 //! Access-token verification against the auth service's published keys.
+//!
+//! **Key fetches a caller cannot drive.** Anyone can send a token whose `kid` no key has;
+//! none of them may make a service hammer the auth service or trip its circuit to it:
+//!
+//! - *rate*: a fetch starts at most once per `auth.min_refresh_interval_ms`, whatever
+//!   causes it (an unknown `kid`, keys older than `auth.max_key_age_ms`); after a failed
+//!   fetch the next may start after 1 s if that is sooner, so
+//!   a service that started before auth does not wait the whole interval. Between
+//!   fetches an unknown `kid` is refused at once (UNAUTHENTICATED), with no I/O;
+//! - *single flight*: while a fetch is running, every verification that needs it waits
+//!   for that one, and none starts another;
+//! - *detached*: the fetch runs in a task of its own, outside the request that caused
+//!   it, bounded by the key source's own timeout (the identity peer's `timeout_ms`) and
+//!   30 s at most. A caller's short deadline or cancellation ends only its own
+//!   wait, never the fetch: the fetch's outcome is the auth service's alone, so only a
+//!   failure auth caused counts for its breaker (see [`crate::peer::call`]), and a fetch
+//!   a caller abandoned still loads the keys for everyone.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,8 +54,9 @@ pub struct AuthConfig {
     pub audience: String,
     /// Clock-skew leeway for `exp` and `nbf`, s. Default and maximum 30.
     pub leeway_secs: u64,
-    /// `min_refresh_interval_ms`: least time between two key fetches caused by unknown `kid`s, ms.
-    /// Default 10000.
+    /// `min_refresh_interval_ms`: least time between the starts of two key fetches, ms
+    /// (1 s after a failed fetch when that is sooner): the most an unknown `kid`, sent
+    /// by anyone, can make a service fetch. Default 10000.
     #[serde(rename = "min_refresh_interval_ms")]
     #[serde_as(as = "NonZeroMilliSeconds")]
     pub min_refresh_interval: Duration,
@@ -188,8 +206,25 @@ struct KeyCache {
     /// The keys as published at the last successful fetch: a withdrawn one clears the
     /// verified tokens.
     published: Vec<PublicKey>,
+    /// When the last successful fetch ended: keys older than `max_key_age` are stale.
     fetched_at: Option<Instant>,
+    /// When the last fetch started: the next starts `min_refresh_interval` later.
+    attempted_at: Option<Instant>,
     last_fetch_failed: bool,
+    /// The fetch running, if any: its sender is dropped when it ends.
+    in_flight: Option<tokio::sync::watch::Receiver<()>>,
+    /// Fetches started (for tests).
+    fetches: u64,
+}
+
+impl KeyCache {
+    /// The running fetch, if there is one (a fetch task that died counts as ended).
+    fn running(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.in_flight
+            .as_ref()
+            .filter(|done| done.has_changed().is_ok())
+            .cloned()
+    }
 }
 
 /// A token that verified: what it proved, until when.
@@ -205,7 +240,8 @@ struct Verified {
 ///
 /// The cache's lock is held only to read or replace keys, never across a fetch: a slow
 /// or hanging key source delays only the verifications that need a key it has not got.
-/// Fetches are single-flight (one at a time, behind their own async lock).
+/// Fetches are rate-bounded, single-flight and detached from the callers (see the module
+/// docs).
 ///
 /// A token that verified is remembered (`auth.verified_token_cache` entries, keyed by
 /// the whole token, so only the same bytes match) until its `exp` plus the leeway, at
@@ -217,7 +253,6 @@ pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
     validation: Arc<Validation>,
     cache: Arc<parking_lot::Mutex<KeyCache>>,
-    fetching: Arc<tokio::sync::Mutex<()>>,
     verified: Option<moka::sync::Cache<Box<str>, Arc<Verified>>>,
     leeway_secs: i64,
     min_refresh_interval: Duration,
@@ -237,8 +272,13 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// After a failed fetch, how soon another may be tried.
+/// After a failed fetch, how soon another may start (unless
+/// `auth.min_refresh_interval_ms` is shorter).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// The longest a key fetch may take, whatever the key source's own timeout: a source
+/// that hangs does not hold the single flight for good.
+const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TokenVerifier {
     /// A verifier with `config`'s rules and keys from `source`.
@@ -264,7 +304,6 @@ impl TokenVerifier {
             source: Arc::new(source),
             validation: Arc::new(validation),
             cache: Arc::default(),
-            fetching: Arc::default(),
             verified,
             leeway_secs,
             min_refresh_interval: config.min_refresh_interval,
@@ -295,6 +334,9 @@ impl TokenVerifier {
             subject: claims.sub,
             kind: claims.kind,
             roles: claims.roles,
+            expires_at: u64::try_from(claims.exp.saturating_add(self.leeway_secs))
+                .ok()
+                .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs)),
         };
         if let Some(verified) = &self.verified {
             verified.insert(
@@ -316,43 +358,77 @@ impl TokenVerifier {
             .is_some_and(|verified| verified.contains_key(token))
     }
 
+    /// Key fetches started so far (for tests).
+    #[doc(hidden)]
+    pub fn key_fetches(&self) -> u64 {
+        self.cache.lock().fetches
+    }
+
     async fn key(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
         let unknown = || VerifyError::UnknownKey(kid.to_owned());
-        let seen_fetch = {
-            let cache = self.cache.lock();
-            let stale = cache
-                .fetched_at
-                .is_none_or(|at| at.elapsed() >= self.max_key_age);
-            if let Some(key) = cache.keys.get(kid) {
-                // A stale key is still used while another call refetches.
-                if !stale || self.fetching.try_lock().is_err() {
-                    return Ok(key.clone());
-                }
-            }
-            let wait = if cache.last_fetch_failed {
-                RETRY_AFTER_FAILURE
+        let mut done = {
+            let mut cache = self.cache.lock();
+            let now = Instant::now();
+            let running = cache.running();
+            let gap = if cache.last_fetch_failed {
+                RETRY_AFTER_FAILURE.min(self.min_refresh_interval)
             } else {
                 self.min_refresh_interval
             };
-            let may_fetch = stale || cache.fetched_at.is_none_or(|at| at.elapsed() >= wait);
-            if !may_fetch {
-                return Err(unknown());
+            let may_start = running.is_none()
+                && cache
+                    .attempted_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= gap);
+            if let Some(key) = cache.keys.get(kid).cloned() {
+                let stale = cache
+                    .fetched_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= self.max_key_age);
+                if stale && may_start {
+                    // The stale key serves meanwhile; nobody waits for the refresh.
+                    drop(self.start_fetch(&mut cache, now));
+                }
+                return Ok(key);
             }
-            cache.fetched_at
+            match running {
+                Some(done) => done,
+                None if may_start => self.start_fetch(&mut cache, now),
+                // Fetched lately: the key does not exist.
+                None => return Err(unknown()),
+            }
         };
-        let _fetching = self.fetching.lock().await;
-        // Another call may have fetched while this one waited: use its result.
-        if self.cache.lock().fetched_at == seen_fetch {
-            self.refresh().await;
-        }
+        // Ends when the fetch does (its sender is dropped); this caller's deadline or
+        // cancellation ends only this wait.
+        while done.changed().await.is_ok() {}
         self.cache.lock().keys.get(kid).cloned().ok_or_else(unknown)
+    }
+
+    /// Starts a fetch in a task of its own; the receiver sees its sender dropped when it
+    /// ends.
+    fn start_fetch(&self, cache: &mut KeyCache, now: Instant) -> tokio::sync::watch::Receiver<()> {
+        let (sender, done) = tokio::sync::watch::channel(());
+        cache.attempted_at = Some(now);
+        cache.in_flight = Some(done.clone());
+        cache.fetches += 1;
+        let verifier = self.clone();
+        tokio::spawn(async move {
+            verifier.refresh().await;
+            drop(sender);
+        });
+        done
     }
 
     /// Fetches the keys with no lock on the cache held, then replaces them.
     async fn refresh(&self) {
-        let fetched = self.source.fetch().await;
+        let fetched = tokio::time::timeout(KEY_FETCH_TIMEOUT, self.source.fetch())
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "the key fetch took more than {} s",
+                    KEY_FETCH_TIMEOUT.as_secs()
+                )))
+            });
         let mut cache = self.cache.lock();
-        cache.fetched_at = Some(Instant::now());
+        cache.in_flight = None;
         match fetched {
             Ok(keys) => {
                 let withdrawn = cache.published.iter().any(|old| !keys.contains(old));
@@ -371,6 +447,7 @@ impl TokenVerifier {
                         }
                     })
                     .collect();
+                cache.fetched_at = Some(Instant::now());
                 cache.last_fetch_failed = false;
                 tracing::debug!(keys = cache.keys.len(), "signing keys fetched");
             }

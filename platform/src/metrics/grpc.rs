@@ -66,6 +66,47 @@ pub fn code_label(code: Code) -> &'static str {
 /// (a scanner's made-up methods all land in one series).
 pub const UNKNOWN: &str = "unknown";
 
+/// The service and method names of a call whose path the server's method table knows:
+/// put into the request's extensions by [`super::MetricsLayer`] (the outermost layer,
+/// which looks every path up anyway). Spans, log lines and labels take a method's name
+/// only from here, never from the raw path: a path no descriptor names (a scanner's
+/// `/no.Such/Method`, random bytes) has no `KnownMethod`, and is called [`UNKNOWN`], so
+/// no caller can mint label values or log fields.
+#[derive(Debug, Clone)]
+pub struct KnownMethod(Arc<MethodInfo>);
+
+impl KnownMethod {
+    /// The names of the method `info` describes (the server's table makes them).
+    pub(crate) fn new(info: MethodInfo) -> Self {
+        Self(Arc::new(info))
+    }
+
+    /// The fully qualified service name, e.g. `trellis.user.v1.UserService`.
+    pub fn service(&self) -> &str {
+        &self.0.service
+    }
+
+    /// The method name, e.g. `GetUser`.
+    pub fn method(&self) -> &str {
+        &self.0.method
+    }
+
+    /// Whether the method streams its requests, its responses, both or neither.
+    pub fn rpc_type(&self) -> RpcType {
+        self.0.rpc_type
+    }
+
+    /// The `(service, method)` of `extensions`' known method, or ([`UNKNOWN`],
+    /// [`UNKNOWN`]).
+    pub fn names_in(extensions: &http::Extensions) -> (&str, &str) {
+        extensions
+            .get::<Self>()
+            .map_or((UNKNOWN, UNKNOWN), |known| {
+                (known.service(), known.method())
+            })
+    }
+}
+
 /// The kind of a method, from its descriptor's streaming flags: the `grpc_type` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RpcType {
@@ -301,23 +342,26 @@ impl RpcMetrics {
     ) -> Result<Self, prometheus::Error> {
         let families = Arc::new(Families::new(side)?);
         families.register(registry)?;
-        let record = |info: MethodInfo| {
-            let method = Arc::new(MethodMetrics::new(Arc::clone(&families), info));
+        let record = |info: MethodInfo, known: bool| {
+            let method = Arc::new(MethodMetrics::new(Arc::clone(&families), info, known));
             if initialize {
                 method.initialize();
             }
             method
         };
-        let unknown = record(MethodInfo {
-            // An unknown path has no descriptor to say; gRPC answers it UNIMPLEMENTED
-            // with no stream of messages, as a unary call.
-            rpc_type: RpcType::Unary,
-            service: UNKNOWN.to_owned(),
-            method: UNKNOWN.to_owned(),
-        });
+        let unknown = record(
+            MethodInfo {
+                // An unknown path has no descriptor to say; gRPC answers it UNIMPLEMENTED
+                // with no stream of messages, as a unary call.
+                rpc_type: RpcType::Unary,
+                service: UNKNOWN.to_owned(),
+                method: UNKNOWN.to_owned(),
+            },
+            false,
+        );
         let methods = table
             .into_iter()
-            .map(|(path, info)| (path, record(info)))
+            .map(|(path, info)| (path, record(info, true)))
             .collect();
         Ok(Self {
             methods,
@@ -346,6 +390,8 @@ impl RpcMetrics {
 pub struct MethodMetrics {
     families: Arc<Families>,
     info: MethodInfo,
+    /// `None` for the record every unknown path shares.
+    known: Option<KnownMethod>,
     handles: OnceLock<Handles>,
     handled: [OnceLock<IntCounter>; 17],
 }
@@ -366,9 +412,10 @@ impl std::fmt::Debug for MethodMetrics {
 }
 
 impl MethodMetrics {
-    fn new(families: Arc<Families>, info: MethodInfo) -> Self {
+    fn new(families: Arc<Families>, info: MethodInfo, known: bool) -> Self {
         Self {
             families,
+            known: known.then(|| KnownMethod::new(info.clone())),
             info,
             handles: OnceLock::new(),
             handled: std::array::from_fn(|_| OnceLock::new()),
@@ -411,6 +458,11 @@ impl MethodMetrics {
         for code in ALL_CODES {
             self.handled(code);
         }
+    }
+
+    /// The method's names, for the request's extensions; `None` for an unknown path.
+    pub fn known(&self) -> Option<&KnownMethod> {
+        self.known.as_ref()
     }
 
     /// `grpc_*_msg_received_total` of this method.

@@ -68,8 +68,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let method = self.rpc.method(request.uri().path());
+        // The one lookup of the path: later layers name the method from this.
+        if let Some(known) = method.known() {
+            request.extensions_mut().insert(known.clone());
+        }
         let received = method.received();
         let sent = method.sent();
         let call = Call::start(Arc::clone(method));

@@ -27,10 +27,19 @@
 //! to [`Metrics::on_scrape`] (e.g. a database count). Name it `trellis_<service>_…`, with
 //! a unit suffix (`_seconds`, `_bytes`) and `_total` on counters, so
 //! `promtool check metrics` stays quiet.
+//!
+//! The scrape rate never becomes the query rate: the [`Metrics::on_scrape`] refreshes
+//! run at most once per [`SCRAPE_REFRESH_INTERVAL`] (5 s) and one run at a time —
+//! scrapes that arrive while a run is in progress wait for it and answer its values, and
+//! scrapes within the interval answer the values of the last run. However many clients
+//! scrape, and however often, a database-backed gauge costs at most one round of queries
+//! per interval. Refreshes of in-memory state, cheap and expected fresh, go to
+//! [`Metrics::on_every_scrape`] instead.
 
 pub mod endpoint;
 pub mod grpc;
 pub mod layer;
+mod refresh;
 
 pub use endpoint::MetricsEndpoint;
 pub use layer::{ClientMetrics, MetricsLayer};
@@ -38,7 +47,6 @@ pub use prometheus;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +59,12 @@ use grpc::{RpcMetrics, Side};
 /// How long a scrape waits for the async refreshes ([`Metrics::on_scrape`]) before it
 /// answers with the values it has.
 pub const SCRAPE_REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the values of the [`Metrics::on_scrape`] refreshes are reused: a scrape
+/// within this time of the last run's start answers its values without running them
+/// again. Prometheus scrapes every 15 s to 1 min, so one scraper always sees fresh
+/// values; a second scraper (an HA pair) or a client scraping in a loop adds no query.
+pub const SCRAPE_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `metrics` section of a service's configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -114,9 +128,6 @@ pub enum MetricsError {
 /// An error of an async refresh ([`Metrics::on_scrape`]).
 pub type RefreshError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-type Refresh =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), RefreshError>> + Send>> + Send + Sync>;
-
 /// One service's metrics: its registry, with the process collector and the
 /// `grpc_client_*` families registered. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -127,7 +138,7 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     client: ClientMetrics,
-    refreshes: parking_lot::Mutex<Vec<(&'static str, Refresh)>>,
+    refreshes: refresh::Refreshes,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -162,7 +173,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 client: ClientMetrics::new(Arc::new(client)),
-                refreshes: parking_lot::Mutex::default(),
+                refreshes: refresh::Refreshes::default(),
             }),
         })
     }
@@ -217,38 +228,40 @@ impl Metrics {
         Ok(())
     }
 
-    /// Runs `refresh` before each scrape is encoded, to update gauges from a slow source
-    /// (a database count). Every refresh of a scrape shares [`SCRAPE_REFRESH_TIMEOUT`];
-    /// one that fails or runs out of time is logged at WARN (naming `what`) and its
-    /// gauges keep their last values.
+    /// Runs `refresh` before a scrape is encoded, to update gauges from a slow source (a
+    /// database count) — at most once per [`SCRAPE_REFRESH_INTERVAL`], shared by every
+    /// scrape in that time and by the scrapes that arrive while it runs (single-flight).
+    /// Every refresh of a run shares [`SCRAPE_REFRESH_TIMEOUT`]; one that fails or runs
+    /// out of time is logged at WARN (naming `what`) and its gauges keep their last
+    /// values until the next run.
     pub fn on_scrape<F, Fut>(&self, what: &'static str, refresh: F)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), RefreshError>> + Send + 'static,
     {
-        let refresh: Refresh = Arc::new(move || Box::pin(refresh()));
-        self.inner.refreshes.lock().push((what, refresh));
+        self.inner
+            .refreshes
+            .add(what, refresh::boxed(refresh), false);
     }
 
-    /// Runs every [`Self::on_scrape`] refresh, all within `timeout`.
+    /// Runs `refresh` before every scrape, uncached: for gauges read from in-memory state
+    /// (a breaker's state, a balancer's instances) that cost no I/O and must be current.
+    /// Timeouts and failures as [`Self::on_scrape`].
+    pub fn on_every_scrape<F, Fut>(&self, what: &'static str, refresh: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), RefreshError>> + Send + 'static,
+    {
+        self.inner
+            .refreshes
+            .add(what, refresh::boxed(refresh), true);
+    }
+
+    /// Runs every refresh ([`Self::on_scrape`] and [`Self::on_every_scrape`]) now, all
+    /// within `timeout`, whatever the cache holds (for tests and tools; scrapes go
+    /// through [`Self::scrape`]).
     pub async fn refresh(&self, timeout: Duration) {
-        let refreshes = self.inner.refreshes.lock().clone();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (what, refresh) in refreshes {
-            match tokio::time::timeout_at(deadline, refresh()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    tracing::warn!(metric = what, error = %err, "cannot refresh a metric; keeping its last value");
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        metric = what,
-                        timeout_ms = timeout.as_millis() as u64,
-                        "metric refresh timed out; keeping its last value"
-                    );
-                }
-            }
-        }
+        self.inner.refreshes.run_all(timeout).await;
     }
 
     /// Every metric in Prometheus' text format 0.0.4, as it stands (no refresh).
@@ -259,13 +272,17 @@ impl Metrics {
         Ok(prometheus::TextEncoder::new().encode_to_string(&self.inner.registry.gather())?)
     }
 
-    /// What the endpoint answers: [`Self::refresh`] within [`SCRAPE_REFRESH_TIMEOUT`],
-    /// then [`Self::encode`].
+    /// What the endpoint answers: the refreshes due (every [`Self::on_every_scrape`] one;
+    /// the [`Self::on_scrape`] ones at most once per [`SCRAPE_REFRESH_INTERVAL`],
+    /// single-flight), within [`SCRAPE_REFRESH_TIMEOUT`], then [`Self::encode`].
     ///
     /// # Errors
     /// As [`Self::encode`].
     pub async fn scrape(&self) -> Result<String, MetricsError> {
-        self.refresh(SCRAPE_REFRESH_TIMEOUT).await;
+        self.inner
+            .refreshes
+            .run_for_scrape(SCRAPE_REFRESH_INTERVAL, SCRAPE_REFRESH_TIMEOUT)
+            .await;
         self.encode()
     }
 
@@ -395,43 +412,6 @@ mod tests {
                 .expect("text")
                 .contains("trellis_test_things 5\n")
         );
-    }
-
-    #[tokio::test]
-    async fn a_failed_refresh_keeps_the_last_value() {
-        let metrics = Metrics::new().expect("metrics");
-        let gauge = metrics
-            .register(IntGauge::new("trellis_test_backlog", "Backlog.").expect("valid"))
-            .expect("registered");
-        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = Arc::clone(&calls);
-        let set = gauge.clone();
-        metrics.on_scrape("backlog", move || {
-            let call = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let set = set.clone();
-            async move {
-                if call == 0 {
-                    set.set(7);
-                    Ok(())
-                } else {
-                    Err("the database is down".into())
-                }
-            }
-        });
-        // The second refresh fails: the value stays.
-        for _ in 0..2 {
-            let text = metrics.scrape().await.expect("text");
-            assert!(text.contains("trellis_test_backlog 7\n"), "{text}");
-        }
-        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_hanging_refresh_does_not_hold_the_scrape() {
-        let metrics = Metrics::new().expect("metrics");
-        metrics.on_scrape("forever", std::future::pending);
-        let text = metrics.scrape().await.expect("text");
-        assert!(text.contains("# TYPE"), "{text}");
     }
 
     #[test]

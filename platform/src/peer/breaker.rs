@@ -37,6 +37,19 @@
 //!
 //! Per-instance failures are the balancer's job (ejecting an instance); the breaker
 //! guards the peer as a whole.
+//!
+//! **Outcomes that count for nothing.** A call the peer's answer says nothing about — the
+//! caller's own deadline ran out, or the call was cancelled — must be neither a failure
+//! (a client choosing 8 ms deadlines would open the circuit for everyone) nor a success
+//! (its short calls would reset the run of consecutive failures, or dilute the failure
+//! rate, of a peer that is really down). The crate records every call that completes,
+//! as one or the other, and nothing in between; it records nothing for a call whose
+//! future is dropped (cancelled) and gives its half-open permit back. So the inner
+//! service marks such an answer [`Uncounted`] (a response extension; the peer call of
+//! [`super::call`] does), and [`BreakerService`] hands it to its caller past the
+//! circuit: the inner service sends it out through a per-call side channel and never
+//! completes, and the breaker's own future is dropped before it could record anything.
+//! A circuit then moves only on outcomes the peer caused.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +60,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_with::serde_as;
+use tokio::sync::oneshot;
 use tonic::Code;
 use tower::Service;
 use tower_resilience_circuitbreaker::{
@@ -350,11 +364,70 @@ impl<S> tower::Layer<S> for Breaker {
     fn layer(&self, inner: S) -> Self::Service {
         BreakerService {
             inner: match &self.circuit {
-                Some((layer, _)) => Inner::Enabled(tower::Layer::layer(layer, inner)),
+                Some((layer, _)) => Inner::Enabled(tower::Layer::layer(layer, Bypass(inner))),
                 None => Inner::Disabled(inner),
             },
             shared: Arc::clone(&self.shared),
         }
+    }
+}
+
+/// A response extension: this answer says nothing about the peer, so the circuit must
+/// count it neither as a failure nor as a success (see the module docs). The peer call
+/// marks the DEADLINE_EXCEEDED of a deadline its caller chose, and its refusal of a
+/// call with no time left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uncounted;
+
+/// The per-call way out for an [`Uncounted`] answer, from [`Bypass`] (inside the circuit)
+/// to [`BreakerService::call`] (outside it); carried in the request's extensions.
+struct Slot<B>(Arc<parking_lot::Mutex<Option<oneshot::Sender<http::Response<B>>>>>);
+
+impl<B> Clone for Slot<B> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+/// The inner service as the circuit sees it: an [`Uncounted`] answer leaves through the
+/// call's [`Slot`], and this future then never completes, so the circuit never records
+/// it (its future is dropped instead).
+#[derive(Clone)]
+struct Bypass<S>(S);
+
+impl<S, ReqB, B> Service<http::Request<ReqB>> for Bypass<S>
+where
+    S: Service<http::Request<ReqB>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<B>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqB>) -> Self::Future {
+        let slot = request.extensions_mut().remove::<Slot<B>>();
+        let call = self.0.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            if response.extensions().get::<Uncounted>().is_none() {
+                return Ok(response);
+            }
+            let Some(sender) = slot.and_then(|slot| slot.0.lock().take()) else {
+                return Ok(response);
+            };
+            match sender.send(response) {
+                // Out past the circuit: wait to be dropped.
+                Ok(()) => std::future::pending().await,
+                // Nobody is waiting outside any more; nothing to protect.
+                Err(response) => Ok(response),
+            }
+        })
     }
 }
 
@@ -370,7 +443,7 @@ pub struct BreakerService<S> {
 
 #[derive(Clone)]
 enum Inner<S> {
-    Enabled(CircuitBreaker<S, GrpcClassifier>),
+    Enabled(CircuitBreaker<Bypass<S>, GrpcClassifier>),
     Disabled(S),
 }
 
@@ -383,12 +456,12 @@ impl<S> std::fmt::Debug for BreakerService<S> {
     }
 }
 
-impl<S, Req, B> Service<Req> for BreakerService<S>
+impl<S, ReqB, B> Service<http::Request<ReqB>> for BreakerService<S>
 where
-    S: Service<Req, Response = http::Response<B>> + Clone + Send + 'static,
+    S: Service<http::Request<ReqB>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Error: Send + 'static,
     S::Future: Send + 'static,
-    Req: Send + 'static,
+    ReqB: Send + 'static,
     B: Default + Send + 'static,
 {
     type Response = http::Response<B>;
@@ -397,9 +470,12 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match &mut self.inner {
-            Inner::Disabled(inner) => <S as Service<Req>>::poll_ready(inner, cx),
+            Inner::Disabled(inner) => <S as Service<http::Request<ReqB>>>::poll_ready(inner, cx),
             Inner::Enabled(breaker) => {
-                match <CircuitBreaker<S, GrpcClassifier> as Service<Req>>::poll_ready(breaker, cx) {
+                match <CircuitBreaker<Bypass<S>, GrpcClassifier> as Service<
+                    http::Request<ReqB>,
+                >>::poll_ready(breaker, cx)
+                {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
                     Poll::Ready(Err(CircuitBreakerError::Inner(err))) => Poll::Ready(Err(err)),
@@ -411,17 +487,28 @@ where
         }
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqB>) -> Self::Future {
         match &mut self.inner {
             Inner::Disabled(inner) => Box::pin(inner.call(request)),
             Inner::Enabled(breaker) => {
+                let (sender, uncounted) = oneshot::channel();
+                request
+                    .extensions_mut()
+                    .insert(Slot(Arc::new(parking_lot::Mutex::new(Some(sender)))));
                 let call = breaker.call(request);
                 let shared = Arc::clone(&self.shared);
                 Box::pin(async move {
-                    match call.await {
-                        Ok(response) => Ok(response),
-                        Err(CircuitBreakerError::Inner(err)) => Err(err),
-                        Err(CircuitBreakerError::OpenCircuit) => Ok(shared.reject()),
+                    tokio::pin!(call);
+                    tokio::select! {
+                        biased;
+                        // The circuit's future is dropped unrecorded; so is its half-open
+                        // permit, which goes back to the pool.
+                        Ok(response) = uncounted => Ok(response),
+                        counted = &mut call => match counted {
+                            Ok(response) => Ok(response),
+                            Err(CircuitBreakerError::Inner(err)) => Err(err),
+                            Err(CircuitBreakerError::OpenCircuit) => Ok(shared.reject()),
+                        },
                     }
                 })
             }

@@ -6,12 +6,37 @@
 //! (so the answer can still get back in time). Each attempt sends what is left as
 //! `grpc-timeout`; at the deadline the call ends DEADLINE_EXCEEDED, and a call whose
 //! deadline already passed fails so without I/O.
+//!
+//! **What counts against the peer** (for its circuit breaker, the outlier ejection of
+//! its instances and their latency estimates) is only what the peer caused, so no
+//! client can shape the platform's view of a peer by the deadlines it picks:
+//!
+//! - the call's deadline is *the peer's* when `timeout_ms` was the binding bound (no
+//!   later than the caller's `grpc-timeout` and the handler's deadline less the margin);
+//!   otherwise it is *the caller's*;
+//! - a DEADLINE_EXCEEDED — our timer expiring, tonic's timer for the `grpc-timeout` we
+//!   sent, or the peer answering DEADLINE_EXCEEDED (or CANCELLED, tonic's server-side
+//!   timeout) for the deadline we propagated — counts as the peer's failure only under
+//!   the peer's own deadline; under the caller's it counts **nothing**: neither failure
+//!   nor success (a success would let short calls reset a failure run or dilute a
+//!   failure rate), it is not recorded by the balancer and the breaker lets it pass
+//!   unrecorded ([`super::breaker::Uncounted`]);
+//! - a call with no time left is refused locally, before the breaker, sending nothing and
+//!   counting nothing (not even in the retry budget);
+//! - a cancelled call (its future dropped) records nothing: its outstanding count on the
+//!   instance is released and a half-open probe permit goes back to the breaker;
+//! - every other outcome is the peer's: its UNAVAILABLE, INTERNAL, transport errors, and
+//!   its own `timeout_ms` expiring, so a hanging peer still opens its circuit.
+//!
+//! The DEADLINE_EXCEEDED a caller caused carries the metadata [`CALLER_CAUSED_KEY`]
+//! (`trellis-caller-caused: deadline`); [`caused_by_caller`] tells it from a fault of
+//! the platform, e.g. so a login throttle keeps charging the attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tonic::body::Body;
@@ -21,7 +46,7 @@ use tower::retry::backoff::Backoff as _;
 
 use super::PeerShared;
 use super::balance::{Endpoint, Outcome, Outstanding};
-use super::breaker::is_failure_code;
+use super::breaker::{Uncounted, is_failure_code};
 use super::retry::{never_sent, timed_out};
 use super::stats::inc;
 use crate::context::{self, encode_grpc_timeout, grpc_timeout};
@@ -30,6 +55,87 @@ use crate::status::grpc_status;
 /// Taken off a handler's remaining time for the peer calls it makes: the time to carry
 /// the answer back and finish the handler.
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
+/// The metadata key on a status whose cause is the caller's own deadline, not a fault of
+/// the peer or the platform: a DEADLINE_EXCEEDED (or the CANCELLED of tonic's
+/// server-side timeout) of a peer call whose binding deadline was the caller's
+/// `grpc-timeout` or its handler's deadline, and the local refusal of a call with no time
+/// left. Its value is `deadline`. Set only by the peer client that made the call: one a
+/// peer sends is removed.
+pub const CALLER_CAUSED_KEY: &str = "trellis-caller-caused";
+
+/// Whether `status`, the error of a call over a [`super::PeerChannel`], was caused by the
+/// caller's own deadline (see [`CALLER_CAUSED_KEY`]) rather than by the peer or the
+/// platform (the peer down, unreachable or failing, its circuit open, its own
+/// `timeout_ms` expired). Such a status counted nothing against the peer.
+pub fn caused_by_caller(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(CALLER_CAUSED_KEY)
+        .is_some_and(|value| value == "deadline")
+}
+
+/// When a call must be answered by, and whose bound that is.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CallDeadline {
+    /// When the call started.
+    started: Instant,
+    /// When it must be answered by.
+    at: Instant,
+    /// Whether the peer's own `timeout_ms` is the binding bound (no later than the
+    /// caller's): only then does its expiry count against the peer.
+    peers: bool,
+}
+
+impl CallDeadline {
+    /// The deadline of a call starting now to a peer with `timeout`, given the request's
+    /// `headers` (its `grpc-timeout`) and the handler's deadline, if any.
+    pub(super) fn new(timeout: Duration, headers: &HeaderMap) -> Self {
+        let started = Instant::now();
+        let own = started + timeout;
+        let mut callers: Option<Instant> = grpc_timeout(headers).map(|given| started + given);
+        if let Some(handler) = context::deadline() {
+            let handler = handler.checked_sub(DEADLINE_MARGIN).unwrap_or(started);
+            callers = Some(callers.map_or(handler, |given| given.min(handler)));
+        }
+        match callers {
+            Some(callers) if callers < own => Self {
+                started,
+                at: callers,
+                peers: false,
+            },
+            _ => Self {
+                started,
+                at: own,
+                peers: true,
+            },
+        }
+    }
+
+    /// Whether no time is left.
+    pub(super) fn passed(&self) -> bool {
+        self.at <= Instant::now()
+    }
+}
+
+/// The answer to a call refused locally because its caller's deadline left no time: sent
+/// nowhere, counted nowhere.
+pub(super) fn no_time_left(peer: &str) -> http::Response<Body> {
+    caller_caused(Status::deadline_exceeded(format!(
+        "no time left in the caller's deadline to call {peer}"
+    )))
+}
+
+/// `status` marked as the caller's doing, as a response the breaker does not count.
+fn caller_caused(mut status: Status) -> http::Response<Body> {
+    status.metadata_mut().insert(
+        CALLER_CAUSED_KEY,
+        tonic::metadata::MetadataValue::from_static("deadline"),
+    );
+    let mut response = status.into_http();
+    response.extensions_mut().insert(Uncounted);
+    response
+}
 
 /// The attempts of a call as a service, for the circuit breaker to wrap.
 #[derive(Clone)]
@@ -66,20 +172,16 @@ async fn send(
     request: http::Request<Body>,
 ) -> http::Response<Body> {
     let peer = shared.balancer.peer();
-    let now = Instant::now();
-    let mut deadline = now + shared.timeout;
-    if let Some(given) = grpc_timeout(request.headers()) {
-        deadline = deadline.min(now + given);
+    // Set by the channel before the credentials and the breaker; made here otherwise.
+    let call_deadline = request
+        .extensions()
+        .get::<CallDeadline>()
+        .copied()
+        .unwrap_or_else(|| CallDeadline::new(shared.timeout, request.headers()));
+    if call_deadline.passed() {
+        return no_time_left(peer);
     }
-    if let Some(handler) = context::deadline() {
-        deadline = deadline.min(handler.checked_sub(DEADLINE_MARGIN).unwrap_or(now));
-    }
-    if deadline <= now {
-        return Status::deadline_exceeded(format!(
-            "no time left in the caller's deadline to call {peer}"
-        ))
-        .into_http();
-    }
+    let deadline = call_deadline.at;
     let method = shared.methods.get(path);
     shared.retry.deposit();
     let (parts, body) = request.into_parts();
@@ -128,12 +230,16 @@ async fn send(
         };
         let rtt = started.elapsed();
         let Some(result) = answered else {
-            shared.balancer.record(&endpoint, Outcome::Failure, rtt);
-            return Status::deadline_exceeded(format!(
+            let expired = Status::deadline_exceeded(format!(
                 "{peer} did not answer within the deadline ({} ms)",
-                (deadline - now).as_millis()
-            ))
-            .into_http();
+                (deadline - call_deadline.started).as_millis()
+            ));
+            if !call_deadline.peers {
+                // The caller's deadline: nothing is recorded against the instance.
+                return caller_caused(expired);
+            }
+            shared.balancer.record(&endpoint, Outcome::Failure, rtt);
+            return expired.into_http();
         };
         let (outcome, code, answer) = match result {
             Err(err) => {
@@ -148,8 +254,19 @@ async fn send(
                     Err((status, unsent)),
                 )
             }
-            Ok(response) => {
+            Ok(mut response) => {
+                // Only this client says what its caller caused.
+                response.headers_mut().remove(CALLER_CAUSED_KEY);
                 let code = grpc_status(response.headers()).unwrap_or(Code::Ok);
+                if !call_deadline.peers && matches!(code, Code::DeadlineExceeded | Code::Cancelled)
+                {
+                    // The peer ran out of the caller's deadline we propagated.
+                    response
+                        .headers_mut()
+                        .insert(CALLER_CAUSED_KEY, HeaderValue::from_static("deadline"));
+                    response.extensions_mut().insert(Uncounted);
+                    return response.map(Body::new);
+                }
                 // The instance's failures are the breaker's (gRPC codes that may succeed
                 // elsewhere or later).
                 let outcome = if is_failure_code(code) {

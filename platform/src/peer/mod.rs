@@ -8,6 +8,10 @@
 //!   calls); a set with no instance in rotation fails fast with UNAVAILABLE;
 //! - **a deadline** ([`call`]): the smaller of the peer's `timeout_ms` and what is left of
 //!   the handler's own deadline, sent as `grpc-timeout`;
+//! - **failure accounting a caller cannot shape** ([`call`]): only what the peer caused
+//!   counts for its breaker and the ejection of its instances — its own `timeout_ms`
+//!   expiring does, a deadline the caller chose, a cancelled call or a call refused for
+//!   want of time counts nothing ([`caused_by_caller`] tells such a status apart);
 //! - **retries** ([`retry`]) of methods the protos declare idempotent
 //!   ([`methods`]), on UNAVAILABLE, within a budget and the deadline;
 //! - **a circuit breaker** per peer ([`breaker`]) around the whole call: while open it
@@ -50,6 +54,7 @@ mod stats;
 
 pub use balance::{EndpointState, EndpointStatus, OutlierConfig};
 pub use breaker::{Breaker, BreakerConfig, CircuitState};
+pub use call::{CALLER_CAUSED_KEY, caused_by_caller};
 pub use methods::{MethodInfo, MethodTable};
 pub use retry::RetryConfig;
 
@@ -293,6 +298,15 @@ impl Peers {
             .unwrap_or_default()
     }
 
+    /// The state of `peer`'s circuit breaker; `None` before the first channel to it is
+    /// made. The `trellis_peer_circuit_state{peer}` gauge reads the same.
+    pub fn circuit_state(&self, peer: &str) -> Option<CircuitState> {
+        self.shared
+            .lock()
+            .get(peer)
+            .map(|shared| shared.breaker.state())
+    }
+
     fn make_channel(
         &self,
         peer: &str,
@@ -398,6 +412,13 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
         let credentials = self.credentials.clone();
         self.metrics
             .observe(request, move |mut request| async move {
+                // The deadline counts from here: the credentials below take time too.
+                let deadline = call::CallDeadline::new(shared.timeout, request.headers());
+                if deadline.passed() {
+                    // Refused before the breaker: sent nowhere, counted nowhere.
+                    return Ok(call::no_time_left(shared.balancer.peer()));
+                }
+                request.extensions_mut().insert(deadline);
                 let headers = request.headers_mut();
                 if !headers.contains_key(REQUEST_ID_HEADER) {
                     let id =
@@ -414,6 +435,10 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                                     .headers_mut()
                                     .insert(http::header::AUTHORIZATION, value);
                             }
+                        }
+                        Err(status) if caused_by_caller(&status) => {
+                            // The caller's deadline ran out while the token was fetched.
+                            return Ok(call::no_time_left(shared.balancer.peer()));
                         }
                         Err(status) => {
                             return Ok(Status::unavailable(format!(

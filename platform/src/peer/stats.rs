@@ -82,7 +82,7 @@ impl ResilienceMetrics {
             ),
             &["peer", "state"],
         )?)?;
-        metrics.on_scrape("peer instances", move || {
+        metrics.on_every_scrape("peer instances", move || {
             let snapshot: Vec<(String, Vec<EndpointState>, i64, u64)> = peers
                 .lock()
                 .iter()

@@ -18,8 +18,29 @@ pub struct ServerConfig {
     pub listen_addr: SocketAddr,
     /// Largest message accepted or sent, in bytes. Default 4 MiB (gRPC's usual limit).
     pub max_message_bytes: usize,
-    /// Most requests handled at once across all connections; more wait. Default 1024.
+    /// Most requests handled at once across all connections: the hard ceiling of
+    /// admission ([`super::admission`]); a call over it is answered RESOURCE_EXHAUSTED at
+    /// once, never queued. Health and reflection are not counted. Default 1024.
     pub max_concurrent_requests: usize,
+    /// Where the adaptive concurrency limit of unary calls starts (TCP Vegas; see
+    /// [`super::admission`]), in calls; kept between `min_concurrency_limit` and
+    /// `max_concurrent_requests`. Default 64.
+    pub initial_concurrency_limit: usize,
+    /// The floor of the adaptive concurrency limit, in calls: however latency moves, this
+    /// many unary calls may run at once (at most `max_concurrent_requests`). Setting it
+    /// to `max_concurrent_requests` turns adaptation off. Default 8.
+    pub min_concurrency_limit: usize,
+    /// `request_body_timeout_ms`: how long a unary or server-streaming call's request
+    /// body may take to arrive, in ms, counted from its headers; a call still waiting then
+    /// is answered DEADLINE_EXCEEDED (slowloris). The body's wait holds no concurrency
+    /// slot. Client-streaming and bidirectional calls are not bounded here. Default 5000.
+    #[serde(rename = "request_body_timeout_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub request_body_timeout: Duration,
+    /// Most connections open at once from one client address (IPv6: one /64); over it a
+    /// new connection is closed as soon as it is accepted. Peers in `trusted_proxies` are
+    /// exempt (they carry many clients). Default 256.
+    pub max_connections_per_address: usize,
     /// `request_timeout_ms`: longest deadline of a call, in ms: the deadline of calls that set no
     /// `grpc-timeout` and the cap of those that set a longer one; at it the call is answered
     /// DEADLINE_EXCEEDED (see [`super::deadline`]). Default 30000.
@@ -70,6 +91,17 @@ pub struct ServerConfig {
     #[serde(rename = "max_connection_age_grace_ms")]
     #[serde_as(as = "NonZeroMilliSeconds")]
     pub max_connection_age_grace: Duration,
+    /// The proxies (CIDR ranges, e.g. `10.0.0.0/8`, `2001:db8::/32`; a bare address is
+    /// one host) whose connections may name the client's address in `Forwarded`
+    /// (RFC 7239) or `X-Forwarded-For` (see [`super::client_address`]). From any other
+    /// peer those headers are ignored and the TCP peer's address is the client's. A list,
+    /// or one string separated by commas (an environment variable). Default: none.
+    #[serde(deserialize_with = "super::client_address::deserialize_trusted_proxies")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies name the client in: `x-forwarded-for` (default;
+    /// ingress-nginx, Envoy, HAProxy, cloud load balancers) or `forwarded` (RFC 7239).
+    /// Only that one is read: the other comes from the client unchecked.
+    pub forwarded_header: super::client_address::ForwardedHeader,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +110,10 @@ impl Default for ServerConfig {
             listen_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
+            initial_concurrency_limit: 64,
+            min_concurrency_limit: 8,
+            request_body_timeout: Duration::from_secs(5),
+            max_connections_per_address: 256,
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             readiness_interval: Duration::from_secs(5),
@@ -88,6 +124,8 @@ impl Default for ServerConfig {
             http2_max_local_error_reset_streams: 1024,
             max_connection_age: Duration::from_secs(30 * 60),
             max_connection_age_grace: Duration::from_secs(5 * 60),
+            trusted_proxies: Vec::new(),
+            forwarded_header: super::client_address::ForwardedHeader::default(),
         }
     }
 }
@@ -105,12 +143,34 @@ impl ServerConfig {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first count set to 0 (a duration of 0 fails
-    /// loading already).
+    /// loading already), or a trusted proxy range of prefix length 0 (trusting every
+    /// address would let any client choose its own).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(everyone) = self
+            .trusted_proxies
+            .iter()
+            .find(|range| range.prefix_len() == 0)
+        {
+            return Err(ConfigError::invalid(
+                "server.trusted_proxies",
+                format!(
+                    "`{everyone}` trusts every address, so any client could choose its own; \
+                     list only your proxies' ranges"
+                ),
+            ));
+        }
         require_positive("server.max_message_bytes", self.max_message_bytes as u64)?;
         require_positive(
             "server.max_concurrent_requests",
             self.max_concurrent_requests as u64,
+        )?;
+        require_positive(
+            "server.min_concurrency_limit",
+            self.min_concurrency_limit as u64,
+        )?;
+        require_positive(
+            "server.max_connections_per_address",
+            self.max_connections_per_address as u64,
         )?;
         require_positive(
             "server.http2_max_concurrent_streams",

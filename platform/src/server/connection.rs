@@ -1,5 +1,6 @@
 //! The accept path: every accepted TCP connection gets `TCP_NODELAY` and a hard end of
-//! life.
+//! life, and no client address may hold more than its share of connections
+//! ([`AddressCap`]).
 //!
 //! tonic's `serve_with_incoming*` ignores the builder's `tcp_nodelay` (our listener is
 //! our own), so Nagle's algorithm would hold back responses written in several segments
@@ -10,11 +11,16 @@
 //! and bounds the grace here: at age + grace the connection's reads and writes fail, and
 //! hyper closes it, ending streams that were still open (gRFC A9).
 
+use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use prometheus::IntCounter;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +35,8 @@ pub struct AgedConnection {
     stream: TcpStream,
     end_of_life: Pin<Box<Sleep>>,
     expired: bool,
+    /// The connection's place in its address's count, given back when it closes.
+    _slot: Option<AddressSlot>,
 }
 
 impl AgedConnection {
@@ -41,6 +49,7 @@ impl AgedConnection {
             stream,
             end_of_life: Box::pin(tokio::time::sleep(lifetime)),
             expired: false,
+            _slot: None,
         }
     }
 
@@ -123,14 +132,117 @@ impl Connected for AgedConnection {
     }
 }
 
+/// The per-address cap on open connections (`server.max_connections_per_address`): an
+/// IPv4 address, or an IPv6 /64 ([`crate::context::source_bucket`]), holds at most `max`
+/// connections at once; a peer inside `trusted_proxies` is exempt (it carries many
+/// clients). Cheap to clone; clones share the counts.
+#[derive(Debug, Clone)]
+pub struct AddressCap {
+    max: usize,
+    trusted: Arc<[ipnet::IpNet]>,
+    open: OpenCounts,
+    refused: IntCounter,
+}
+
+impl AddressCap {
+    /// A cap of `max` connections per address, `trusted` exempt; every refused
+    /// connection increments `refused`.
+    pub fn new(max: usize, trusted: &[ipnet::IpNet], refused: IntCounter) -> Self {
+        Self {
+            max,
+            trusted: trusted.into(),
+            open: Arc::default(),
+            refused,
+        }
+    }
+
+    /// A place for a new connection from `peer`, held until dropped: `Some` when the cap
+    /// allows it or `peer` is a trusted proxy (not counted), `None` when `peer`'s address
+    /// already holds `max` connections.
+    pub fn try_open(&self, peer: IpAddr) -> Option<AddressSlot> {
+        let peer = peer.to_canonical();
+        if self.trusted.iter().any(|net| net.contains(&peer)) {
+            return Some(AddressSlot { counted: None });
+        }
+        let key = crate::context::source_bucket(peer);
+        let mut open = self.open.lock();
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max {
+            drop(open);
+            self.refused.inc();
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counted: Some((key, Arc::clone(&self.open))),
+        })
+    }
+
+    /// Connections open now from `peer`'s address (its /64 for IPv6).
+    pub fn open_from(&self, peer: IpAddr) -> usize {
+        let key = crate::context::source_bucket(peer);
+        self.open.lock().get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// Open connections by client address (IPv6: /64), shared by the cap and its slots.
+type OpenCounts = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place in its address's count ([`AddressCap`]).
+#[derive(Debug)]
+pub struct AddressSlot {
+    /// The address counted and the counts; `None` for a trusted proxy.
+    counted: Option<(IpAddr, OpenCounts)>,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some((key, open)) = &self.counted else {
+            return;
+        };
+        let mut open = open.lock();
+        if let Some(count) = open.get_mut(key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                // Forgotten at zero: the map holds only addresses with open connections.
+                open.remove(key);
+            }
+        }
+    }
+}
+
 /// The accepted connections of `listener`, each an [`AgedConnection`] living at most
-/// `lifetime`.
+/// `lifetime`; a connection over `cap` is closed as soon as it is accepted (logged at
+/// DEBUG, counted in `trellis_server_connections_refused_total`).
 pub fn incoming(
     listener: TcpListener,
     lifetime: Duration,
+    cap: AddressCap,
 ) -> impl Stream<Item = io::Result<AgedConnection>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
-        .map(move |accepted| accepted.map(|stream| AgedConnection::new(stream, lifetime)))
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(err) => return Some(Err(err)),
+        };
+        let slot = match stream.peer_addr() {
+            Ok(peer) => match cap.try_open(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(
+                        peer = %peer.ip(),
+                        max = cap.max,
+                        "closing a connection over server.max_connections_per_address"
+                    );
+                    return None;
+                }
+            },
+            // Already gone: hyper sees the error on its first read.
+            Err(_) => None,
+        };
+        let mut connection = AgedConnection::new(stream, lifetime);
+        connection._slot = slot;
+        Some(Ok(connection))
+    })
 }
 
 #[cfg(test)]
@@ -138,6 +250,16 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+
+    fn cap(max: usize, trusted: &[&str]) -> AddressCap {
+        let trusted: Vec<ipnet::IpNet> = trusted
+            .iter()
+            .map(|net| net.parse().unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let refused =
+            IntCounter::new("refused_total", "Refused.").unwrap_or_else(|e| panic!("{e}"));
+        AddressCap::new(max, &trusted, refused)
+    }
 
     async fn pair(lifetime: Duration) -> (AgedConnection, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -147,7 +269,7 @@ mod tests {
         let client = TcpStream::connect(addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut accepted = Box::pin(incoming(listener, lifetime));
+        let mut accepted = Box::pin(incoming(listener, lifetime, cap(8, &[])));
         let server = accepted
             .next()
             .await
@@ -173,5 +295,48 @@ mod tests {
         let err = server.read(&mut buf).await.err();
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::TimedOut));
         assert!(server.write_all(b"late").await.is_err());
+    }
+
+    #[test]
+    fn the_cap_counts_per_ipv4_address_and_per_ipv6_64_and_frees_on_drop() {
+        let cap = cap(2, &[]);
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        let first = cap.try_open(ip("192.0.2.1"));
+        let second = cap.try_open(ip("::ffff:192.0.2.1"));
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            cap.try_open(ip("192.0.2.1")).is_none(),
+            "the third is refused"
+        );
+        assert!(
+            cap.try_open(ip("192.0.2.2")).is_some(),
+            "another address has its own"
+        );
+        assert_eq!(cap.refused.get(), 1);
+        drop(first);
+        assert_eq!(cap.open_from(ip("192.0.2.1")), 1);
+        assert!(
+            cap.try_open(ip("192.0.2.1")).is_some(),
+            "a closed one frees its place"
+        );
+
+        // One /64 is one client, whichever of its addresses it uses.
+        let _a = cap.try_open(ip("2001:db8:1:2::1"));
+        let _b = cap.try_open(ip("2001:db8:1:2:ffff::9"));
+        assert!(cap.try_open(ip("2001:db8:1:2::77")).is_none());
+        assert!(cap.try_open(ip("2001:db8:1:3::1")).is_some());
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_not_capped() {
+        let cap = cap(1, &["10.0.0.0/8"]);
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap_or_else(|e| panic!("{e}"));
+        let held: Vec<_> = (0..5).map(|_| cap.try_open(proxy)).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert_eq!(
+            cap.open_from(proxy),
+            0,
+            "a proxy's connections are not counted"
+        );
     }
 }

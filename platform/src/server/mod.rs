@@ -14,6 +14,8 @@
 //! 3. in-flight calls get up to `server.drain_timeout_ms` to finish;
 //! 4. streams still open then end with UNAVAILABLE ([`drain`]), and the server returns.
 
+pub mod admission;
+pub mod client_address;
 pub mod connection;
 pub mod deadline;
 pub mod drain;
@@ -23,6 +25,7 @@ pub mod trace;
 mod config;
 mod health;
 
+pub use client_address::{ClientAddress, client_address};
 pub use config::ServerConfig;
 pub use health::{LIVENESS, ReadinessProbe};
 
@@ -111,6 +114,7 @@ pub struct ServerBuilder {
     listener: Option<std::net::TcpListener>,
     shutdown: CancellationToken,
     metrics: Option<Metrics>,
+    caller_trust: trace::CallerTrust,
 }
 
 /// A layer applied to the service's routes, type-erased so the builder stays one type.
@@ -138,6 +142,7 @@ impl ServerBuilder {
             listener: None,
             shutdown: CancellationToken::new(),
             metrics: None,
+            caller_trust: trace::CallerTrust::nobody(),
         }
     }
 
@@ -168,6 +173,14 @@ impl ServerBuilder {
     {
         self.route_layers
             .push(Box::new(move |router| router.layer(layer)));
+        self
+    }
+
+    /// Continues the trace context of the callers `trust` vouches for (Trellis services;
+    /// see [`trace`]); without it, every caller's context becomes a span link.
+    #[must_use]
+    pub fn caller_trust(mut self, trust: trace::CallerTrust) -> Self {
+        self.caller_trust = trust;
         self
     }
 
@@ -240,11 +253,14 @@ impl ServerBuilder {
             listener,
             shutdown,
             metrics,
+            caller_trust,
         } = self;
         let metrics = match metrics {
             Some(metrics) => metrics,
             None => Metrics::new()?,
         };
+        let admission =
+            admission::Admission::new(&config, &service_names, &descriptor_sets, &metrics)?;
         let metrics = metrics.server_layer(&service_names, &descriptor_sets)?;
 
         // Route layers (authentication) wrap the service's own routes only.
@@ -308,6 +324,8 @@ impl ServerBuilder {
             readiness,
             shutdown,
             metrics,
+            admission,
+            caller_trust,
         })
     }
 }
@@ -322,6 +340,8 @@ pub struct BoundServer {
     readiness: Option<ReadinessProbe>,
     shutdown: CancellationToken,
     metrics: MetricsLayer,
+    admission: admission::Admission,
+    caller_trust: trace::CallerTrust,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -361,6 +381,8 @@ impl BoundServer {
             readiness,
             shutdown: shutdown_started,
             metrics,
+            admission,
+            caller_trust,
         } = self;
         let health = Arc::new(health);
         let stop_accepting = CancellationToken::new();
@@ -386,17 +408,32 @@ impl BoundServer {
             .max_connection_age(config.max_connection_age)
             .layer(metrics)
             .layer(request_id::RequestIdLayer)
-            .layer(trace::layer())
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                config.max_concurrent_requests,
+            .layer(client_address::ClientAddressLayer::new(
+                &config.trusted_proxies,
+                config.forwarded_header,
             ))
+            // Health and reflection pass; other calls are answered at once over the
+            // limits, never queued ([`admission`]). Outside the span: a shed call costs
+            // no span, no trust check and no log line (the metrics layer counts it), so
+            // a flood past capacity neither floods the logs nor spends the CPU the
+            // admitted calls need.
+            .layer(admission.layer())
+            .layer(trace::layer_trusting(caller_trust))
             .layer(drain::DrainLayer::new(drained.clone()))
             // Innermost, so its DEADLINE_EXCEEDED is seen by every layer above; the
             // request-id layer records the arrival it counts from.
             .layer(deadline::DeadlineLayer::new(config.request_timeout))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                connection::incoming(listener, config.max_connection_lifetime()),
+                connection::incoming(
+                    listener,
+                    config.max_connection_lifetime(),
+                    connection::AddressCap::new(
+                        config.max_connections_per_address,
+                        &config.trusted_proxies,
+                        admission.connections_refused(),
+                    ),
+                ),
                 stop_accepting.clone().cancelled_owned(),
             );
         tokio::pin!(server);

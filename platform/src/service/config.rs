@@ -11,6 +11,7 @@
 //! | `discovery.*` | [`DiscoveryConfig`]: how peers are found and the service registers (static, DNS, Consul, etcd) |
 //! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
 //! | `metrics.*` | [`MetricsConfig`]: the Prometheus endpoint (default port: the service's metrics port; 0 disables it) |
+//! | `rate_limits.*` | [`RateLimitsConfig`]: the rate classes' budgets over their defaults, the key cap, the switch |
 //! | `page_token_secret` | the key that signs page tokens (random per process when unset) |
 //! | `local_development` | `true` only on a developer's machine: known default secrets are accepted |
 //! | anything else | the service's own [`Service::Settings`] |
@@ -31,12 +32,14 @@ use crate::metrics::MetricsConfig;
 use crate::outbox::OutboxConfig;
 use crate::pagination::PageTokenCodec;
 use crate::peer::PeerConfig;
+use crate::rate_limit::RateLimitsConfig;
 use crate::server::ServerConfig;
 use crate::telemetry::TelemetryConfig;
 
 /// The top-level keys of the platform's sections; every other key is the service's.
-const PLATFORM_KEYS: [&str; 10] = [
+const PLATFORM_KEYS: [&str; 11] = [
     "server",
+    "rate_limits",
     "metrics",
     "telemetry",
     "database",
@@ -83,6 +86,10 @@ pub struct Config<S: Service> {
     pub discovery: DiscoveryConfig,
     /// Delivery of outbox messages (services that use the outbox).
     pub outbox: OutboxConfig,
+    /// Rate limits per caller: `rate_limits.<class>.per_second` and `.burst` over the
+    /// defaults of the classes the access policy declares, `rate_limits.max_keys`, and
+    /// `rate_limits.enabled` (default `true`).
+    pub rate_limits: RateLimitsConfig,
     /// Key that signs page tokens. Unset: a random key per process, so tokens do not
     /// survive a restart or cross replicas; set it when running more than one. Secret.
     pub page_token_secret: Option<SecretString>,
@@ -109,6 +116,7 @@ impl<S: Service> Default for Config<S> {
                 .collect(),
             discovery: DiscoveryConfig::default(),
             outbox: OutboxConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
             page_token_secret: None,
             local_development: false,
             service: S::Settings::default(),
@@ -127,6 +135,7 @@ impl<S: Service> Clone for Config<S> {
             peers: self.peers.clone(),
             discovery: self.discovery.clone(),
             outbox: self.outbox.clone(),
+            rate_limits: self.rate_limits.clone(),
             page_token_secret: self.page_token_secret.clone(),
             local_development: self.local_development,
             service: self.service.clone(),
@@ -146,6 +155,7 @@ impl<S: Service> std::fmt::Debug for Config<S> {
             .field("peers", &self.peers)
             .field("discovery", &self.discovery)
             .field("outbox", &self.outbox)
+            .field("rate_limits", &self.rate_limits)
             .field("local_development", &self.local_development)
             .field("settings", &self.service)
             .finish_non_exhaustive()
@@ -226,6 +236,7 @@ impl<S: Service> Config<S> {
             self.peers[name].validate(&format!("peers.{name}"), self.discovery.backend)?;
         }
         self.outbox.validate()?;
+        self.rate_limits.validate(&S::access_policy())?;
         if let Some(secret) = &self.page_token_secret
             && secret.expose_secret().len() < MIN_PAGE_TOKEN_SECRET_BYTES
         {

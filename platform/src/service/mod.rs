@@ -11,7 +11,8 @@
 //! 4. when the access policy needs tokens, a verifier of the identity peer's published
 //!    keys, or of the key source the service chose ([`Context::use_key_source`])
 //!    ([`crate::auth`]);
-//! 5. adds the access policy, the message limits of every gRPC service, readiness (a
+//! 5. adds the access policy and, inside it, the rate limits of its classes
+//!    ([`crate::rate_limit`]), the message limits of every gRPC service, readiness (a
 //!    database ping), health and reflection, binds the listener and the metrics
 //!    endpoint ([`crate::metrics`]: the gRPC families, process, database pool, outbox and
 //!    whatever the service registered through [`Context::metrics`]), and starts the
@@ -44,6 +45,7 @@ use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::outbox::{Dispatcher, OutboxWaker};
 use crate::pagination::PageTokenCodec;
 use crate::peer::{CredentialSource, PeerChannel, PeerError, Peers};
+use crate::rate_limit::RateLimitLayer;
 use crate::server::{GrpcService, ServerBuilder};
 
 /// Why a service could not be built. Services' own [`Service::build`] errors (anything
@@ -453,6 +455,14 @@ impl<S: Service> Context<S> {
             registry,
             ..
         } = self;
+        // Given first, so the authentication layer (given next) wraps it: the limits
+        // see the verified principal.
+        if let Some(mut limits) = RateLimitLayer::new(&policy, &config.rate_limits) {
+            if records_metrics(&config, metrics_listener.as_ref()) {
+                limits = limits.with_metrics(&metrics, &[S::FILE_DESCRIPTOR_SET])?;
+            }
+            server = server.route_layer(limits);
+        }
         if policy.requires_token() {
             let keys = match keys {
                 Some(keys) => keys,
@@ -465,7 +475,7 @@ impl<S: Service> Context<S> {
             if records_metrics(&config, metrics_listener.as_ref()) {
                 layer = layer.with_metrics(&metrics)?;
             }
-            server = server.route_layer(layer);
+            server = server.caller_trust(layer.caller_trust()).route_layer(layer);
         }
         let shutdown = server.shutdown_token();
         let server = server

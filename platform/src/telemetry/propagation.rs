@@ -4,11 +4,20 @@
 //!
 //! Every function here is a branch and nothing more while tracing is off
 //! ([`tracing_enabled`] is false): no header is read or written, no context captured.
+//!
+//! Trust: a server continues the caller's trace — parent, sampled flag, `tracestate` and
+//! `baggage` — only for a Trellis service ([`set_parent_from_headers`]); anyone else's
+//! context becomes a span link on a new root ([`link_from_headers`]), so an anonymous
+//! caller can neither force (or suppress) sampling, nor graft our spans onto a trace of
+//! its choosing, nor plant baggage that our services would carry to their peers.
+//! [`crate::server::trace`] makes that decision.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator as _,
+};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use tracing::Span;
@@ -87,6 +96,24 @@ pub fn inject_into_headers(span: &Span, headers: &mut http::HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
+}
+
+/// Starts `span` as the root of a new trace with a link to the caller's span context in
+/// `headers` (`traceparent`, `tracestate`), when valid: the W3C Trace Context spec's
+/// answer to an untrusted caller (§ "Privacy considerations", "Security
+/// considerations": restart the trace). The caller's sampled flag is not used (our own
+/// sampler decides, as for a trace that starts here) and its `baggage` is not read, so
+/// it goes no further. Call before `span` is first entered; nothing while tracing is
+/// off.
+pub fn link_from_headers(span: &Span, headers: &http::HeaderMap) {
+    if !tracing_enabled() {
+        return;
+    }
+    let caller = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let caller = caller.span().span_context().clone();
+    if caller.is_valid() {
+        span.add_link(caller);
+    }
 }
 
 fn set_parent(span: &Span, parent: opentelemetry::Context) {
@@ -208,6 +235,31 @@ mod tests {
             headers.insert("traceparent", http::HeaderValue::from_static("00-zz"));
             set_parent_from_headers(&fresh, &headers);
             assert_ne!(trace_id(&fresh), TRACE_ID);
+        });
+    }
+
+    #[test]
+    fn an_untrusted_context_is_only_a_link_and_its_baggage_goes_no_further() {
+        with_otel(|| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("traceparent", http::HeaderValue::from_static(PARENT));
+            headers.insert("baggage", http::HeaderValue::from_static("tenant=evil"));
+            let span = tracing::info_span!("rpc");
+            link_from_headers(&span, &headers);
+            assert_ne!(trace_id(&span), TRACE_ID, "a new trace");
+            let mut sent = http::HeaderMap::new();
+            inject_into_headers(&span, &mut sent);
+            assert!(sent.get("baggage").is_none(), "{sent:?}");
+
+            // A trusted caller's baggage is carried on.
+            let trusted = tracing::info_span!("rpc");
+            set_parent_from_headers(&trusted, &headers);
+            let mut sent = http::HeaderMap::new();
+            inject_into_headers(&trusted, &mut sent);
+            assert_eq!(
+                sent.get("baggage").and_then(|v| v.to_str().ok()),
+                Some("tenant=evil")
+            );
         });
     }
 

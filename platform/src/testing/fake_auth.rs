@@ -3,6 +3,9 @@
 //! a service under test fetches keys and credentials over gRPC as in production.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use trellis_proto::auth_v1 as pb;
@@ -17,6 +20,7 @@ pub struct FakeAuth {
     pub addr: SocketAddr,
     /// The issuer whose key it publishes.
     pub issuer: TestIssuer,
+    key_fetches: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,12 +30,25 @@ impl FakeAuth {
     /// # Panics
     /// When no port can be bound.
     pub async fn start(issuer: TestIssuer) -> Self {
+        Self::start_with_key_delay(issuer, Duration::ZERO).await
+    }
+
+    /// Like [`FakeAuth::start`], but each `ListSigningKeys` answers only after `delay`:
+    /// a slow identity peer, so callers with short deadlines give up while a key fetch
+    /// runs.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start_with_key_delay(issuer: TestIssuer, delay: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port on 127.0.0.1");
         let addr = listener.local_addr().expect("a bound address");
+        let key_fetches = Arc::new(AtomicUsize::new(0));
         let service = AuthServiceServer::new(Handlers {
             issuer: issuer.clone(),
+            key_delay: delay,
+            key_fetches: Arc::clone(&key_fetches),
         });
         let task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -42,7 +59,17 @@ impl FakeAuth {
                     .await,
             );
         });
-        Self { addr, issuer, task }
+        Self {
+            addr,
+            issuer,
+            key_fetches,
+            task,
+        }
+    }
+
+    /// How many `ListSigningKeys` calls reached it so far.
+    pub fn key_fetches(&self) -> usize {
+        self.key_fetches.load(Ordering::SeqCst)
     }
 
     /// The base URI to configure as the `auth` peer.
@@ -59,6 +86,8 @@ impl Drop for FakeAuth {
 
 struct Handlers {
     issuer: TestIssuer,
+    key_delay: Duration,
+    key_fetches: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -94,6 +123,10 @@ impl AuthService for Handlers {
         &self,
         _: Request<pb::ListSigningKeysRequest>,
     ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        self.key_fetches.fetch_add(1, Ordering::SeqCst);
+        if !self.key_delay.is_zero() {
+            tokio::time::sleep(self.key_delay).await;
+        }
         let key = self.issuer.public_key();
         Ok(Response::new(pb::ListSigningKeysResponse {
             keys: vec![pb::SigningKey {

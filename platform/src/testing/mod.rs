@@ -3,7 +3,8 @@
 //! health and reflection as grpcurl and probes expect
 //! ([`assert_serves_health_and_reflection`]), sign tokens for users, admins and services
 //! ([`TestIssuer`]), serve those keys as a fake identity peer ([`FakeAuth`]), read its
-//! metrics endpoint ([`metrics`]), run a real etcd ([`EtcdServer`]), and wait on
+//! metrics endpoint ([`metrics`]), send calls whose body never arrives
+//! ([`call_without_body`]), run a real etcd ([`EtcdServer`]), and wait on
 //! observable state instead of sleeping ([`assert_eventually`]).
 //!
 //! Helpers panic on failure: a failed expectation is the test failing.
@@ -15,11 +16,13 @@ mod fake_auth;
 mod issuer;
 pub mod metrics;
 pub mod reflection;
+mod slowloris;
 mod surface;
 
 pub use etcd::EtcdServer;
 pub use fake_auth::FakeAuth;
 pub use issuer::{StaticKeySource, TestIssuer};
+pub use slowloris::call_without_body;
 pub use surface::assert_serves_health_and_reflection;
 
 use std::future::Future;

@@ -11,11 +11,14 @@
 )]
 
 mod access;
+mod admission;
 mod config;
 mod etcd;
 mod metrics;
 mod outbox;
+mod rate_limits;
 mod server;
 mod status;
 mod support;
+mod unknown_methods;
 mod verifier;

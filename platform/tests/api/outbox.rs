@@ -195,7 +195,11 @@ async fn the_backlog_gauges_read_pending_failed_and_the_oldest_pending_age_at_ea
     let metrics = Metrics::new().unwrap();
     trellis_platform::outbox::watch(&metrics, &db).unwrap();
     let scrape = async || {
-        let text = metrics.scrape().await.unwrap();
+        // Every refresh now: a scrape reuses the values of the last SCRAPE_REFRESH_INTERVAL.
+        metrics
+            .refresh(trellis_platform::metrics::SCRAPE_REFRESH_TIMEOUT)
+            .await;
+        let text = metrics.encode().unwrap();
         let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name}\n{text}"));
         (
             value("trellis_outbox_pending_messages"),

@@ -58,7 +58,7 @@ impl<R: AuthRepository, C: UserDirectory> pb::auth_service_server::AuthService
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let source = request.remote_addr().map(|addr| addr.ip());
+        let source = trellis_platform::server::client_address(&request);
         let request = request.into_inner();
         let (tokens, user_id) = self
             .auth
@@ -177,6 +177,9 @@ impl From<AuthError> for Status {
             AuthError::InvalidArgument(violations) => invalid_argument(&violations),
             AuthError::UserServiceUnavailable => {
                 Status::unavailable("sign-in is unavailable; try again shortly")
+            }
+            AuthError::DeadlineExceeded => {
+                Status::deadline_exceeded("the deadline expired before sign-in could finish")
             }
             AuthError::UserServiceOverloaded { retry_after } => {
                 resource_exhausted("sign-in is overloaded; try again later", retry_after)

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use trellis_platform::auth::{Access, AccessPolicy};
+use trellis_platform::auth::{Access, AccessPolicy, RateClass};
 use trellis_platform::metrics::prometheus::IntCounter;
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::auth_v1::auth_internal_service_server::AuthInternalServiceServer;
@@ -61,9 +61,23 @@ impl trellis_platform::Service for Service {
     type Migrator = storage::migration::Migrator;
 
     /// Every AuthService method is public: each authenticates by what it carries. The
-    /// internal `RevokeUserTokens` is for the user service only.
+    /// internal `RevokeUserTokens` is for the user service only. Rate classes, per
+    /// client address: a password or client-secret check is a sign-in, the published
+    /// keys a cheap read, refresh and logout writes ([`RateClass::WRITE`]); the internal
+    /// service is not limited.
     fn access_policy() -> AccessPolicy {
         AccessPolicy::new(Access::Public)
+            .rate("trellis.auth.v1.AuthService/Login", RateClass::SIGN_IN)
+            .rate(
+                "trellis.auth.v1.AuthService/IssueServiceToken",
+                RateClass::SIGN_IN,
+            )
+            .rate(
+                "trellis.auth.v1.AuthService/ListSigningKeys",
+                RateClass::READ,
+            )
+            .rate("trellis.auth.v1.AuthService/RefreshToken", RateClass::WRITE)
+            .rate("trellis.auth.v1.AuthService/Logout", RateClass::WRITE)
             .internal(trellis_proto::paths::REVOKE_USER_TOKENS, &["user"])
             // Any other internal method admits no one until it declares its callers.
             .internal("trellis.auth.v1.AuthInternalService", &[])

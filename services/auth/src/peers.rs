@@ -11,7 +11,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use trellis_platform::outbox::{EventOutbox, OutboxEntry, OutboxWaker};
-use trellis_platform::peer::{CredentialSource, PeerChannel};
+use trellis_platform::peer::{CredentialSource, PeerChannel, caused_by_caller};
 use trellis_proto::notification_v1::SendNotificationRequest;
 use trellis_proto::user_v1 as user_pb;
 use trellis_proto::user_v1::user_internal_service_client::UserInternalServiceClient;
@@ -105,8 +105,17 @@ impl UserServiceDirectory {
 
 /// Logs a failed call to the user service and makes it [`AuthError::UserServiceUnavailable`]
 /// — or [`AuthError::UserServiceOverloaded`] when the user service shed the call with
-/// RESOURCE_EXHAUSTED, so its `RetryInfo` reaches the client.
+/// RESOURCE_EXHAUSTED, so its `RetryInfo` reaches the client, or
+/// [`AuthError::DeadlineExceeded`] when the caller's own deadline ran out (the peer
+/// channel says so: [`caused_by_caller`]), which is no fault of the platform.
 fn unavailable(method: &str, status: &Status) -> AuthError {
+    if caused_by_caller(status) {
+        tracing::debug!(
+            method,
+            "the caller's deadline ran out before the user service answered"
+        );
+        return AuthError::DeadlineExceeded;
+    }
     if status.code() == Code::ResourceExhausted {
         let retry_after = status
             .get_details_retry_info()

@@ -1,6 +1,21 @@
 //! The gRPC layer of the notification service: wire ⇄ domain, the streams, and the one
 //! mapping from [`NotificationError`] to `Status`.
+//!
+//! Connect's acknowledgements are bounded per stream, so a client that sends them
+//! faster or more often than it receives notifications costs neither storage writes nor
+//! memory beyond a fixed amount:
+//!
+//! - an acknowledgement is stored only for a notification *this stream* pushed and that
+//!   is not yet acknowledged on it (the last [`MAX_UNACKED_PER_STREAM`] pushed are
+//!   remembered; an older one is redelivered on the next Connect, as any unacknowledged
+//!   notification is): at most one write per notification pushed;
+//! - any other acknowledgement (a duplicate, another user's id, an id never pushed
+//!   here) is ignored without touching storage and counted in
+//!   `trellis_notification_ignored_acks_total`;
+//! - a stream may send at most as many messages as it was pushed notifications plus
+//!   [`ACK_ALLOWANCE`]; the next one ends it with RESOURCE_EXHAUSTED.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument as _, Span};
 use trellis_platform::auth::Principal;
+use trellis_platform::metrics::prometheus::IntCounter;
 use trellis_platform::pagination::PageTokenCodec;
 use trellis_platform::status::{
     FieldViolation, check_max_items, internal, invalid_argument, parse_id, parse_ids,
@@ -28,12 +44,23 @@ use crate::domain::{
 /// Messages buffered per open stream.
 const STREAM_BUFFER: usize = 64;
 
+/// Notifications a Connect stream remembers as pushed and not yet acknowledged on it;
+/// pushing another forgets the oldest (an acknowledgement of it is then ignored, and it
+/// is redelivered on the next Connect). 16 bytes each.
+pub const MAX_UNACKED_PER_STREAM: usize = 256;
+
+/// Messages a Connect stream may send beyond the number of notifications it was pushed
+/// (duplicates, acknowledgements of a previous stream's notifications); one more ends the
+/// stream with RESOURCE_EXHAUSTED.
+pub const ACK_ALLOWANCE: u64 = 256;
+
 /// Handlers of `NotificationService` and `NotificationInternalService`.
 #[derive(Debug)]
 pub struct NotificationHandlers<R> {
     notifications: Arc<Notifications<R>>,
     page_tokens: PageTokenCodec,
     shutdown: CancellationToken,
+    ignored_acks: Option<IntCounter>,
 }
 
 impl<R> Clone for NotificationHandlers<R> {
@@ -42,6 +69,7 @@ impl<R> Clone for NotificationHandlers<R> {
             notifications: Arc::clone(&self.notifications),
             page_tokens: self.page_tokens.clone(),
             shutdown: self.shutdown.clone(),
+            ignored_acks: self.ignored_acks.clone(),
         }
     }
 }
@@ -57,7 +85,16 @@ impl<R: NotificationRepository> NotificationHandlers<R> {
             notifications: Arc::new(notifications),
             page_tokens,
             shutdown,
+            ignored_acks: None,
         }
+    }
+
+    /// Counts the Connect acknowledgements ignored (see the module docs) in `counter`
+    /// (`trellis_notification_ignored_acks_total`).
+    #[must_use]
+    pub fn count_ignored_acks(mut self, counter: IntCounter) -> Self {
+        self.ignored_acks = Some(counter);
+        self
     }
 }
 
@@ -155,6 +192,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             user_id,
             filter: ReplayFilter::All,
             last_sent,
+            acks: AckWindow::default(),
             tx,
             wrap: |n| pb::SubscribeResponse {
                 notification: Some(to_proto(&n)),
@@ -182,6 +220,10 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             user_id,
             filter: ReplayFilter::Unacknowledged,
             last_sent: None,
+            acks: AckWindow {
+                ignored: self.ignored_acks.clone(),
+                ..AckWindow::default()
+            },
             tx,
             wrap: |n| pb::ConnectResponse {
                 notification: Some(to_proto(&n)),
@@ -208,6 +250,8 @@ struct Feed<R, T> {
     filter: ReplayFilter,
     /// The sequence of the last notification this stream sent (or resumed after).
     last_sent: Option<i64>,
+    /// What Connect's acknowledgements may still name.
+    acks: AckWindow,
     tx: mpsc::Sender<Result<T, Status>>,
     wrap: fn(Notification) -> T,
 }
@@ -245,12 +289,23 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                     return "server shutting down";
                 }
                 ack = next_ack(acks) => match ack {
-                    Ok(Some(id)) => {
-                        if let Err(err) = self.notifications.acknowledge(&self.user_id, id).await {
-                            drop(self.tx.send(Err(Status::from(err))).await);
-                            return "acknowledgement failed";
+                    Ok(Some(id)) => match self.acks.receive(id) {
+                        Ack::Store => {
+                            if let Err(err) = self.notifications.acknowledge(&self.user_id, id).await {
+                                drop(self.tx.send(Err(Status::from(err))).await);
+                                return "acknowledgement failed";
+                            }
                         }
-                    }
+                        Ack::Ignore => {}
+                        Ack::TooMany => {
+                            let status = Status::resource_exhausted(format!(
+                                "more acknowledgements than notifications pushed on this \
+                                 stream (at most {ACK_ALLOWANCE} more); reconnect"
+                            ));
+                            drop(self.tx.send(Err(status)).await);
+                            return "too many acknowledgements";
+                        }
+                    },
                     Ok(None) => return "client closed its side",
                     Err(status) => {
                         drop(self.tx.send(Err(status)).await);
@@ -312,11 +367,67 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
         }
     }
 
-    async fn send(&self, notification: Notification) -> Result<(), Closed> {
+    async fn send(&mut self, notification: Notification) -> Result<(), Closed> {
+        let id = notification.id;
         self.tx
             .send(Ok((self.wrap)(notification)))
             .await
-            .map_err(|_| Closed)
+            .map_err(|_| Closed)?;
+        if self.filter == ReplayFilter::Unacknowledged {
+            self.acks.pushed(id);
+        }
+        Ok(())
+    }
+}
+
+/// A Connect stream's record of what its acknowledgements may name (see the module docs).
+#[derive(Debug, Default)]
+struct AckWindow {
+    /// Pushed and not yet acknowledged on this stream, oldest first; at most
+    /// [`MAX_UNACKED_PER_STREAM`].
+    unacked: VecDeque<Uuid>,
+    /// Notifications pushed on this stream.
+    pushed: u64,
+    /// Messages received on this stream.
+    received: u64,
+    /// `trellis_notification_ignored_acks_total`.
+    ignored: Option<IntCounter>,
+}
+
+/// What to do with one acknowledgement.
+#[derive(Debug, PartialEq, Eq)]
+enum Ack {
+    /// Store it: it names a notification this stream pushed, not yet acknowledged.
+    Store,
+    /// Drop it (counted): it names anything else.
+    Ignore,
+    /// End the stream: more messages than [`ACK_ALLOWANCE`] beyond the pushes.
+    TooMany,
+}
+
+impl AckWindow {
+    fn pushed(&mut self, id: Uuid) {
+        self.pushed += 1;
+        if self.unacked.len() == MAX_UNACKED_PER_STREAM {
+            self.unacked.pop_front();
+        }
+        self.unacked.push_back(id);
+    }
+
+    fn receive(&mut self, id: Uuid) -> Ack {
+        self.received += 1;
+        if self.received > self.pushed.saturating_add(ACK_ALLOWANCE) {
+            return Ack::TooMany;
+        }
+        if let Some(at) = self.unacked.iter().position(|unacked| *unacked == id) {
+            self.unacked.remove(at);
+            return Ack::Store;
+        }
+        if let Some(ignored) = &self.ignored {
+            ignored.inc();
+        }
+        tracing::debug!(ack_id = %id, "ignored an acknowledgement of a notification this stream did not push");
+        Ack::Ignore
     }
 }
 
@@ -416,6 +527,49 @@ mod tests {
     /// them meanwhile lags.
     const PAST_THE_BUFFER: i64 = 300;
 
+    #[test]
+    fn only_acks_of_notifications_this_stream_pushed_are_stored_once() {
+        let mut window = AckWindow::default();
+        let (pushed, other) = (Uuid::now_v7(), Uuid::now_v7());
+        window.pushed(pushed);
+        assert_eq!(window.receive(other), Ack::Ignore, "never pushed here");
+        assert_eq!(window.receive(pushed), Ack::Store);
+        assert_eq!(window.receive(pushed), Ack::Ignore, "already acknowledged");
+    }
+
+    #[test]
+    fn the_window_forgets_the_oldest_push_and_stays_bounded() {
+        let mut window = AckWindow::default();
+        let ids: Vec<Uuid> = (0..=MAX_UNACKED_PER_STREAM)
+            .map(|_| Uuid::now_v7())
+            .collect();
+        for id in &ids {
+            window.pushed(*id);
+        }
+        assert_eq!(window.unacked.len(), MAX_UNACKED_PER_STREAM);
+        assert_eq!(
+            window.receive(ids[0]),
+            Ack::Ignore,
+            "forgotten: redelivered later"
+        );
+        assert_eq!(window.receive(ids[MAX_UNACKED_PER_STREAM]), Ack::Store);
+    }
+
+    #[test]
+    fn messages_beyond_the_pushes_and_the_allowance_end_the_stream() {
+        let counter = IntCounter::new("ignored", "ignored").expect("valid");
+        let mut window = AckWindow {
+            ignored: Some(counter.clone()),
+            ..AckWindow::default()
+        };
+        window.pushed(Uuid::now_v7());
+        for _ in 0..=ACK_ALLOWANCE {
+            assert_eq!(window.receive(Uuid::now_v7()), Ack::Ignore);
+        }
+        assert_eq!(counter.get(), ACK_ALLOWANCE + 1);
+        assert_eq!(window.receive(Uuid::now_v7()), Ack::TooMany);
+    }
+
     #[tokio::test]
     async fn a_lagging_stream_resumes_after_the_last_notification_it_sent_not_from_the_start()
     -> Result<(), NotificationError> {
@@ -433,6 +587,7 @@ mod tests {
             user_id: "ada".to_owned(),
             filter: ReplayFilter::All,
             last_sent: None,
+            acks: AckWindow::default(),
             tx,
             wrap: |n| n,
         };

@@ -9,7 +9,8 @@ pub mod domain;
 pub mod grpc;
 pub mod storage;
 
-use trellis_platform::auth::{Access, AccessPolicy};
+use trellis_platform::auth::{Access, AccessPolicy, RateClass};
+use trellis_platform::metrics::prometheus::IntCounter;
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::notification_v1::notification_internal_service_server::NotificationInternalServiceServer;
 use trellis_proto::notification_v1::notification_service_server::NotificationServiceServer;
@@ -40,10 +41,28 @@ impl trellis_platform::Service for Service {
     type Settings = config::Settings;
     type Migrator = storage::migration::Migrator;
 
-    /// End users call the public service, services the internal one.
+    /// End users call the public service, services the internal one. Rate classes, per
+    /// caller: listing is a read, marking read a write, opening a stream its own class;
+    /// the internal service is not limited.
     fn access_policy() -> AccessPolicy {
         // User (account notices) and auth (sign-in notices) send; nobody else may.
         AccessPolicy::new(Access::Authenticated)
+            .rate(
+                "trellis.notification.v1.NotificationService/ListNotifications",
+                RateClass::READ,
+            )
+            .rate(
+                "trellis.notification.v1.NotificationService/MarkRead",
+                RateClass::WRITE,
+            )
+            .rate(
+                "trellis.notification.v1.NotificationService/Subscribe",
+                RateClass::STREAM,
+            )
+            .rate(
+                "trellis.notification.v1.NotificationService/Connect",
+                RateClass::STREAM,
+            )
             .internal(trellis_proto::paths::SEND_NOTIFICATION, &["user", "auth"])
             // Any other internal method admits no one until it declares its callers.
             .internal("trellis.notification.v1.NotificationInternalService", &[])
@@ -59,8 +78,14 @@ impl trellis_platform::Service for Service {
             move || i64::try_from(live.streams()).unwrap_or(i64::MAX),
         )?;
         let notifications = Notifications::new(repository, hub);
+        let ignored_acks = ctx.metrics().register(IntCounter::new(
+            "trellis_notification_ignored_acks_total",
+            "Connect acknowledgements ignored: not of a notification the stream pushed and \
+             had not seen acknowledged.",
+        )?)?;
         let handlers =
-            NotificationHandlers::new(notifications, ctx.page_tokens(), ctx.shutdown_token());
+            NotificationHandlers::new(notifications, ctx.page_tokens(), ctx.shutdown_token())
+                .count_ignored_acks(ignored_acks);
         ctx.add_service(NotificationServiceServer::new(handlers.clone()));
         ctx.add_service(NotificationInternalServiceServer::new(handlers));
         Ok(())

@@ -14,7 +14,7 @@ use crate::domain::password::{HashCost, OWASP_MIN_ITERATIONS, OWASP_MIN_MEMORY_K
 pub struct Settings {
     /// argon2id cost, worker count and queue bound.
     pub password_hashing: HashCost,
-    /// `CreateUser` calls allowed per source address.
+    /// `CreateUser` calls allowed per client address.
     pub sign_up_rate: SignUpRate,
     /// A running hasher to use instead of starting one from `password_hashing`: never
     /// read from configuration; tests set it to hold the hashing workers.
@@ -36,11 +36,11 @@ impl Settings {
     }
 }
 
-/// The sign-up rate limit: a token bucket per source address (GCRA, as `governor`
+/// The sign-up rate limit: a token bucket per client address (GCRA, as `governor`
 /// implements it) holding `burst` sign-ups and refilled with `per_minute` a minute.
 /// IPv6 sources share a bucket per /64 prefix, the block one host usually holds
-/// (RFC 6177). Behind a proxy every call comes from the proxy's address: raise the limit
-/// or turn it off there.
+/// (RFC 6177). Behind a proxy, list it in `server.trusted_proxies` so the address it
+/// names is counted (otherwise every call counts against the proxy's own address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SignUpRate {

@@ -57,7 +57,7 @@ impl<R: UserRepository> UserHandlers<R> {
         }
     }
 
-    /// Limits `CreateUser` per source address with `limiter` (no limit unless set).
+    /// Limits `CreateUser` per client address with `limiter` (no limit unless set).
     #[must_use]
     pub fn with_sign_up_limiter(mut self, limiter: SignUpLimiter) -> Self {
         self.sign_up = Arc::new(limiter);
@@ -78,7 +78,8 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         // Every attempt counts, before any validation or hashing.
-        let source = request.remote_addr().map(|addr| addr.ip());
+        // The client's address: behind a trusted proxy, the one it names.
+        let source = trellis_platform::server::client_address(&request);
         if let Err(retry_after) = self.sign_up.check(source) {
             return Err(resource_exhausted(
                 "too many sign-ups from this address; try again later",

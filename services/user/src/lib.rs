@@ -15,7 +15,7 @@ pub mod peers;
 pub mod sign_up;
 pub mod storage;
 
-use trellis_platform::auth::{Access, AccessPolicy};
+use trellis_platform::auth::{Access, AccessPolicy, RateClass};
 use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::user_v1::user_internal_service_server::UserInternalServiceServer;
 use trellis_proto::user_v1::user_service_server::UserServiceServer;
@@ -49,10 +49,16 @@ impl trellis_platform::Service for Service {
     type Migrator = storage::migration::Migrator;
 
     /// Sign-up is public, the internal service needs a service identity, everything else
-    /// a valid token (handlers then check self/admin).
+    /// a valid token (handlers then check self/admin). Rate classes: sign-up is a
+    /// sign-in (it hashes a password), per client address; reads per caller get a
+    /// larger budget than writes (the other methods, [`RateClass::WRITE`]); the internal
+    /// service is not limited (auth calls it for every sign-in).
     fn access_policy() -> AccessPolicy {
         AccessPolicy::new(Access::Authenticated)
             .method("trellis.user.v1.UserService/CreateUser", Access::Public)
+            .rate("trellis.user.v1.UserService/CreateUser", RateClass::SIGN_IN)
+            .rate("trellis.user.v1.UserService/GetUser", RateClass::READ)
+            .rate("trellis.user.v1.UserService/ListUsers", RateClass::READ)
             // Only auth checks credentials and looks users up (issue 8, item 3).
             .internal(
                 "trellis.user.v1.UserInternalService/VerifyCredentials",

@@ -1,4 +1,5 @@
-//! The sign-up rate limit: `CreateUser` calls per source address, with governor's keyed
+//! The sign-up rate limit: `CreateUser` calls per client address (the TCP peer's, or
+//! the one a trusted proxy names: `trellis_platform::server::client_address`), with governor's keyed
 //! GCRA limiter (see [`SignUpRate`] for the rule and its settings).
 //!
 //! The limiter keeps one small entry per address seen. Entries whose bucket has filled
@@ -54,8 +55,8 @@ impl SignUpLimiter {
         Self::new(SignUpRate::OFF)
     }
 
-    /// Counts one sign-up from `source` (the peer address; `None` when the transport has
-    /// none, and all such calls share one bucket).
+    /// Counts one sign-up from `source` (the client's address; `None` when the transport
+    /// has none, and all such calls share one bucket).
     ///
     /// # Errors
     /// How long to wait when `source` has no sign-up left.

@@ -70,10 +70,17 @@ pub enum AuthError {
     /// Fields of the request are empty or too long.
     #[error("invalid request")]
     InvalidArgument(Vec<FieldViolation>),
-    /// The user service could not be asked: unreachable, failing, or refusing this
-    /// service's own credentials. Never charged to anyone's sign-in budget.
+    /// The user service could not be asked: unreachable, failing, its circuit open, its
+    /// own timeout expired, or refusing this service's own credentials — a fault of the
+    /// platform. Never charged to anyone's sign-in budget.
     #[error("the user service is unavailable")]
     UserServiceUnavailable,
+    /// The caller's own deadline ran out before the user service answered (or left no
+    /// time to ask it). The attempt is charged to the sign-in budgets like a wrong
+    /// password: the credentials may have been checked, and a caller must not get free
+    /// guesses by choosing a short deadline.
+    #[error("the caller's deadline expired")]
+    DeadlineExceeded,
     /// The user service is saturated (its password hashing queue is full) and asked
     /// callers to come back after `retry_after`. Never charged to anyone's budget.
     #[error("the user service is overloaded")]
@@ -92,9 +99,10 @@ pub trait UserDirectory: Send + Sync + 'static {
     /// unknown email or a wrong password, indistinguishable).
     ///
     /// # Errors
-    /// [`AuthError::UserServiceUnavailable`] when the check could not be made, whatever
-    /// the reason (a fault is never a wrong password); [`AuthError::Unexpected`] when the
-    /// answer names a user with an empty id.
+    /// [`AuthError::DeadlineExceeded`] when the caller's own deadline ran out first;
+    /// [`AuthError::UserServiceUnavailable`] when the check could not be made for any
+    /// other reason (a fault is never a wrong password); [`AuthError::Unexpected`] when
+    /// the answer names a user with an empty id.
     fn verify_credentials(
         &self,
         email: &str,
@@ -270,13 +278,18 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
     /// service answers with.
     ///
     /// The input is checked first ([`MAX_EMAIL_BYTES`], [`MAX_PASSWORD_BYTES`]); then a
-    /// failure slot is reserved with the throttle before the user service is asked, and
-    /// given back unless the credentials turn out wrong (see [`throttle`]).
+    /// failure slot is reserved with the throttle before the user service is asked. The
+    /// slot is given back on success and on a fault of the platform (the user service
+    /// unavailable, overloaded or answering nonsense, its circuit open, its own timeout
+    /// expired); it stays taken for wrong credentials and whenever the caller ended the
+    /// attempt — its deadline ran out ([`AuthError::DeadlineExceeded`]) or it cancelled
+    /// the call — whatever deadline it chose (see [`throttle`]).
     ///
     /// # Errors
     /// [`AuthError::InvalidArgument`] for an empty or oversized email or password;
     /// [`AuthError::Throttled`] over budget; [`AuthError::InvalidCredentials`];
-    /// [`AuthError::UserServiceUnavailable`]; [`AuthError::Unexpected`] when the user
+    /// [`AuthError::DeadlineExceeded`]; [`AuthError::UserServiceUnavailable`];
+    /// [`AuthError::UserServiceOverloaded`]; [`AuthError::Unexpected`] when the user
     /// service's answer breaks its contract or storage fails.
     pub async fn login(
         &self,
@@ -296,6 +309,12 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
             }
             // The slot stays taken: this is the failure it was reserved for.
             Ok(None) => return Err(AuthError::InvalidCredentials),
+            // So it does when the caller's deadline ended the check: a short deadline
+            // buys no free guesses.
+            Err(AuthError::DeadlineExceeded) => {
+                drop(reservation);
+                return Err(AuthError::DeadlineExceeded);
+            }
             Err(err) => {
                 self.throttle.refund(reservation);
                 return Err(err);

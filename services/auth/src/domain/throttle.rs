@@ -11,7 +11,10 @@
 //!   under one lock for every budget, so `N` concurrent wrong guesses against a budget of
 //!   `B` reach the user service at most `B` times. A success or a fault of the check
 //!   itself gives its slot back ([`LoginThrottle::refund`], [`LoginThrottle::succeeded`]);
-//!   a wrong password, and an attempt abandoned half-way (a cancelled call), keep it.
+//!   a wrong password, and an attempt its caller ended — abandoned half-way (a cancelled
+//!   call) or cut by the caller's own deadline, however short — keep it. Only faults of
+//!   the platform (the user service down or unreachable, its circuit open, its own
+//!   timeout expired) refund: a client cannot buy free guesses with short deadlines.
 //! - **Known sources are not locked out by a flood from elsewhere** (OWASP Authentication
 //!   Cheat Sheet, "Account Lockout", which warns that lockout lets anyone deny service to
 //!   an account; the same idea as its device cookies). A source address the account

@@ -10,7 +10,9 @@ mod fakes;
 mod helpers;
 
 mod errors;
+mod forwarded;
 mod health;
+mod hostile;
 mod internal;
 mod login;
 mod notices;

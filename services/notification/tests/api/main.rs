@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod abuse;
 mod authz;
 mod connect;
 mod health;

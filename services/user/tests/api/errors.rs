@@ -36,6 +36,7 @@ async fn a_database_failure_is_internal_with_no_detail() {
         subject: uuid::Uuid::now_v7().to_string(),
         kind: PrincipalKind::User,
         roles: vec!["admin".to_owned()],
+        expires_at: None,
     });
     let status = handlers.get_user(request).await.expect_err("storage fails");
     assert_eq!(status.code(), Code::Internal);

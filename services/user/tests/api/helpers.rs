@@ -28,7 +28,7 @@ pub(crate) struct TestApp {
 
 /// Starts the user service on 127.0.0.1:0 with a fresh in-memory database (peers at the
 /// discard port: welcome deliveries stay pending) and waits until it reports SERVING.
-/// Every call comes from 127.0.0.1, so the sign-up rate limit is off here.
+/// Every call comes from 127.0.0.1, so the sign-up limit and the rate limits are off here.
 pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -38,6 +38,9 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut user_service::Con
     let issuer = TestIssuer::new();
     let mut config = test_config::<user_service::Service>();
     config.service.sign_up_rate = SignUpRate::OFF;
+    // So are the rate limits (the platform's suite tests them; forwarded.rs turns the
+    // sign-up limit back on).
+    config.rate_limits = trellis_platform::rate_limit::RateLimitsConfig::off();
     configure(&mut config);
     let launch = Launch::new(config).key_source(std::sync::Arc::new(issuer.key_source()));
     let server = TestServer::start(launch).await;
@@ -148,5 +151,10 @@ impl TestApp {
     /// A service token.
     pub(crate) fn service_token(&self) -> String {
         self.issuer.service_token("auth")
+    }
+
+    /// The address the service listens on.
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr
     }
 }

@@ -8,12 +8,15 @@
 mod helpers;
 
 mod admin;
+mod admission;
 mod authz;
 mod credentials;
 mod deletion;
 mod errors;
+mod forwarded;
 mod health;
 mod limits;
 mod properties;
 mod roles;
+mod unknown_kids;
 mod users;
