@@ -78,6 +78,8 @@ pub struct Figures {
     pub rss_kib_total: Option<u64>,
     /// `subscribe` only.
     pub delivery: Option<DeliveryFigures>,
+    /// `overload` only.
+    pub overload: Option<crate::load::OverloadFigures>,
 }
 
 impl From<&Measurement> for Figures {
@@ -118,6 +120,7 @@ impl From<&Measurement> for Figures {
                 subscribers: d.subscribers,
                 latency_ms: Latency::of(&d.latency),
             }),
+            overload: m.overload.clone(),
         }
     }
 }
@@ -334,6 +337,28 @@ impl Report {
                     d.subscribers,
                 );
             }
+            if let Some(o) = &f.overload {
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<20} capacity {:.0}/s, offered {:.0}/s: goodput {:.0}/s ({:.2} of capacity), \
+                     admitted p99 {:.2} ms ({:.2}× the {:.2} ms at half capacity), shed {}, rate-limited {}, \
+                     health {}/{} answered (slowest {:.1} ms)",
+                    row.variant,
+                    "  (overload)",
+                    o.capacity_rps,
+                    o.offered_rps,
+                    o.goodput_rps,
+                    o.goodput_ratio,
+                    o.admitted_p99_ms,
+                    o.p99_ratio,
+                    o.unloaded_p99_ms,
+                    o.shed,
+                    o.limited,
+                    o.probes - o.probe_failures,
+                    o.probes,
+                    o.probe_max_ms,
+                );
+            }
         }
         let errors: Vec<String> = all
             .iter()
@@ -473,6 +498,7 @@ mod tests {
         Measurement {
             scenario: scenario.to_owned(),
             ok: latencies_us.len() as u64 - errors.values().sum::<u64>(),
+            ok_latency: latency.clone(),
             latency,
             errors,
             window: Duration::from_secs(2),
@@ -481,6 +507,7 @@ mod tests {
                 rss_kib: BTreeMap::from([("user".to_owned(), 10_240)]),
             }),
             delivery: None,
+            overload: None,
         }
     }
 

@@ -8,11 +8,16 @@
 //! | `errors<5` | failed calls, counted |
 //! | `rps>1000` | calls per second |
 //! | `ratio>0.5` | calls per second ÷ the baseline's (bare tonic health, same run) |
+//! | `goodput>0.8` | `overload`: OK calls a second at three times the capacity ÷ the capacity |
+//! | `p99-ratio<2` | `overload`: admitted calls' p99 ÷ the p99 at half the capacity |
+//! | `probe-failures<1` | `overload`: health probes not answered SERVING |
 //!
 //! A gate prefixed with a scenario's name and a colon (`get-user:ratio>0.05`) applies to
 //! that scenario's rows only; without one, to every row. `ratio` gates are machine
 //! independent: they compare with a server measured on the same cores in the same run,
 //! so CI can gate on them where absolute rates would vary with the machine.
+//!
+//! The three `overload` gates read figures only that scenario has: other rows pass them.
 //!
 //! For `subscribe`, latency gates read the delivery latency (intended send to receipt on
 //! a stream), what a subscriber sees; `errors` and `rps` read the sends.
@@ -33,6 +38,9 @@ enum Metric {
     Errors,
     Rps,
     Ratio,
+    Goodput,
+    P99Ratio,
+    ProbeFailures,
 }
 
 /// How the figure must compare with the threshold.
@@ -132,9 +140,15 @@ fn parse_gate(text: &str) -> Result<Gate, String> {
         },
         "rps" => (Metric::Rps, Some(Threshold::Rate(number(value)?))),
         "ratio" => (Metric::Ratio, Some(Threshold::Ratio(number(value)?))),
+        "goodput" => (Metric::Goodput, Some(Threshold::Ratio(number(value)?))),
+        "p99-ratio" => (Metric::P99Ratio, Some(Threshold::Ratio(number(value)?))),
+        "probe-failures" => (
+            Metric::ProbeFailures,
+            Some(Threshold::ErrorCount(number(value)?)),
+        ),
         other => {
             return Err(format!(
-                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps, ratio)"
+                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps, ratio, goodput, p99-ratio, probe-failures)"
             ));
         }
     };
@@ -171,6 +185,9 @@ impl Gate {
     /// fails when no baseline was measured.
     #[must_use]
     pub fn check(&self, figures: &Figures, ratio: Option<&Ratios>) -> Option<String> {
+        if let Some(outcome) = self.check_overload(figures) {
+            return outcome;
+        }
         let l = figures
             .delivery
             .as_ref()
@@ -207,6 +224,40 @@ impl Gate {
         (!self.comparison.holds(value, threshold))
             .then(|| format!("{}: measured {shown}", self.text))
     }
+
+    /// The outcome of an `overload` gate (`Some(None)`: it passes, also on rows without
+    /// overload figures); `None` for every other gate.
+    fn check_overload(&self, figures: &Figures) -> Option<Option<String>> {
+        if !matches!(
+            self.metric,
+            Metric::Goodput | Metric::P99Ratio | Metric::ProbeFailures
+        ) {
+            return None;
+        }
+        let Some(o) = &figures.overload else {
+            return Some(None);
+        };
+        let threshold = match self.threshold {
+            Threshold::Ratio(t) | Threshold::ErrorCount(t) => t,
+            _ => return Some(None),
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let (value, shown) = match self.metric {
+            Metric::Goodput => (
+                o.goodput_ratio,
+                format!("{:.3} of capacity", o.goodput_ratio),
+            ),
+            Metric::P99Ratio => (o.p99_ratio, format!("{:.2}× the unloaded p99", o.p99_ratio)),
+            _ => (
+                o.probe_failures as f64,
+                format!("{} of {} probes failed", o.probe_failures, o.probes),
+            ),
+        };
+        Some(
+            (!self.comparison.holds(value, threshold))
+                .then(|| format!("{}: measured {shown}", self.text)),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +287,7 @@ mod tests {
             rss_kib: BTreeMap::new(),
             rss_kib_total: None,
             delivery: None,
+            overload: None,
         }
     }
 
@@ -361,6 +413,34 @@ mod tests {
         assert!(!gates[0].applies_to("login"));
         assert!(gates[1].applies_to("login"));
         assert!(parse(":p99<1s").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn overload_gates_read_the_overload_figures_and_pass_other_rows() -> Result<(), String> {
+        let gates = parse("goodput>0.8,p99-ratio<2,probe-failures<1")?;
+        let plain = figures(1.0, 0, 1000, 100.0);
+        assert!(gates.iter().all(|g| g.check(&plain, None).is_none()));
+        let mut f = plain.clone();
+        f.overload = Some(crate::load::OverloadFigures {
+            capacity_rps: 1000.0,
+            unloaded_p99_ms: 2.0,
+            offered_rps: 3000.0,
+            goodput_rps: 700.0,
+            goodput_ratio: 0.7,
+            admitted_p99_ms: 5.0,
+            p99_ratio: 2.5,
+            shed: 10,
+            limited: 0,
+            probes: 100,
+            probe_failures: 1,
+            probe_max_ms: 3.0,
+        });
+        let failed: Vec<String> = gates.iter().filter_map(|g| g.check(&f, None)).collect();
+        assert_eq!(failed.len(), 3, "{failed:?}");
+        assert!(failed[0].contains("0.700 of capacity"), "{}", failed[0]);
+        assert!(failed[1].contains("2.50×"), "{}", failed[1]);
+        assert!(failed[2].contains("1 of 100 probes"), "{}", failed[2]);
         Ok(())
     }
 }

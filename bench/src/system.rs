@@ -415,7 +415,9 @@ pub async fn start_baseline(
 ///
 /// The dev setup (as `cargo xtask up`): a random client secret shared by the user
 /// service and auth, peers at each other's addresses; plus the sign-up rate limit off
-/// (`sign_up_rate.per_minute = 0`), since every sign-up comes from 127.0.0.1.
+/// (`sign_up_rate.per_minute = 0`) and the per-caller rate limits off
+/// (`rate_limits.enabled = false`), since every call comes from 127.0.0.1 and a handful
+/// of subjects: the bench measures the service, not one caller's budget.
 ///
 /// # Errors
 /// A binary is missing, or a service fails to start.
@@ -458,6 +460,10 @@ pub async fn start_system(
             // Metrics on, as in production, on a free port (not the default one a running
             // `cargo xtask up` holds); a variant's `…__METRICS__PORT=0` turns them off.
             (format!("{prefix}__METRICS__PORT"), free_port()?.to_string()),
+            (
+                format!("{prefix}__RATE_LIMITS__ENABLED"),
+                "false".to_owned(),
+            ),
         ];
         for peer in spec.peers {
             let key = format!("{prefix}__PEERS__{}__ADDRESSES", peer.to_uppercase());

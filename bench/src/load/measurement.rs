@@ -28,6 +28,10 @@ const MAX_LATENCY_US: u64 = 60_000_000;
 /// free caller before the window ended (the server fell behind the rate).
 pub const UNSENT: &str = "UNSENT";
 
+/// The error "code" of a call refused RESOURCE_EXHAUSTED by a rate limit (the status
+/// carries a `google.rpc.QuotaFailure`); RESOURCE_EXHAUSTED without one is load shed.
+pub const LIMITED: &str = "RESOURCE_EXHAUSTED (rate limit)";
+
 /// What the server processes used during the window.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerUsage {
@@ -80,6 +84,8 @@ pub struct Measurement {
     pub scenario: String,
     /// Latency of every call in the window, OK or not, µs.
     pub latency: Histogram<u64>,
+    /// Latency of the calls answered OK, µs.
+    pub ok_latency: Histogram<u64>,
     /// Calls answered OK.
     pub ok: u64,
     /// Failed calls by gRPC code (`NOT_FOUND`, …, and `NOT_SERVING` for a health answer).
@@ -90,6 +96,8 @@ pub struct Measurement {
     pub server: Option<ServerUsage>,
     /// The `subscribe` scenario's deliveries.
     pub delivery: Option<Delivery>,
+    /// The `overload` scenario's figures.
+    pub overload: Option<super::OverloadFigures>,
 }
 
 impl Measurement {
@@ -97,11 +105,13 @@ impl Measurement {
         Self {
             scenario,
             latency: new_histogram(),
+            ok_latency: new_histogram(),
             ok: 0,
             errors: BTreeMap::new(),
             window: Duration::ZERO,
             server: None,
             delivery: None,
+            overload: None,
         }
     }
 
@@ -130,6 +140,7 @@ impl Measurement {
         while let Some(tally) = callers.join_next().await {
             let tally = tally.context("a caller task failed")?;
             merge_histogram(&mut self.latency, &tally.latency);
+            merge_histogram(&mut self.ok_latency, &tally.ok_latency);
             self.ok += tally.ok;
             for (code, n) in tally.errors {
                 *self.errors.entry(code).or_default() += n;
@@ -178,7 +189,12 @@ impl Measurement {
     /// Adds `other` (the same scenario, another round) to this one.
     pub fn merge(&mut self, other: &Self) {
         merge_histogram(&mut self.latency, &other.latency);
+        merge_histogram(&mut self.ok_latency, &other.ok_latency);
         self.ok += other.ok;
+        // Rounds of `overload` each find their own capacity: the report keeps the first.
+        if self.overload.is_none() {
+            self.overload.clone_from(&other.overload);
+        }
         for (code, n) in &other.errors {
             *self.errors.entry(code.clone()).or_default() += n;
         }
@@ -251,6 +267,7 @@ pub fn code_name(code: Code) -> &'static str {
 #[derive(Debug)]
 pub(super) struct Tally {
     latency: Histogram<u64>,
+    ok_latency: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
     expected_deliveries: u64,
@@ -260,6 +277,7 @@ impl Tally {
     fn new() -> Self {
         Self {
             latency: new_histogram(),
+            ok_latency: new_histogram(),
             ok: 0,
             errors: BTreeMap::new(),
             expected_deliveries: 0,
@@ -311,7 +329,12 @@ pub(super) fn spawn_callers(
     callers
 }
 
-/// One caller: sends until the window ends, one call at a time.
+/// How long a closed-loop caller waits after a RESOURCE_EXHAUSTED before its next call:
+/// the `RetryInfo` delay the platform's load shedding advises (`SHED_RETRY_AFTER`).
+pub(super) const PUSH_BACK_PAUSE: Duration = Duration::from_millis(100);
+
+/// One caller: sends until the window ends, one call at a time; in a closed loop it
+/// pauses for [`PUSH_BACK_PAUSE`] after a call refused RESOURCE_EXHAUSTED.
 struct Caller {
     clients: Clients,
     fixture: Arc<Fixture>,
@@ -360,12 +383,20 @@ impl Caller {
             )
             .await
             .unwrap_or(Err("DEADLINE_EXCEEDED"));
+            let pushed_back = matches!(outcome, Err("RESOURCE_EXHAUSTED" | LIMITED));
+            if pushed_back && self.schedule.is_none() {
+                // A closed-loop caller honours push-back as a gRPC client that reads
+                // `RetryInfo` does, instead of spinning on refusals.
+                sleep_until(Instant::now() + PUSH_BACK_PAUSE).await;
+            }
             if !self.window.contains(intended) {
                 continue;
             }
-            record(&mut tally.latency, intended.elapsed());
+            let took = intended.elapsed();
+            record(&mut tally.latency, took);
             match outcome {
                 Ok(owed) => {
+                    record(&mut tally.ok_latency, took);
                     tally.ok += 1;
                     tally.expected_deliveries += owed;
                 }

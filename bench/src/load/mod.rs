@@ -3,12 +3,14 @@
 //! measured window whose every response is timed into an HDR histogram and counted by
 //! gRPC status, with the server processes' CPU time and memory read around it.
 //!
-//! `scenario.rs` holds what each scenario sends, `fixture.rs` the set-up it needs before
+//! `scenario.rs` holds what each scenario sends, `overload.rs` the three-phase `overload`
+//! scenario, `fixture.rs` the set-up it needs before
 //! the window (accounts, tokens, subscriber streams), `measurement.rs` the callers' loops
 //! and what they count; [`run`] here puts them together.
 
 mod fixture;
 mod measurement;
+mod overload;
 mod scenario;
 
 use std::time::Duration;
@@ -18,7 +20,10 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tonic::transport::{Channel, Endpoint};
 
-pub use measurement::{Delivery, Measurement, ServerUsage, UNSENT, code_name, new_histogram};
+pub use measurement::{
+    Delivery, LIMITED, Measurement, ServerUsage, UNSENT, code_name, new_histogram,
+};
+pub use overload::{OVERLOAD_FACTOR, OverloadFigures, PROBE_INTERVAL};
 pub use scenario::{Scenario, SubscribeOptions};
 
 use measurement::Window;
@@ -141,6 +146,9 @@ pub async fn run(
     }
     if load.duration.is_zero() {
         bail!("the duration must be longer than zero");
+    }
+    if let Scenario::Overload = scenario {
+        return overload::run(sut, load).await;
     }
     let rate = match scenario {
         Scenario::Subscribe(options) => Some(f64::from(options.notifications_per_second)),

@@ -9,6 +9,7 @@ use tonic::{Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
 use trellis_proto::auth_v1::LoginRequest;
 use trellis_proto::auth_v1::auth_service_client::AuthServiceClient;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
@@ -18,7 +19,7 @@ use trellis_proto::user_v1::user_service_client::UserServiceClient;
 use trellis_proto::user_v1::{CreateUserRequest, GetUserRequest};
 
 use super::fixture::{Fixture, PASSWORD};
-use super::measurement::code_name;
+use super::measurement::{LIMITED, code_name};
 use super::{Targets, connect, require};
 
 /// The `kind` of the notifications the `subscribe` scenario sends; others (welcomes,
@@ -47,6 +48,9 @@ pub enum Scenario {
     /// Live `Subscribe` streams receiving notifications sent through the internal
     /// `SendNotification`; see [`SubscribeOptions`].
     Subscribe(SubscribeOptions),
+    /// GetUser at three times its measured capacity, with health probed throughout
+    /// (see [`super::overload`]).
+    Overload,
 }
 
 /// The `subscribe` scenario's shape.
@@ -62,7 +66,7 @@ pub struct SubscribeOptions {
 
 impl Scenario {
     /// The scenario names the command line takes.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "health",
         "get-user",
         "list-notifications",
@@ -70,6 +74,7 @@ impl Scenario {
         "login",
         "mixed",
         "subscribe",
+        "overload",
     ];
 
     /// The scenario called `name` (one of [`Self::NAMES`]); `subscribe` takes `options`.
@@ -87,6 +92,7 @@ impl Scenario {
             "login" => Self::Login,
             "mixed" => Self::Mixed,
             "subscribe" => Self::Subscribe(options),
+            "overload" => Self::Overload,
             other => {
                 return Err(format!(
                     "unknown scenario `{other}` (one of {})",
@@ -108,6 +114,7 @@ impl Scenario {
             Self::Login => "login".to_owned(),
             Self::Mixed => "mixed".to_owned(),
             Self::Subscribe(_) => "subscribe".to_owned(),
+            Self::Overload => "overload".to_owned(),
         }
     }
 
@@ -115,7 +122,7 @@ impl Scenario {
     pub(super) fn op(&self, index: u64) -> Op {
         match self {
             Self::Health { .. } => Op::Health,
-            Self::GetUser => Op::GetUser,
+            Self::GetUser | Self::Overload => Op::GetUser,
             Self::ListNotifications => Op::ListNotifications,
             Self::CreateUser => Op::CreateUser,
             Self::Login => Op::Login,
@@ -131,7 +138,7 @@ impl Scenario {
     pub(super) fn needs_account(&self) -> bool {
         matches!(
             self,
-            Self::GetUser | Self::ListNotifications | Self::Login | Self::Mixed
+            Self::GetUser | Self::ListNotifications | Self::Login | Self::Mixed | Self::Overload
         )
     }
 }
@@ -164,7 +171,7 @@ pub(super) async fn connect_clients(
     let mut clients = Clients::default();
     let ops: &[Op] = match scenario {
         Scenario::Health { .. } => &[Op::Health],
-        Scenario::GetUser => &[Op::GetUser],
+        Scenario::GetUser | Scenario::Overload => &[Op::GetUser],
         Scenario::ListNotifications => &[Op::ListNotifications],
         Scenario::CreateUser => &[Op::CreateUser],
         Scenario::Login => &[Op::Login],
@@ -210,7 +217,14 @@ pub(super) fn authorized<T>(message: T, bearer: Option<&MetadataValue<Ascii>>) -
 /// The failure of a call the bench cannot make (a scenario without the client it needs).
 const NO_CLIENT: &str = "FAILED_PRECONDITION";
 
+/// The failure's code name; a RESOURCE_EXHAUSTED naming a quota (a rate limit's
+/// `google.rpc.QuotaFailure`) is [`LIMITED`], told apart from load shedding.
 fn failed(status: Status) -> &'static str {
+    if status.code() == tonic::Code::ResourceExhausted
+        && status.get_details_quota_failure().is_some()
+    {
+        return LIMITED;
+    }
     code_name(status.code())
 }
 
