@@ -1,7 +1,10 @@
 //! Traces across the whole system: the three services in this process export their spans
 //! over OTLP to an in-process collector (opentelemetry-proto's `TraceService` on
 //! 127.0.0.1:0), and a sign-up → login → GetUser → Subscribe flow must come out as one
-//! trace with the RPC semantic conventions' attributes.
+//! connected graph with the RPC semantic conventions' attributes: the test's client spans
+//! in its trace, and every call it made the root of a trace of its own, linked to the
+//! client span that made it (an end user's trace context is a link, never a parent:
+//! only Trellis services continue a trace), with every hop between the services inside.
 //!
 //! Its own test binary: the global subscriber and tracer provider are this process's. The
 //! three services share that one provider, so every span's resource `service.name` is the
@@ -127,13 +130,22 @@ impl Trace {
             .find(|s| !span.parent_span_id.is_empty() && s.span_id == span.parent_span_id)
     }
 
-    /// The names and kinds from `span` up to its root.
+    /// The caller's span a root names in its link, if it was exported.
+    fn linked(&self, span: &Span) -> Option<&Span> {
+        let link = span.links.first()?;
+        self.spans
+            .iter()
+            .find(|s| s.trace_id == link.trace_id && s.span_id == link.span_id)
+    }
+
+    /// The names and kinds from `span` up to its root, and on from a root across its link
+    /// to the caller's span.
     fn ancestry(&self, span: &Span) -> Vec<(String, SpanKind)> {
         let mut chain = vec![(span.name.clone(), span.kind())];
         let mut current = span;
-        while let Some(parent) = self.parent(current) {
-            chain.push((parent.name.clone(), parent.kind()));
-            current = parent;
+        while let Some(next) = self.parent(current).or_else(|| self.linked(current)) {
+            chain.push((next.name.clone(), next.kind()));
+            current = next;
         }
         chain
     }
@@ -141,6 +153,11 @@ impl Trace {
 
 const ROOT: &str = "test sign-in flow";
 const LOGIN: &str = "trellis.auth.v1.AuthService/Login";
+const CREATE: &str = "trellis.user.v1.UserService/CreateUser";
+const KEYS: &str = "trellis.auth.v1.AuthService/ListSigningKeys";
+const SERVICE_TOKEN: &str = "trellis.auth.v1.AuthService/IssueServiceToken";
+const GET: &str = "trellis.user.v1.UserService/GetUser";
+const SUBSCRIBE: &str = "trellis.notification.v1.NotificationService/Subscribe";
 const VERIFY: &str = "trellis.user.v1.UserInternalService/VerifyCredentials";
 const SEND: &str = "trellis.notification.v1.NotificationInternalService/SendNotification";
 
@@ -285,17 +302,52 @@ async fn a_sign_in_is_one_trace_across_the_three_services_and_the_outbox() {
         spans: spans().await,
     };
 
-    // One trace: every RPC span of the flow (servers, peer clients, outbox deliveries).
-    let foreign: Vec<_> = trace
-        .spans
-        .iter()
-        .filter(|s| hex(&s.trace_id) != trace_id)
-        .map(|s| (s.name.clone(), s.kind()))
-        .collect();
-    assert!(foreign.is_empty(), "spans outside the trace: {foreign:?}");
+    // The test's own spans are its trace; every server span of a call it made is the root
+    // of a new trace, linked to the client span that made it, and everything the call
+    // caused (peer calls, outbox deliveries, live deliveries) is inside that new trace.
+    for span in &trace.spans {
+        let chain = trace.ancestry(span);
+        // Key and service-token fetches are shared by every call waiting for them and run
+        // in tasks of their own (single-flight): they belong to no one call's trace.
+        let origin = chain.last().map(|(name, kind)| (name.as_str(), *kind));
+        assert!(
+            origin == Some((ROOT, SpanKind::Internal))
+                || origin == Some((KEYS, SpanKind::Client))
+                || origin == Some((SERVICE_TOKEN, SpanKind::Client)),
+            "{:?} leads nowhere: {chain:?}",
+            span.name
+        );
+        let in_test_trace = hex(&span.trace_id) == trace_id;
+        if in_test_trace {
+            assert!(
+                span.name == ROOT || span.kind() == SpanKind::Client,
+                "only the test's own spans are in its trace: {:?} {:?}",
+                span.name,
+                span.kind()
+            );
+        } else if span.parent_span_id.is_empty() && span.kind() != SpanKind::Client {
+            // A root: a server span linked to the client span that called it.
+            assert_eq!(span.kind(), SpanKind::Server, "{:?}", span.name);
+            let caller = trace.linked(span).expect("a root links to its caller");
+            assert_eq!(
+                (caller.name.as_str(), caller.kind()),
+                (span.name.as_str(), SpanKind::Client)
+            );
+        }
+    }
+    for name in [CREATE, LOGIN, GET, SUBSCRIBE] {
+        let calls = trace.named(name, SpanKind::Client);
+        assert!(!calls.is_empty(), "the test's {name} calls");
+        assert!(
+            calls
+                .iter()
+                .all(|call| hex(&call.trace_id) == trace_id && trace.parent(call).is_some()),
+            "the test's {name} calls are children of its root"
+        );
+    }
 
-    // The test's Login client span → auth's Login server span → its VerifyCredentials
-    // client span → user's VerifyCredentials server span.
+    // The test's Login client span ⇢ (link) auth's Login server span, a new root → its
+    // VerifyCredentials client span → user's VerifyCredentials server span.
     let verify = trace.named(VERIFY, SpanKind::Server);
     assert_eq!(verify.len(), 3, "three logins");
     for span in &verify {
