@@ -6,6 +6,7 @@
 
 mod bench_reference;
 mod flows;
+mod hostile;
 mod notifications;
 mod rfc8725;
 mod scenarios;
