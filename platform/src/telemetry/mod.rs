@@ -102,11 +102,32 @@ impl TelemetryConfig {
     }
 }
 
+/// Log lines that may wait for the log writer's thread; past it new lines are dropped.
+/// Its queue is allocated up front (some 32 bytes a line), so this is also its memory.
+pub const LOG_LINES_QUEUED: usize = 16_384;
+
+/// A writer of log lines into `out` from a thread of its own, lossy past
+/// [`LOG_LINES_QUEUED`] waiting lines, and the guard that writes what waits when dropped.
+fn log_writer<W: std::io::Write + Send + 'static>(
+    out: W,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .thread_name("trellis-log")
+        .finish(out)
+}
+
 /// What [`init`] installed; [`TelemetryGuard::shutdown`] flushes the spans still queued.
 #[derive(Debug, Default)]
 #[must_use = "shut the guard down at exit, or queued spans are lost"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    /// The log writer's thread: dropping it writes the lines still queued.
+    log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl TelemetryGuard {
@@ -136,6 +157,8 @@ impl TelemetryGuard {
         {
             tracing::warn!(error = %err, "trace export did not finish at shutdown");
         }
+        // Last: the warning above is written too.
+        drop(self.log_writer);
     }
 }
 
@@ -238,9 +261,15 @@ pub fn init(
             Ok(None) => (None, None),
             Err(err) => (None, Some(err.to_string())),
         };
-    let installed = subscriber(json, terminal, filter, provider.as_ref(), std::io::stderr)
+    // Lines are formatted on the calling thread and written to stderr by a thread of
+    // their own: a worker never waits for a write or a slow reader of the pipe, and past
+    // LOG_LINES_QUEUED lines waiting (a flood, a stalled reader) new lines are dropped,
+    // not queued.
+    let (writer, log_writer) = log_writer(std::io::stderr());
+    let installed = subscriber(json, terminal, filter, provider.as_ref(), writer)
         .try_init()
         .is_ok();
+    let log_writer = installed.then_some(log_writer);
     if let Some(error) = otel_error {
         tracing::error!(%error, "trace export is off");
     }
@@ -250,6 +279,7 @@ pub fn init(
             opentelemetry::global::set_tracer_provider(provider.clone());
             TelemetryGuard {
                 provider: Some(provider),
+                log_writer,
             }
         }
         // Already installed (tests start several services in one process): keep the
@@ -258,13 +288,46 @@ pub fn init(
             drop(provider.shutdown());
             TelemetryGuard::default()
         }
-        None => TelemetryGuard::default(),
+        None => TelemetryGuard {
+            provider: None,
+            log_writer,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    /// Standard error that stopped being read: every write waits until the test ends.
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            // Blocks until the sender is dropped (the test is over).
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_log_reader_never_blocks_the_thread_that_logs() {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let (writer, guard) = log_writer(Stalled(stalled));
+        let subscriber = subscriber(true, false, EnvFilter::new("info"), None, writer);
+        // More lines than may wait: with a writer that blocked, this would never end.
+        tracing::subscriber::with_default(subscriber, || {
+            for line in 0..(LOG_LINES_QUEUED * 2) {
+                tracing::info!(line, "a line nobody reads");
+            }
+        });
+        drop(release);
+        drop(guard);
+    }
 
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
