@@ -22,7 +22,7 @@ mod surface;
 pub use etcd::EtcdServer;
 pub use fake_auth::FakeAuth;
 pub use issuer::{StaticKeySource, TestIssuer};
-pub use slowloris::call_without_body;
+pub use slowloris::{answers_of, call_without_body};
 pub use surface::assert_serves_health_and_reflection;
 
 use std::future::Future;

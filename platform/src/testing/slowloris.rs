@@ -48,3 +48,23 @@ pub async fn call_without_body(
         Status::from_header_map(response.headers()).map(|status| status.code())
     })
 }
+
+/// The status each of `calls` (from [`call_without_body`]) ended with, in order, waiting
+/// at most `within` for all of them.
+///
+/// # Panics
+/// When they have not all ended within `within`, or a call's task panicked.
+pub async fn answers_of(
+    calls: Vec<tokio::task::JoinHandle<Option<Code>>>,
+    within: std::time::Duration,
+) -> Vec<Option<Code>> {
+    tokio::time::timeout(within, async {
+        let mut codes = Vec::with_capacity(calls.len());
+        for call in calls {
+            codes.push(call.await.expect("the call's task"));
+        }
+        codes
+    })
+    .await
+    .expect("every call without a body is answered in time")
+}

@@ -16,7 +16,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::metrics::Metrics;
 use trellis_platform::server::{LIVENESS, ServerBuilder, ServerConfig};
-use trellis_platform::testing::{assert_eventually, call_without_body, wait_serving};
+use trellis_platform::testing::{answers_of, assert_eventually, call_without_body, wait_serving};
 use trellis_proto::notification_v1 as pb;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 use trellis_proto::notification_v1::notification_internal_service_server::{
@@ -160,15 +160,7 @@ async fn calls_whose_bodies_never_arrive_starve_neither_health_nor_other_calls()
     );
 
     // Then the body timeout answers every one of them.
-    let answered = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut codes = Vec::new();
-        for call in hanging {
-            codes.push(call.await.unwrap());
-        }
-        codes
-    })
-    .await
-    .expect("the body timeout answers the hanging calls");
+    let answered = answers_of(hanging, Duration::from_secs(60)).await;
     assert!(
         answered
             .iter()

@@ -10,7 +10,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::server::LIVENESS;
-use trellis_platform::testing::call_without_body;
+use trellis_platform::testing::{answers_of, call_without_body};
 use trellis_proto::user_v1 as pb;
 
 use crate::helpers::{spawn_app_with, with_token};
@@ -74,15 +74,7 @@ async fn eleven_hundred_bodiless_calls_leave_liveness_and_get_user_answering() {
         "the bodiless calls were still waiting"
     );
 
-    let answered = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut codes = Vec::new();
-        for call in hanging {
-            codes.push(call.await.expect("the call task"));
-        }
-        codes
-    })
-    .await
-    .expect("the body timeout answers the bodiless calls");
+    let answered = answers_of(hanging, Duration::from_secs(60)).await;
     assert_eq!(answered.len(), 1104);
     assert!(
         answered
