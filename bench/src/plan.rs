@@ -190,9 +190,8 @@ pub async fn execute(plan: &Plan) -> anyhow::Result<Report> {
             .rows
             .iter()
             .flat_map(|row| {
-                plan.gates
-                    .iter()
-                    .filter(|g| g.applies_to(&row.scenario))
+                crate::slo::Gate::for_scenario(&plan.gates, &row.scenario)
+                    .into_iter()
                     .filter_map(|g| g.check(&row.figures, row.ratio_to_baseline.as_ref()))
                     .map(|f| format!("{} {}: {f}", row.variant, row.scenario))
             })

@@ -51,6 +51,12 @@ pub struct DeliveryFigures {
     pub expected: u64,
     /// Live streams.
     pub subscribers: u64,
+    /// Deliveries owed and never received: `expected` − (`received` − `duplicated`).
+    pub lost: u64,
+    /// Deliveries of a notification a stream had received before.
+    pub duplicated: u64,
+    /// Server CPU time (all watched processes) per delivery received, µs.
+    pub cpu_us_per_delivery: Option<f64>,
     /// From intended send to receipt.
     pub latency_ms: Latency,
 }
@@ -118,6 +124,14 @@ impl From<&Measurement> for Figures {
                 received: d.received,
                 expected: d.expected,
                 subscribers: d.subscribers,
+                lost: d
+                    .expected
+                    .saturating_sub(d.received.saturating_sub(d.duplicated)),
+                duplicated: d.duplicated,
+                #[allow(clippy::cast_precision_loss)]
+                cpu_us_per_delivery: server
+                    .filter(|_| d.received > 0)
+                    .map(|s| s.cpu.as_secs_f64() * 1e6 / d.received as f64),
                 latency_ms: Latency::of(&d.latency),
             }),
             overload: m.overload.clone(),
@@ -323,7 +337,7 @@ impl Report {
                 let l = &d.latency_ms;
                 let _ = writeln!(
                     out,
-                    "{:<10} {:<20} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8}  {}/{} delivered to {} streams",
+                    "{:<10} {:<20} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8}  {}/{} delivered to {} streams, {} lost, {} duplicated, {} CPU µs per delivery",
                     row.variant,
                     "  (delivery)",
                     d.per_second,
@@ -335,6 +349,10 @@ impl Report {
                     d.received,
                     d.expected,
                     d.subscribers,
+                    d.lost,
+                    d.duplicated,
+                    d.cpu_us_per_delivery
+                        .map_or("-".to_owned(), |c| format!("{c:.0}")),
                 );
             }
             if let Some(o) = &f.overload {

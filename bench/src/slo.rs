@@ -11,13 +11,18 @@
 //! | `goodput>0.8` | `overload`: OK calls a second at three times the capacity ÷ the capacity |
 //! | `p99-ratio<2` | `overload`: admitted calls' p99 ÷ the p99 at half the capacity |
 //! | `probe-failures<1` | `overload`: health probes not answered SERVING |
+//! | `lost<1` | `subscribe`: deliveries owed and never received |
+//! | `duplicated<1` | `subscribe`: notifications received again on the same stream |
 //!
 //! A gate prefixed with a scenario's name and a colon (`get-user:ratio>0.05`) applies to
-//! that scenario's rows only; without one, to every row. `ratio` gates are machine
+//! that scenario's rows only; without one, to every row whose scenario has no gate of its
+//! own on the same figure (`errors<1%,overload:errors<5%`: 5 % for overload, 1 % for the
+//! rest). `ratio` gates are machine
 //! independent: they compare with a server measured on the same cores in the same run,
 //! so CI can gate on them where absolute rates would vary with the machine.
 //!
-//! The three `overload` gates read figures only that scenario has: other rows pass them.
+//! The three `overload` gates and the two delivery counts read figures only their
+//! scenario has: other rows pass them.
 //!
 //! For `subscribe`, latency gates read the delivery latency (intended send to receipt on
 //! a stream), what a subscriber sees; `errors` and `rps` read the sends.
@@ -41,6 +46,8 @@ enum Metric {
     Goodput,
     P99Ratio,
     ProbeFailures,
+    Lost,
+    Duplicated,
 }
 
 /// How the figure must compare with the threshold.
@@ -146,9 +153,14 @@ fn parse_gate(text: &str) -> Result<Gate, String> {
             Metric::ProbeFailures,
             Some(Threshold::ErrorCount(number(value)?)),
         ),
+        "lost" => (Metric::Lost, Some(Threshold::ErrorCount(number(value)?))),
+        "duplicated" => (
+            Metric::Duplicated,
+            Some(Threshold::ErrorCount(number(value)?)),
+        ),
         other => {
             return Err(format!(
-                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps, ratio, goodput, p99-ratio, probe-failures)"
+                "gate `{text}`: unknown figure `{other}` (p50, p90, p99, p999, max, errors, rps, ratio, goodput, p99-ratio, probe-failures, lost, duplicated)"
             ));
         }
     };
@@ -180,12 +192,33 @@ impl Gate {
         self.scenario.as_deref().is_none_or(|s| s == scenario)
     }
 
+    /// The gates of `gates` that apply to rows of `scenario`: its own, and the general
+    /// ones on figures it has no gate of its own for.
+    #[must_use]
+    pub fn for_scenario<'a>(gates: &'a [Gate], scenario: &str) -> Vec<&'a Gate> {
+        let own = |metric: Metric| {
+            gates
+                .iter()
+                .any(|g| g.metric == metric && g.scenario.as_deref() == Some(scenario))
+        };
+        gates
+            .iter()
+            .filter(|g| match g.scenario.as_deref() {
+                Some(s) => s == scenario,
+                None => !own(g.metric),
+            })
+            .collect()
+    }
+
     /// `None` when `figures` pass (with `ratio`, the row's ratios to the baseline, for
     /// `ratio` gates); otherwise what was measured, for the failure line. A `ratio` gate
     /// fails when no baseline was measured.
     #[must_use]
     pub fn check(&self, figures: &Figures, ratio: Option<&Ratios>) -> Option<String> {
         if let Some(outcome) = self.check_overload(figures) {
+            return outcome;
+        }
+        if let Some(outcome) = self.check_delivery(figures) {
             return outcome;
         }
         let l = figures
@@ -223,6 +256,30 @@ impl Gate {
         };
         (!self.comparison.holds(value, threshold))
             .then(|| format!("{}: measured {shown}", self.text))
+    }
+
+    /// The outcome of a `lost` or `duplicated` gate (`Some(None)`: it passes, also on rows
+    /// without deliveries); `None` for every other gate.
+    fn check_delivery(&self, figures: &Figures) -> Option<Option<String>> {
+        let (Metric::Lost | Metric::Duplicated, Threshold::ErrorCount(threshold)) =
+            (self.metric, self.threshold)
+        else {
+            return None;
+        };
+        let Some(d) = &figures.delivery else {
+            return Some(None);
+        };
+        let (n, what) = if self.metric == Metric::Lost {
+            (d.lost, "lost")
+        } else {
+            (d.duplicated, "duplicated")
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let value = n as f64;
+        Some(
+            (!self.comparison.holds(value, threshold))
+                .then(|| format!("{}: measured {n} {what} of {}", self.text, d.expected)),
+        )
     }
 
     /// The outcome of an `overload` gate (`Some(None)`: it passes, also on rows without
@@ -364,6 +421,9 @@ mod tests {
             received: 1000,
             expected: 1000,
             subscribers: 10,
+            lost: 0,
+            duplicated: 0,
+            cpu_us_per_delivery: None,
             latency_ms: Latency {
                 p50: 30.0,
                 p90: 30.0,
@@ -373,6 +433,16 @@ mod tests {
             },
         });
         assert_eq!(failures("p99<20ms", &f).len(), 1);
+        assert!(failures("lost<1,duplicated<1", &f).is_empty());
+        if let Some(d) = f.delivery.as_mut() {
+            d.lost = 3;
+            d.duplicated = 1;
+        }
+        let failed = failures("lost<1,duplicated<1", &f);
+        assert!(failed[0].contains("3 lost of 1000"), "{failed:?}");
+        assert!(failed[1].contains("1 duplicated"), "{failed:?}");
+        // Rows without deliveries pass them.
+        assert!(failures("lost<1", &figures(1.0, 0, 10, 1.0)).is_empty());
         assert!(failures("errors<1%,rps>50", &f).is_empty());
     }
 
@@ -413,6 +483,20 @@ mod tests {
         assert!(!gates[0].applies_to("login"));
         assert!(gates[1].applies_to("login"));
         assert!(parse(":p99<1s").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_scenarios_own_gate_replaces_the_general_one_on_the_same_figure() -> Result<(), String> {
+        let gates = parse("errors<1%,p99<1s,overload:errors<5%")?;
+        let texts = |scenario: &str| -> Vec<String> {
+            Gate::for_scenario(&gates, scenario)
+                .iter()
+                .map(|g| g.text().to_owned())
+                .collect()
+        };
+        assert_eq!(texts("overload"), ["p99<1s", "overload:errors<5%"]);
+        assert_eq!(texts("get-user"), ["errors<1%", "p99<1s"]);
         Ok(())
     }
 

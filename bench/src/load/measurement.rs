@@ -75,6 +75,8 @@ pub struct Delivery {
     pub expected: u64,
     /// Live streams at the start of the window.
     pub subscribers: u64,
+    /// Of `received`, notifications a stream had received before.
+    pub duplicated: u64,
 }
 
 /// The raw result of one run (or several merged).
@@ -173,11 +175,13 @@ impl Measurement {
             received: 0,
             expected,
             subscribers,
+            duplicated: 0,
         };
         while let Some(tally) = receivers.join_next().await {
             let tally = tally.context("a subscriber task failed")?;
             merge_histogram(&mut delivery.latency, &tally.latency);
             delivery.received += tally.ok;
+            delivery.duplicated += tally.duplicates;
             for (code, n) in tally.errors {
                 *self.errors.entry(format!("stream {code}")).or_default() += n;
             }
@@ -271,6 +275,8 @@ pub(super) struct Tally {
     ok: u64,
     errors: BTreeMap<String, u64>,
     expected_deliveries: u64,
+    /// Subscriber streams: notifications received again on the same stream.
+    duplicates: u64,
 }
 
 impl Tally {
@@ -281,6 +287,7 @@ impl Tally {
             ok: 0,
             errors: BTreeMap::new(),
             expected_deliveries: 0,
+            duplicates: 0,
         }
     }
 }
@@ -427,6 +434,7 @@ pub(super) async fn receive_deliveries(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Tally {
     let mut tally = Tally::new();
+    let mut seen = std::collections::HashSet::new();
     loop {
         let message = tokio::select! {
             message = stream.message() => message,
@@ -444,6 +452,9 @@ pub(super) async fn receive_deliveries(
                 if n.kind == BENCH_KIND && window.contains(intended) {
                     record(&mut tally.latency, intended.elapsed());
                     tally.ok += 1;
+                    if !seen.insert(n.id) {
+                        tally.duplicates += 1;
+                    }
                 }
             }
             Ok(None) => break,
