@@ -84,6 +84,16 @@ pub struct OutboxConfig {
     #[serde(rename = "retention_ms")]
     #[serde_as(as = "NonZeroMilliSeconds")]
     pub retention: Duration,
+    /// `claim_lease_ms`: how long a dispatcher owns a message it picked up, ms. Every
+    /// replica of a service runs a dispatcher over the same table; one claims a due
+    /// message (an atomic update that moves its `next_attempt_time` this far ahead, and
+    /// succeeds for one of them only) before delivering it, so the others skip it. A
+    /// dispatcher killed mid-delivery leaves the message to be claimed again once the
+    /// lease is over (delivery stays at least once). Longer than a delivery can take
+    /// (the peer's `timeout_ms`); default 30000.
+    #[serde(rename = "claim_lease_ms")]
+    #[serde_as(as = "NonZeroMilliSeconds")]
+    pub claim_lease: Duration,
 }
 
 impl Default for OutboxConfig {
@@ -94,6 +104,7 @@ impl Default for OutboxConfig {
             max_backoff: Duration::from_secs(30),
             batch_size: 100,
             retention: Duration::from_secs(7 * 24 * 3600),
+            claim_lease: Duration::from_secs(30),
         }
     }
 }
@@ -274,6 +285,8 @@ pub struct Dispatcher {
     channels: parking_lot::Mutex<HashMap<String, PeerChannel>>,
     config: OutboxConfig,
     waker: OutboxWaker,
+    /// The claimed message being delivered, if any: given back when stopping abandons it.
+    in_flight: parking_lot::Mutex<Option<Uuid>>,
 }
 
 enum Outcome {
@@ -297,6 +310,7 @@ impl Dispatcher {
             channels: parking_lot::Mutex::default(),
             config,
             waker,
+            in_flight: parking_lot::Mutex::default(),
         }
     }
 
@@ -320,7 +334,10 @@ impl Dispatcher {
                 }
             }
             let pass = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    self.release_in_flight().await;
+                    return;
+                }
                 pass = self.pass(&stop) => pass,
             };
             let full_batch = match pass {
@@ -334,7 +351,10 @@ impl Dispatcher {
                 continue;
             }
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    self.release_in_flight().await;
+                    return;
+                }
                 () = self.waker.0.notified() => {}
                 () = tokio::time::sleep(poll) => {}
             }
@@ -369,10 +389,16 @@ impl Dispatcher {
         let mut any_failed = false;
         for message in due {
             let id = message.id;
+            if !self.claim(id).await? {
+                // Another replica's dispatcher took it since it was read.
+                continue;
+            }
             let attempts = message.attempts + 1;
             let (peer, method) = (message.peer.clone(), message.method.clone());
             // An abandoned delivery leaves its row as it was: due again next time.
+            *self.in_flight.lock() = Some(id);
             let outcome = tokio::select! {
+                // `run` gives the claim back.
                 () = stop.cancelled() => return Ok(count),
                 outcome = self.deliver(message) => outcome,
             };
@@ -401,11 +427,54 @@ impl Dispatcher {
                 }
             };
             update.exec(&self.db).await?;
+            *self.in_flight.lock() = None;
         }
         if any_failed {
             self.report_failed().await;
         }
         Ok(count)
+    }
+
+    /// Claims message `id` for [`OutboxConfig::claim_lease`]: moves its next attempt past
+    /// the lease if it is still due and undelivered. The update is atomic on both
+    /// databases (a row lock on PostgreSQL, the single writer on SQLite), so of several
+    /// dispatchers racing for a message exactly one sees `true`.
+    async fn claim(&self, id: Uuid) -> Result<bool, DbErr> {
+        let now = Utc::now();
+        let lease_end = now
+            + chrono::Duration::from_std(self.config.claim_lease).unwrap_or(chrono::Duration::MAX);
+        let claimed = Entity::update_many()
+            .col_expr(Column::NextAttemptTime, Expr::value(lease_end))
+            .filter(Column::Id.eq(id))
+            .filter(Column::DeliveredTime.is_null())
+            .filter(Column::FailedTime.is_null())
+            .filter(Column::NextAttemptTime.lte(now))
+            .exec(&self.db)
+            .await?;
+        Ok(claimed.rows_affected == 1)
+    }
+
+    /// Makes the claimed message whose delivery was abandoned due again now, so the next
+    /// start (or another replica) need not wait out the lease.
+    async fn release_in_flight(&self) {
+        let Some(id) = self.in_flight.lock().take() else {
+            return;
+        };
+        if let Err(err) = self.release(id).await {
+            tracing::warn!(outbox_id = %id, error = %err, "cannot give back an abandoned outbox message; it is due again after its lease");
+        }
+    }
+
+    /// Makes claimed message `id` due again now.
+    async fn release(&self, id: Uuid) -> Result<(), DbErr> {
+        Entity::update_many()
+            .col_expr(Column::NextAttemptTime, Expr::value(Utc::now()))
+            .filter(Column::Id.eq(id))
+            .filter(Column::DeliveredTime.is_null())
+            .filter(Column::FailedTime.is_null())
+            .exec(&self.db)
+            .await
+            .map(drop)
     }
 
     fn channel(&self, peer: &str) -> Result<PeerChannel, PeerError> {

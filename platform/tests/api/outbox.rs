@@ -1,5 +1,6 @@
 //! The outbox dispatcher: stopping mid-delivery, rejected messages kept visible and
-//! retryable, delivered messages pruned; the backlog as metrics.
+//! retryable, delivered messages pruned; the backlog as metrics; replicas' dispatchers
+//! sharing one table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +53,126 @@ fn peers(addr: std::net::SocketAddr) -> Peers {
     Peers::new(HashMap::from([("notification".to_owned(), peer)]))
 }
 
+/// A migrated SQLite file in `dir`, opened by a pool of its own as a replica would.
+async fn shared_file(dir: &tempfile::TempDir) -> DatabaseConnection {
+    let url = format!("sqlite://{}/outbox.db?mode=rwc", dir.path().display());
+    trellis_platform::data::connect::<Migrator>(&DatabaseConfig::with_url(&url))
+        .await
+        .unwrap()
+}
+
+/// Enqueues `count` messages whose idempotency key is their id; returns the keys.
+async fn enqueue_keyed(db: &DatabaseConnection, count: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for _ in 0..count {
+        let id = uuid::Uuid::now_v7();
+        let request = pb::SendNotificationRequest {
+            idempotency_key: id.to_string(),
+            ..Default::default()
+        };
+        let entry = OutboxEntry::new(
+            id,
+            "notification",
+            trellis_proto::paths::SEND_NOTIFICATION,
+            &request,
+        );
+        enqueue(db, entry).await.unwrap();
+        keys.push(id.to_string());
+    }
+    keys.sort();
+    keys
+}
+
+/// A peer that records the keys it is sent, answering OK after `delay`.
+async fn recording_peer(
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<parking_lot::Mutex<Vec<String>>>) {
+    let keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let addr = serve_notifications(Notifications(Answer::Record {
+        keys: Arc::clone(&keys),
+        delay,
+    }))
+    .await;
+    (addr, keys)
+}
+
+#[tokio::test]
+async fn two_dispatchers_on_one_table_deliver_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_db, second_db) = (shared_file(&dir).await, shared_file(&dir).await);
+    let expected = enqueue_keyed(&first_db, 60).await;
+    // A slow peer, so both dispatchers read the same due rows while the other delivers.
+    let (addr, delivered) = recording_peer(Duration::from_millis(5)).await;
+    let stop = CancellationToken::new();
+    let mut running = Vec::new();
+    for db in [first_db.clone(), second_db] {
+        let dispatcher = Dispatcher::new(
+            db,
+            peers(addr),
+            OutboxConfig::default(),
+            OutboxWaker::default(),
+        );
+        running.push(tokio::spawn(dispatcher.run(stop.clone())));
+    }
+    assert_eventually(|| async { pending(&first_db).await == 0 }).await;
+    stop.cancel();
+    for dispatcher in running {
+        dispatcher.await.unwrap();
+    }
+    let mut delivered = delivered.lock().clone();
+    delivered.sort();
+    assert_eq!(delivered, expected, "each message delivered exactly once");
+}
+
+#[tokio::test]
+async fn a_message_whose_dispatcher_dies_mid_delivery_is_delivered_after_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_db, second_db) = (shared_file(&dir).await, shared_file(&dir).await);
+    let expected = enqueue_keyed(&first_db, 1).await;
+    let lease = OutboxConfig {
+        claim_lease: Duration::from_millis(1500),
+        ..OutboxConfig::default()
+    };
+    // The first dispatcher claims the message and hangs delivering it; then it is killed
+    // (its task dropped: no shutdown path runs, as with SIGKILL).
+    let started = Arc::new(Notify::new());
+    let hanging = serve_notifications(Notifications(Answer::Hang {
+        started: Arc::clone(&started),
+    }))
+    .await;
+    let doomed = tokio::spawn(
+        Dispatcher::new(
+            first_db.clone(),
+            peers(hanging),
+            lease.clone(),
+            OutboxWaker::default(),
+        )
+        .run(CancellationToken::new()),
+    );
+    started.notified().await;
+    doomed.abort();
+    // The second, started meanwhile, leaves the claimed message alone until the lease is
+    // over, then delivers it.
+    let (addr, delivered) = recording_peer(Duration::ZERO).await;
+    let stop = CancellationToken::new();
+    let survivor = tokio::spawn(
+        Dispatcher::new(second_db, peers(addr), lease, OutboxWaker::default()).run(stop.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        delivered.lock().is_empty(),
+        "delivered inside the first one's lease"
+    );
+    assert_eventually(|| async { pending(&first_db).await == 0 }).await;
+    stop.cancel();
+    survivor.await.unwrap();
+    assert_eq!(
+        *delivered.lock(),
+        expected,
+        "delivered at least once, here once"
+    );
+}
+
 async fn pending(db: &DatabaseConnection) -> u64 {
     pending_count(db).await.unwrap()
 }
@@ -80,6 +201,11 @@ async fn stopping_does_not_wait_for_a_delivery_in_progress() {
     let stopped = tokio::time::timeout(Duration::from_secs(30), running).await;
     assert!(stopped.is_ok(), "the dispatcher waited for its delivery");
     assert_eq!(pending(&db).await, 1, "the abandoned message stays pending");
+    let row = Entity::find().one(&db).await.unwrap().unwrap();
+    assert!(
+        row.next_attempt_time <= chrono::Utc::now(),
+        "its claim was given back, so it is due at once: {row:?}"
+    );
 }
 
 #[tokio::test]

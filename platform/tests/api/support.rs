@@ -63,6 +63,11 @@ pub enum Answer {
     Fail(Status),
     /// Never: signals `started` and waits forever.
     Hang { started: Arc<Notify> },
+    /// OK after `delay`, recording each request's idempotency key in `keys`.
+    Record {
+        keys: Arc<parking_lot::Mutex<Vec<String>>>,
+        delay: std::time::Duration,
+    },
 }
 
 /// A `NotificationInternalService` answering with [`Answer`].
@@ -73,9 +78,14 @@ pub struct Notifications(pub Answer);
 impl NotificationInternalService for Notifications {
     async fn send_notification(
         &self,
-        _: Request<pb::SendNotificationRequest>,
+        request: Request<pb::SendNotificationRequest>,
     ) -> Result<Response<pb::SendNotificationResponse>, Status> {
         match &self.0 {
+            Answer::Record { keys, delay } => {
+                tokio::time::sleep(*delay).await;
+                keys.lock().push(request.into_inner().idempotency_key);
+                Ok(Response::new(pb::SendNotificationResponse::default()))
+            }
             Answer::Ok => Ok(Response::new(pb::SendNotificationResponse::default())),
             Answer::Fail(status) => Err(status.clone()),
             Answer::Hang { started } => {
