@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod feed_check;
 pub mod scenarios;
 
 use std::net::{SocketAddr, TcpListener};

@@ -92,8 +92,9 @@ impl DatabaseConfig {
         url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"))
     }
 
-    /// The file of a file-backed SQLite URL, if it is one.
-    fn sqlite_file(&self) -> Option<&str> {
+    /// The file of a file-backed SQLite URL (`sqlite://.data/user.db?mode=rwc` →
+    /// `.data/user.db`); `None` for PostgreSQL and in-memory SQLite.
+    pub fn sqlite_file(&self) -> Option<&str> {
         let rest = self.url.expose_secret().strip_prefix("sqlite:")?;
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let path = rest.split('?').next().unwrap_or(rest);

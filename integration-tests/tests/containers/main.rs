@@ -7,4 +7,5 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cluster;
+mod live_feed;
 mod postgres;

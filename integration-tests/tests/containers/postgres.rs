@@ -11,7 +11,7 @@ use testcontainers_modules::postgres::Postgres;
 pub(crate) const INIT_SQL: &str = "CREATE DATABASE trellis_user; CREATE DATABASE trellis_auth; CREATE DATABASE trellis_notification;";
 
 /// A PostgreSQL container with the three databases, and their URLs.
-async fn postgres() -> (ContainerAsync<Postgres>, Databases) {
+pub(crate) async fn postgres() -> (ContainerAsync<Postgres>, Databases) {
     let (name, tag) = docker::image("postgres");
     let container = Postgres::default()
         .with_init_sql(INIT_SQL.as_bytes().to_vec())

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use trellis_platform::config::{ConfigError, Validate, require_positive};
 
 pub use crate::domain::hub::StreamLimits;
+pub use crate::domain::live::FeedSettings;
 
 /// The notification service's own keys.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -13,6 +14,8 @@ pub use crate::domain::hub::StreamLimits;
 pub struct Settings {
     /// Caps on open `Subscribe`/`Connect` streams.
     pub streams: StreamLimits,
+    /// How the live feed learns of commits (its poll and SQLite check intervals).
+    pub feed: FeedSettings,
 }
 
 impl Validate for Settings {
@@ -24,6 +27,16 @@ impl Validate for Settings {
             return Err(ConfigError::invalid(
                 "streams.max_per_user",
                 format!("must not exceed streams.max_total ({})", streams.max_total),
+            ));
+        }
+        require_positive("feed.poll_interval_ms", self.feed.poll_interval_ms)?;
+        let check = self.feed.sqlite_check_interval_ms;
+        if !(1..=100).contains(&check) {
+            return Err(ConfigError::invalid(
+                "feed.sqlite_check_interval_ms",
+                format!(
+                    "must be 1 to 100 (ms), not {check}: a commit by another process is delivered this late"
+                ),
             ));
         }
         Ok(())
@@ -87,6 +100,29 @@ mod tests {
             ("TRELLIS_NOTIFICATION__STREAMS__MAX_TOTAL", "10"),
         ]);
         assert!(message.contains("streams.max_per_user"), "{message}");
+    }
+
+    #[test]
+    fn feed_intervals_default_to_a_second_and_50_ms_and_are_bounded() -> Result<(), ConfigError> {
+        let config = load(&[])?;
+        assert_eq!(
+            config.service.feed,
+            FeedSettings {
+                poll_interval_ms: 1000,
+                sqlite_check_interval_ms: 50
+            }
+        );
+        let message = error_of(&[(
+            "TRELLIS_NOTIFICATION__FEED__SQLITE_CHECK_INTERVAL_MS",
+            "500",
+        )]);
+        assert!(
+            message.contains("feed.sqlite_check_interval_ms"),
+            "{message}"
+        );
+        let message = error_of(&[("TRELLIS_NOTIFICATION__FEED__POLL_INTERVAL_MS", "0")]);
+        assert!(message.contains("feed.poll_interval_ms"), "{message}");
+        Ok(())
     }
 
     #[test]

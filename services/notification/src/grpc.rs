@@ -77,12 +77,12 @@ impl<R> Clone for NotificationHandlers<R> {
 impl<R: NotificationRepository> NotificationHandlers<R> {
     /// Handlers over the domain; open streams end with UNAVAILABLE when `shutdown` fires.
     pub fn new(
-        notifications: Notifications<R>,
+        notifications: Arc<Notifications<R>>,
         page_tokens: PageTokenCodec,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            notifications: Arc::new(notifications),
+            notifications,
             page_tokens,
             shutdown,
             ignored_acks: None,
@@ -235,11 +235,13 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
     }
 }
 
-/// Feeds one open stream: replay from storage, then new notifications, until the client
-/// goes away or the server shuts down. Storage is the source of truth: a wake-up from the
-/// hub (or a lag) makes the stream read what committed after the last notification *it*
-/// sent, in commit order, so a notification that committed out of id order, or whose
-/// wake-up came late, is neither skipped nor sent twice.
+/// Feeds one open stream: replay from storage, then new notifications from memory (the
+/// hub, fed by the instance's commit follower in commit order), until the client goes
+/// away or the server shuts down. The stream's place in the hub is taken before the
+/// replay, so a notification committed meanwhile is either replayed or handed over (and
+/// then skipped by its sequence), never missed; a stream that falls more than the hub's
+/// buffer behind reads what committed after the last notification *it* sent from storage,
+/// so it is neither skipped nor sent twice.
 struct Feed<R, T> {
     /// Declared first so the stream's place in the hub is freed before `tx` closes the
     /// response: a client that saw its stream end may open another at once.
@@ -313,22 +315,32 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                     }
                 },
                 message = self.live.recv() => match message {
-                    // Already sent (found by a replay): nothing to read.
-                    Ok(wake) if self.last_sent.is_some_and(|last| wake.sequence <= last) => {}
-                    // New: deliver it in a span that continues the trace of the call
-                    // that stored it (a child of its SendNotification server span).
-                    Ok(wake) => {
+                    // Already sent (found by a replay): nothing to do.
+                    Ok(delivery) if self
+                        .last_sent
+                        .is_some_and(|last| delivery.notification.sequence <= last) => {}
+                    // New: send it from memory, in a span that continues the trace of
+                    // the call that stored it (a child of its SendNotification server
+                    // span, when this instance stored it).
+                    Ok(delivery) => {
                         let span = tracing::info_span!(
                             "notification delivery",
-                            sequence = wake.sequence,
+                            sequence = delivery.notification.sequence,
                         );
-                        wake.trace.set_parent_of(&span);
-                        if self.catch_up().instrument(span).await.is_err() {
-                            return "closed during replay";
+                        delivery.trace.set_parent_of(&span);
+                        let sequence = delivery.notification.sequence;
+                        let sent = self
+                            .send(delivery.notification.clone())
+                            .instrument(span)
+                            .await;
+                        if sent.is_err() {
+                            return "client went away";
                         }
+                        self.last_sent = Some(sequence);
                     }
                     // Too far behind for the buffer: read what committed after the last
-                    // one sent, never from the start again.
+                    // one sent, never from the start again; what is still buffered
+                    // after that is skipped by its sequence.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         if self.catch_up().await.is_err() {
                             return "closed during replay";
@@ -520,7 +532,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::domain::hub::Hub;
+    use crate::domain::live::{FeedSettings, LiveFeed};
     use crate::domain::testing::{InMemory, new_notification};
 
     /// More notifications than the hub buffers per user, so a stream that reads none of
@@ -570,10 +582,183 @@ mod tests {
         assert_eq!(window.receive(Uuid::now_v7()), Ack::TooMany);
     }
 
+    /// Notifications over an in-memory repository, with the commit follower running
+    /// until `stop`.
+    async fn followed(stop: &CancellationToken) -> Arc<Notifications<InMemory>> {
+        let notifications = Arc::new(Notifications::new(InMemory::default(), LiveFeed::default()));
+        let from = notifications.last_committed().await.expect("in memory");
+        let follower = Arc::clone(&notifications);
+        let stop = stop.clone();
+        tokio::spawn(async move { follower.follow(from, FeedSettings::default(), stop).await });
+        notifications
+    }
+
+    /// Opens a Subscribe-like stream of `user`'s notifications whose client holds at most
+    /// `buffer` unread.
+    fn open(
+        notifications: &Arc<Notifications<InMemory>>,
+        user: &str,
+        buffer: usize,
+        stop: &CancellationToken,
+    ) -> Result<mpsc::Receiver<Result<Notification, Status>>, NotificationError> {
+        let live = notifications.subscribe(user)?;
+        let (tx, rx) = mpsc::channel(buffer);
+        let feed = Feed {
+            live,
+            notifications: Arc::clone(notifications),
+            user_id: user.to_owned(),
+            filter: ReplayFilter::All,
+            last_sent: None,
+            acks: AckWindow::default(),
+            tx,
+            wrap: |n| n,
+        };
+        tokio::spawn(feed.run(None, stop.clone()));
+        Ok(rx)
+    }
+
+    /// The next `count` notifications' titles on `rx`, failing on a closed stream or one
+    /// silent for 5 s.
+    async fn titles(
+        rx: &mut mpsc::Receiver<Result<Notification, Status>>,
+        count: usize,
+    ) -> Vec<String> {
+        let mut titles = Vec::new();
+        for _ in 0..count {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await;
+            let notification = next
+                .expect("a notification within 5 s")
+                .expect("stream open")
+                .expect("healthy");
+            titles.push(notification.title);
+        }
+        titles
+    }
+
+    /// Lets every spawned task run until it waits (the runtime is the test's one thread).
+    async fn settle() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    async fn send_titled(
+        notifications: &Notifications<InMemory>,
+        user: &str,
+        title: &str,
+    ) -> Result<Notification, NotificationError> {
+        let key = format!("{user}-{title}");
+        let new = NewNotification {
+            title,
+            ..new_notification(user, &key)
+        };
+        Ok(notifications.send(new).await?.0)
+    }
+
+    #[tokio::test]
+    async fn every_stream_gets_its_users_notifications_in_order_from_one_read_each()
+    -> Result<(), NotificationError> {
+        let stop = CancellationToken::new();
+        let notifications = followed(&stop).await;
+        let users = ["ada", "grace", "alan"];
+        let mut streams = Vec::new();
+        for user in users {
+            for _ in 0..4 {
+                streams.push((user, open(&notifications, user, 1024, &stop)?));
+            }
+        }
+        settle().await; // every stream has replayed (nothing) and waits
+        // Interleaved across users, each user's in their own order.
+        let per_user = 40;
+        let mut expected = std::collections::HashMap::new();
+        for i in 0..per_user {
+            for user in users {
+                let title = format!("{user} {i}");
+                send_titled(&notifications, user, &title).await?;
+                expected.entry(user).or_insert_with(Vec::new).push(title);
+            }
+            tokio::task::yield_now().await;
+        }
+        for (user, rx) in &mut streams {
+            assert_eq!(titles(rx, per_user).await, expected[user], "{user}");
+        }
+        let repository = notifications.repository();
+        assert_eq!(
+            repository.followed_rows.load(Ordering::Relaxed),
+            (per_user * users.len()) as u64,
+            "each notification read once by the follower, not once per stream"
+        );
+        assert_eq!(
+            repository.replayed_rows.load(Ordering::Relaxed),
+            0,
+            "no stream read storage: they opened before any notification"
+        );
+        stop.cancel();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_slow_stream_delays_no_other_and_then_gets_everything_once_in_order()
+    -> Result<(), NotificationError> {
+        let stop = CancellationToken::new();
+        let notifications = followed(&stop).await;
+        // Its client reads nothing until the end and holds one message at most.
+        let mut slow = open(&notifications, "ada", 1, &stop)?;
+        let mut ada = open(&notifications, "ada", 1024, &stop)?;
+        let mut grace = open(&notifications, "grace", 1024, &stop)?;
+        settle().await;
+        let count = 300; // past the hub's buffer of 256
+        let mut sent = Vec::new();
+        for i in 0..count {
+            sent.push(
+                send_titled(&notifications, "ada", &format!("{i}"))
+                    .await?
+                    .title,
+            );
+            send_titled(&notifications, "grace", &format!("{i}")).await?;
+            // The follower and the other streams keep up; the slow one cannot.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // Everyone else is served while the slow stream's client reads nothing.
+        assert_eq!(titles(&mut ada, count).await, sent);
+        assert_eq!(titles(&mut grace, count).await, sent);
+        // The slow one lagged past the buffer: it catches up from storage, without a gap
+        // or a duplicate, and then is live again.
+        assert_eq!(titles(&mut slow, count).await, sent);
+        let last = send_titled(&notifications, "ada", "last").await?;
+        assert_eq!(titles(&mut slow, 1).await, [last.title]);
+        assert!(
+            notifications
+                .repository()
+                .replayed_rows
+                .load(Ordering::Relaxed)
+                > 0,
+            "the slow stream read storage to catch up"
+        );
+        stop.cancel();
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stream_opened_late_replays_then_goes_live_without_a_duplicate()
+    -> Result<(), NotificationError> {
+        let stop = CancellationToken::new();
+        let notifications = followed(&stop).await;
+        let earlier = send_titled(&notifications, "ada", "earlier").await?;
+        let mut stream = open(&notifications, "ada", 1024, &stop)?;
+        let later = send_titled(&notifications, "ada", "later").await?;
+        assert_eq!(titles(&mut stream, 2).await, [earlier.title, later.title]);
+        // Nothing else follows (the later one was not sent twice).
+        let quiet =
+            tokio::time::timeout(std::time::Duration::from_millis(200), stream.recv()).await;
+        assert!(quiet.is_err(), "unexpected message: {quiet:?}");
+        stop.cancel();
+        Ok(())
+    }
+
     #[tokio::test]
     async fn a_lagging_stream_resumes_after_the_last_notification_it_sent_not_from_the_start()
     -> Result<(), NotificationError> {
-        let notifications = Arc::new(Notifications::new(InMemory::default(), Hub::default()));
+        let shutdown = CancellationToken::new();
+        let notifications = followed(&shutdown).await;
         let live = notifications.subscribe("ada")?;
         for i in 0..PAST_THE_BUFFER {
             notifications
@@ -591,7 +776,6 @@ mod tests {
             tx,
             wrap: |n| n,
         };
-        let shutdown = CancellationToken::new();
         tokio::spawn(feed.run(None, shutdown.clone()));
 
         let mut sequences = Vec::new();
@@ -605,13 +789,13 @@ mod tests {
         let sent = rx.recv().await.expect("open").expect("healthy");
         assert_eq!(sent, last, "each exactly once, in commit order");
 
-        // The first replay read the 300, the new one read itself: the lag read nothing
-        // again (replaying from the start would have read 300 more).
+        // The first replay read the 300 and the new one came from memory: the lag read
+        // nothing again (replaying from the start would have read 300 more).
         let read = notifications
             .repository()
             .replayed_rows
             .load(Ordering::Relaxed);
-        assert_eq!(read, PAST_THE_BUFFER as u64 + 1);
+        assert_eq!(read, PAST_THE_BUFFER as u64);
         shutdown.cancel();
         Ok(())
     }

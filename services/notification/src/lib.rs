@@ -15,8 +15,11 @@ use trellis_platform::{BuildError, Context, ServiceInfo};
 use trellis_proto::notification_v1::notification_internal_service_server::NotificationInternalServiceServer;
 use trellis_proto::notification_v1::notification_service_server::NotificationServiceServer;
 
+use std::sync::Arc;
+
 use domain::Notifications;
 use domain::hub::Hub;
+use domain::live::LiveFeed;
 use grpc::NotificationHandlers;
 use storage::SeaOrmNotificationRepository;
 
@@ -77,7 +80,17 @@ impl trellis_platform::Service for Service {
             "Open Subscribe and Connect streams, all users together.",
             move || i64::try_from(live.streams()).unwrap_or(i64::MAX),
         )?;
-        let notifications = Notifications::new(repository, hub);
+        let live = LiveFeed::new(hub);
+        let feed = ctx.settings().feed;
+        let sqlite_file = ctx.config().database.sqlite_file().map(str::to_owned);
+        let watched = ctx.db().clone();
+        let woken = live.clone();
+        ctx.spawn(move |stop| storage::watch::run(watched, sqlite_file, woken, feed, stop));
+        let notifications = Arc::new(Notifications::new(repository, live));
+        // Read before the server serves, so before any stream can open.
+        let from = notifications.last_committed().await?;
+        let follower = Arc::clone(&notifications);
+        ctx.spawn(move |stop| async move { follower.follow(from, feed, stop).await });
         let ignored_acks = ctx.metrics().register(IntCounter::new(
             "trellis_notification_ignored_acks_total",
             "Connect acknowledgements ignored: not of a notification the stream pushed and \

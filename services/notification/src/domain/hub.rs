@@ -1,7 +1,9 @@
-//! Live fan-out: every open stream of a user is woken by each new notification of theirs,
-//! within caps on how many streams may be open, per user and in all. A wake-up carries the
-//! trace context of the call that stored the notification (`SendNotification`), so the
-//! stream's delivery joins that trace.
+//! Live fan-out: every open stream of a user is handed each new notification of theirs
+//! from memory, within caps on how many streams may be open, per user and in all. The
+//! instance's commit follower ([`super::live`]) reads each committed notification once and
+//! publishes it here; a delivery carries the trace context of the call that stored it
+//! (`SendNotification`, when it was this instance's), so the stream's delivery joins that
+//! trace.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,14 +15,13 @@ use trellis_platform::telemetry::TraceContext;
 
 use super::Notification;
 
-/// Sequences buffered per user for slow streams; a stream further behind is told it
-/// lagged and catches up from storage.
-const BUFFER: usize = 256;
+/// Notifications buffered per user for slow streams; a stream further behind is told it
+/// lagged and catches up from storage. Each is an `Arc` shared by all the user's streams.
+pub const BUFFER: usize = 256;
 
 /// Caps on open `Subscribe`/`Connect` streams (both kinds count alike). A stream opened
-/// over a cap is refused; each open stream holds a task, buffers and, on every new
-/// notification of its user, a storage read, so an unbounded number is a way to exhaust
-/// the server (OWASP API4:2023, unrestricted resource consumption).
+/// over a cap is refused; each open stream holds a task and buffers, so an unbounded
+/// number is a way to exhaust the server (OWASP API4:2023, unrestricted resource consumption).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamLimits {
@@ -50,18 +51,18 @@ pub enum StreamLimitReached {
     Total(usize),
 }
 
-/// What an open stream is woken with: a committed notification's sequence and the trace
-/// context of the call that stored it (empty while tracing is off).
-#[derive(Debug, Clone)]
-pub struct Wake {
-    /// The notification's sequence.
-    pub sequence: i64,
+/// What an open stream is handed: a committed notification and the trace context of the
+/// call that stored it (empty while tracing is off, or when another instance stored it).
+#[derive(Debug)]
+pub struct Delivery {
+    /// The committed notification.
+    pub notification: Notification,
     /// The trace context of the call that stored it.
     pub trace: TraceContext,
 }
 
-/// Per-user broadcast channels of committed notifications' sequences, with the count of
-/// open streams. A user's entry exists exactly while they have a stream open.
+/// Per-user broadcast channels of committed notifications, with the count of open
+/// streams. A user's entry exists exactly while they have a stream open.
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
     inner: Arc<Mutex<Inner>>,
@@ -77,7 +78,7 @@ struct Inner {
 
 #[derive(Debug)]
 struct Entry {
-    sender: broadcast::Sender<Wake>,
+    sender: broadcast::Sender<Arc<Delivery>>,
     /// Open streams of this user; the entry goes when it would reach 0.
     streams: usize,
 }
@@ -91,8 +92,7 @@ impl Hub {
         }
     }
 
-    /// Opens a stream for `user_id`: a receiver of their new notifications' sequences,
-    /// counted against the caps until it is dropped. Subscribe *before* replaying from
+    /// Opens a stream for `user_id`: a receiver of their new notifications, counted against the caps until it is dropped. Subscribe *before* replaying from
     /// storage, so nothing stored in between is missed.
     ///
     /// # Errors
@@ -122,16 +122,18 @@ impl Hub {
         })
     }
 
-    /// Wakes `notification`'s user's open streams, if any, with its sequence and the
-    /// current span's trace context.
-    pub fn publish(&self, notification: &Notification) {
-        if let Some(entry) = self.inner.lock().users.get(&notification.user_id) {
+    /// Whether `user_id` has a stream open on this instance.
+    pub fn is_watched(&self, user_id: &str) -> bool {
+        self.inner.lock().users.contains_key(user_id)
+    }
+
+    /// Hands `delivery` to its user's open streams, if any. Never waits: a stream whose
+    /// buffer is full is told it lagged when it next reads.
+    pub fn publish(&self, delivery: Delivery) {
+        if let Some(entry) = self.inner.lock().users.get(&delivery.notification.user_id) {
             // An error means no receiver is left, which the entry's count rules out but
             // for a stream being dropped right now: nothing to deliver either way.
-            drop(entry.sender.send(Wake {
-                sequence: notification.sequence,
-                trace: TraceContext::current(),
-            }));
+            drop(entry.sender.send(Arc::new(delivery)));
         }
     }
 
@@ -147,22 +149,21 @@ impl Hub {
     }
 }
 
-/// One open stream's place in the [`Hub`]: receives the sequences of its user's new
-/// notifications; dropping it frees its place, and the user's entry with the last one.
+/// One open stream's place in the [`Hub`]: receives its user's new notifications; dropping it frees its place, and the user's entry with the last one.
 #[derive(Debug)]
 pub struct Subscription {
-    receiver: broadcast::Receiver<Wake>,
+    receiver: broadcast::Receiver<Arc<Delivery>>,
     hub: Arc<Mutex<Inner>>,
     user_id: String,
 }
 
 impl Subscription {
-    /// The next new notification's wake-up, as [`broadcast::Receiver::recv`].
+    /// The user's next new notification, as [`broadcast::Receiver::recv`].
     ///
     /// # Errors
-    /// [`broadcast::error::RecvError::Lagged`] when this stream fell more than the buffer
+    /// [`broadcast::error::RecvError::Lagged`] when this stream fell more than [`BUFFER`]
     /// behind (catch up from storage).
-    pub async fn recv(&mut self) -> Result<Wake, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Delivery>, broadcast::error::RecvError> {
         self.receiver.recv().await
     }
 }

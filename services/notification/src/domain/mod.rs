@@ -1,9 +1,10 @@
 //! The notification domain: what a notification is, the rules of sending, listing
 //! (pages), reading and acknowledging them, replaying them to a stream, and live fan-out
-//! to a user's open streams ([`hub`]). Storage is reached through
-//! [`NotificationRepository`].
+//! to a user's open streams ([`hub`], fed by the commit follower in [`live`]). Storage is
+//! reached through [`NotificationRepository`].
 
 pub mod hub;
+pub mod live;
 
 use std::future::Future;
 
@@ -13,7 +14,9 @@ use trellis_platform::pagination;
 use trellis_platform::validation::{FieldViolation, text_field};
 use uuid::Uuid;
 
-use hub::{Hub, StreamLimitReached, Subscription};
+use hub::{StreamLimitReached, Subscription};
+use live::{FeedSettings, LiveFeed};
+use tokio_util::sync::CancellationToken;
 
 /// A stored notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,15 @@ pub trait NotificationRepository: Send + Sync + 'static {
         before: Option<Uuid>,
         limit: u64,
     ) -> impl Future<Output = Result<Vec<Notification>, NotificationError>> + Send;
+    /// Every user's notifications with a sequence above `after`, in sequence order, at
+    /// most `limit`: what the commit follower reads.
+    fn committed_after(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<Notification>, NotificationError>> + Send;
+    /// The largest sequence committed so far (0 when there is none).
+    fn last_sequence(&self) -> impl Future<Output = Result<i64, NotificationError>> + Send;
     /// The user's notifications with a sequence above `after` (all when `None`), in
     /// sequence order, at most `limit`; only unacknowledged ones when `unacked_only`.
     fn after(
@@ -231,13 +243,32 @@ impl NewNotification<'_> {
 #[derive(Debug)]
 pub struct Notifications<R> {
     repository: R,
-    hub: Hub,
+    live: LiveFeed,
 }
 
 impl<R: NotificationRepository> Notifications<R> {
-    /// The operations over `repository`, fanning out through `hub`.
-    pub fn new(repository: R, hub: Hub) -> Self {
-        Self { repository, hub }
+    /// The operations over `repository`, fanning out through `live` (whose follower runs
+    /// in [`Self::follow`]).
+    pub fn new(repository: R, live: LiveFeed) -> Self {
+        Self { repository, live }
+    }
+
+    /// The last sequence committed so far: where the live feed's follower starts, read
+    /// before the service serves (so before any stream opens).
+    ///
+    /// # Errors
+    /// [`NotificationError::Unexpected`] when storage fails.
+    pub async fn last_committed(&self) -> Result<i64, NotificationError> {
+        self.repository.last_sequence().await
+    }
+
+    /// Follows commits after sequence `from` and hands each new notification to its
+    /// user's open streams, until `stop` (see [`live`]).
+    pub async fn follow(&self, from: i64, settings: FeedSettings, stop: CancellationToken) {
+        self.live
+            .clone()
+            .follow(&self.repository, from, settings, stop)
+            .await;
     }
 
     /// The repository, for tests that look behind the operations.
@@ -253,7 +284,7 @@ impl<R: NotificationRepository> Notifications<R> {
     /// # Errors
     /// [`NotificationError::TooManyStreams`] when the user or the instance is at its cap.
     pub fn subscribe(&self, user_id: &str) -> Result<Subscription, NotificationError> {
-        Ok(self.hub.subscribe(user_id)?)
+        Ok(self.live.hub().subscribe(user_id)?)
     }
 
     /// The sequence of `user_id`'s notification `id`, where a stream resuming after it
@@ -391,9 +422,9 @@ impl<R: NotificationRepository> Notifications<R> {
             return Err(NotificationError::KeyReused);
         }
         if created {
-            // Published after the commit: a stream that misses the broadcast finds the
-            // row when it replays.
-            self.hub.publish(&stored);
+            // After the commit: the follower reads it (with any other instance's commits
+            // before it) and hands it to the user's streams.
+            self.live.committed(&stored);
         }
         Ok((stored, created))
     }
@@ -415,6 +446,31 @@ pub(crate) mod testing {
         rows: Mutex<Vec<(Notification, String, String)>>,
         /// Rows returned by [`NotificationRepository::after`] so far.
         pub(crate) replayed_rows: AtomicU64,
+        /// Rows returned by [`NotificationRepository::committed_after`] so far.
+        pub(crate) followed_rows: AtomicU64,
+    }
+
+    impl InMemory {
+        /// The rows `keep` keeps, in sequence order, at most `limit`, counted in `read`.
+        fn in_sequence(
+            &self,
+            keep: impl Fn(&Notification) -> bool,
+            limit: u64,
+            read: &AtomicU64,
+        ) -> Vec<Notification> {
+            let mut rows: Vec<_> = self
+                .rows
+                .lock()
+                .iter()
+                .map(|(n, ..)| n)
+                .filter(|n| keep(n))
+                .cloned()
+                .collect();
+            rows.sort_by_key(|n| n.sequence);
+            rows.truncate(limit as usize);
+            read.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            rows
+        }
     }
 
     impl NotificationRepository for InMemory {
@@ -464,6 +520,18 @@ pub(crate) mod testing {
             Ok(rows)
         }
 
+        async fn committed_after(
+            &self,
+            after: i64,
+            limit: u64,
+        ) -> Result<Vec<Notification>, NotificationError> {
+            Ok(self.in_sequence(|n| n.sequence > after, limit, &self.followed_rows))
+        }
+
+        async fn last_sequence(&self) -> Result<i64, NotificationError> {
+            Ok(self.rows.lock().len() as i64)
+        }
+
         async fn after(
             &self,
             user_id: &str,
@@ -471,19 +539,11 @@ pub(crate) mod testing {
             _unacked_only: bool,
             limit: u64,
         ) -> Result<Vec<Notification>, NotificationError> {
-            let mut rows: Vec<_> = self
-                .rows
-                .lock()
-                .iter()
-                .map(|(n, ..)| n)
-                .filter(|n| n.user_id == user_id && after.is_none_or(|a| n.sequence > a))
-                .cloned()
-                .collect();
-            rows.sort_by_key(|n| n.sequence);
-            rows.truncate(limit as usize);
-            self.replayed_rows
-                .fetch_add(rows.len() as u64, Ordering::Relaxed);
-            Ok(rows)
+            Ok(self.in_sequence(
+                |n| n.user_id == user_id && after.is_none_or(|a| n.sequence > a),
+                limit,
+                &self.replayed_rows,
+            ))
         }
 
         async fn sequence_of(
@@ -545,7 +605,7 @@ mod tests {
 
     /// `count` notifications of `ada`, sent oldest first.
     async fn sent(count: usize) -> Result<(Notifications<InMemory>, Vec<Uuid>), NotificationError> {
-        let notifications = Notifications::new(InMemory::default(), Hub::default());
+        let notifications = Notifications::new(InMemory::default(), LiveFeed::default());
         let mut ids = Vec::new();
         for i in 0..count {
             let key = format!("k{i}");
@@ -661,7 +721,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_is_scoped_to_its_sender_and_reusing_it_for_another_payload_is_refused()
     -> Result<(), NotificationError> {
-        let notifications = Notifications::new(InMemory::default(), Hub::default());
+        let notifications = Notifications::new(InMemory::default(), LiveFeed::default());
         let (first, created) = notifications.send(new_notification("ada", "k")).await?;
         assert!(created);
 

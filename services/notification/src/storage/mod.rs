@@ -2,6 +2,7 @@
 
 pub mod entity;
 pub mod migration;
+pub mod watch;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, OnConflict, Query};
@@ -109,6 +110,7 @@ impl NotificationRepository for SeaOrmNotificationRepository {
             .await
             .map_err(unexpected)?;
         if inserted == 1 {
+            watch::announce(&txn, sequence).await.map_err(unexpected)?;
             txn.commit().await.map_err(unexpected)?;
             // What was written is what is stored: no need to read it back.
             return Ok((
@@ -154,6 +156,33 @@ impl NotificationRepository for SeaOrmNotificationRepository {
         }
         let rows = query.all(&self.db).await.map_err(unexpected)?;
         Ok(rows.into_iter().map(to_domain).collect())
+    }
+
+    async fn committed_after(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<Notification>, NotificationError> {
+        // The unique index on `sequence` serves it.
+        let rows = Entity::find()
+            .filter(Column::Sequence.gt(after))
+            .order_by_asc(Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(unexpected)?;
+        Ok(rows.into_iter().map(to_domain).collect())
+    }
+
+    async fn last_sequence(&self) -> Result<i64, NotificationError> {
+        let last: Option<Option<i64>> = Entity::find()
+            .select_only()
+            .column_as(Column::Sequence.max(), "last")
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(unexpected)?;
+        Ok(last.flatten().unwrap_or(0))
     }
 
     async fn after(
@@ -229,7 +258,7 @@ mod tests {
     use trellis_platform::data::{DatabaseConfig, connect};
 
     use super::*;
-    use crate::domain::{Notifications, ReplayFilter, hub::Hub};
+    use crate::domain::{Notifications, ReplayFilter, live::LiveFeed};
 
     async fn repository() -> Result<SeaOrmNotificationRepository, anyhow::Error> {
         let db =
@@ -279,7 +308,7 @@ mod tests {
         .await?;
         assert!(committed_first.sequence < committed_second.sequence);
 
-        let notifications = Notifications::new(repository, Hub::default());
+        let notifications = Notifications::new(repository, LiveFeed::default());
         let resume = notifications
             .resume_point("ada", "after", committed_first.id)
             .await?;

@@ -39,7 +39,14 @@ pub(crate) async fn spawn_app() -> TestApp {
 
 /// As [`spawn_app`], with `adjust` applied to the config first.
 pub(crate) async fn spawn_app_with(adjust: impl FnOnce(&mut NotificationConfig)) -> TestApp {
-    let issuer = TestIssuer::new();
+    spawn_replica(TestIssuer::new(), adjust).await
+}
+
+/// As [`spawn_app_with`], trusting `issuer`'s tokens: replicas of one service share it.
+pub(crate) async fn spawn_replica(
+    issuer: TestIssuer,
+    adjust: impl FnOnce(&mut NotificationConfig),
+) -> TestApp {
     let mut config = test_config::<notification_service::Service>();
     adjust(&mut config);
     let launch = Launch::new(config)

@@ -14,5 +14,6 @@ mod connect;
 mod health;
 mod list;
 mod mark_read;
+mod replicas;
 mod send;
 mod subscribe;
