@@ -70,7 +70,9 @@ struct RunArgs {
     timeout: Duration,
     /// Measure a running system instead of starting one:
     /// `user=http://…,auth=http://…,notification=http://…` (and `health=` for the health
-    /// scenario; default: the user service).
+    /// scenario, default: the user service; `subscribe=` for where the subscribe scenario
+    /// opens its streams, default: where it sends — another replica measures delivery
+    /// across replicas).
     #[arg(long)]
     target: Option<String>,
     /// With --target: a server process whose CPU and memory to read (repeatable).

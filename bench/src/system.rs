@@ -496,6 +496,7 @@ pub async fn start_system(
             auth: Some(address("auth")),
             notification: Some(address("notification")),
             health: None,
+            subscribe: None,
         },
         processes: running.pids(),
         service_client: Some((SERVICE_CLIENT_ID.to_owned(), secret)),

@@ -143,7 +143,12 @@ pub(super) async fn open_subscribers(
     stopped: &tokio::sync::watch::Receiver<bool>,
     receivers: &mut JoinSet<Tally>,
 ) -> anyhow::Result<u64> {
-    let uri = require(sut.targets.notification.as_ref(), "notification", scenario)?;
+    let streams_at = sut
+        .targets
+        .subscribe
+        .as_ref()
+        .or(sut.targets.notification.as_ref());
+    let uri = require(streams_at, "notification (or subscribe)", scenario)?;
     let origin = fixture
         .origin
         .context("the origin is set before subscribing")?;

@@ -45,10 +45,14 @@ pub struct Targets {
     pub notification: Option<String>,
     /// Where the `health` scenario calls; the user service when unset.
     pub health: Option<String>,
+    /// Where the `subscribe` scenario opens its streams; the notification service (where
+    /// it sends) when unset. Another replica of it measures delivery across replicas.
+    pub subscribe: Option<String>,
 }
 
 impl Targets {
-    /// Parses `user=http://…,auth=http://…,notification=http://…[,health=http://…]`.
+    /// Parses `user=http://…,auth=http://…,notification=http://…[,health=http://…]
+    /// [,subscribe=http://…]`.
     ///
     /// # Errors
     /// An entry that is not `name=uri` or names another service.
@@ -63,9 +67,10 @@ impl Targets {
                 "auth" => &mut targets.auth,
                 "notification" => &mut targets.notification,
                 "health" => &mut targets.health,
+                "subscribe" => &mut targets.subscribe,
                 other => {
                     return Err(format!(
-                        "unknown target `{other}` (user, auth, notification or health)"
+                        "unknown target `{other}` (user, auth, notification, health or subscribe)"
                     ));
                 }
             };
@@ -207,4 +212,27 @@ pub async fn run(
             .await?;
     }
     Ok(measurement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_name_each_service_and_where_streams_open() -> Result<(), String> {
+        let targets = Targets::parse(
+            "user=http://u:1, auth=http://a:2,notification=http://n:3,subscribe=http://n2:3",
+        )?;
+        assert_eq!(targets.notification.as_deref(), Some("http://n:3"));
+        assert_eq!(targets.subscribe.as_deref(), Some("http://n2:3"));
+        assert_eq!(
+            targets.health_target().map(String::as_str),
+            Some("http://u:1")
+        );
+        let unknown = Targets::parse("billing=http://b:4")
+            .err()
+            .unwrap_or_default();
+        assert!(unknown.contains("subscribe"), "{unknown}");
+        Ok(())
+    }
 }
