@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use trellis_platform::data::DatabaseConfig;
 use trellis_platform::service::Launch;
-use trellis_platform::testing::{TestIssuer, TestServer, test_config, with_token};
+use trellis_platform::testing::metrics::{sample, scrape};
+use trellis_platform::testing::{TestIssuer, TestServer, local_listener, test_config, with_token};
 use trellis_proto::notification_v1 as pb;
 
 use crate::postgres::postgres;
@@ -44,7 +45,9 @@ async fn replica(issuer: &TestIssuer, url: &str) -> TestServer {
     let mut config = test_config::<notification_service::Service>();
     config.database = DatabaseConfig::with_url(url);
     config.service.feed.poll_interval_ms = 60_000;
-    let launch = Launch::new(config).key_source(Arc::new(issuer.key_source()));
+    let launch = Launch::new(config)
+        .key_source(Arc::new(issuer.key_source()))
+        .metrics_listener(local_listener());
     TestServer::start(launch).await
 }
 
@@ -251,6 +254,21 @@ async fn two_replicas_on_postgres_deliver_every_notification_once_in_order_live(
         verdict.deliveries,
         expected * 2,
         "each to both of its user's feeds"
+    );
+    // The surviving replica's metrics: it reconnected its listener once and has read
+    // every notification.
+    let metrics = scrape(one.metrics_addr.expect("a metrics endpoint")).await;
+    assert_eq!(
+        sample(&metrics, "trellis_notification_feed_reconnects_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let all = expected as f64;
+    assert_eq!(
+        sample(&metrics, "trellis_notification_feed_sequence"),
+        Some(all),
+        "{metrics}"
     );
     let lag = verdict.max_lag.expect("deliveries were timed");
     assert!(

@@ -85,7 +85,21 @@ impl trellis_platform::Service for Service {
         let sqlite_file = ctx.config().database.sqlite_file().map(str::to_owned);
         let watched = ctx.db().clone();
         let woken = live.clone();
-        ctx.spawn(move |stop| storage::watch::run(watched, sqlite_file, woken, feed, stop));
+        let reconnects = ctx.metrics().register(IntCounter::new(
+            "trellis_notification_feed_reconnects_total",
+            "Times the live feed's change watcher (PostgreSQL LISTEN, SQLite data_version) \
+             lost its connection and made it again, catching up from storage.",
+        )?)?;
+        ctx.spawn(move |stop| {
+            storage::watch::run(watched, sqlite_file, woken, feed, reconnects, stop)
+        });
+        let followed = live.clone();
+        ctx.metrics().gauge_fn(
+            "trellis_notification_feed_sequence",
+            "Sequence of the last notification the live feed read and handed to its streams; \
+             a replica that stays behind the others does not hear of their commits.",
+            move || followed.position(),
+        )?;
         let notifications = Arc::new(Notifications::new(repository, live));
         // Read before the server serves, so before any stream can open.
         let from = notifications.last_committed().await?;

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -77,6 +78,8 @@ pub struct LiveFeed {
     wake: Arc<Notify>,
     /// Trace contexts of this instance's sends, by sequence, until the follower reads them.
     traces: Arc<Mutex<HashMap<i64, TraceContext>>>,
+    /// The sequence of the last notification the follower read.
+    position: Arc<AtomicI64>,
 }
 
 impl LiveFeed {
@@ -86,7 +89,15 @@ impl LiveFeed {
             hub,
             wake: Arc::default(),
             traces: Arc::default(),
+            position: Arc::default(),
         }
+    }
+
+    /// The sequence of the last notification the follower has read and handed over (0
+    /// before its first read): `trellis_notification_feed_sequence`. A replica whose
+    /// position stays behind the others' is not hearing of their commits.
+    pub fn position(&self) -> i64 {
+        self.position.load(Ordering::Relaxed)
     }
 
     /// The open streams.
@@ -143,6 +154,7 @@ impl LiveFeed {
     ) {
         let mut retry = Backoff::default();
         let mut last = from;
+        self.position.store(from, Ordering::Relaxed);
         loop {
             let wait = match self.read_after(repository, &mut last).await {
                 Ok(()) => {
@@ -175,6 +187,7 @@ impl LiveFeed {
                 *last = notification.sequence;
                 self.deliver(notification);
             }
+            self.position.store(*last, Ordering::Relaxed);
             {
                 let mut traces = self.traces.lock();
                 if !traces.is_empty() {

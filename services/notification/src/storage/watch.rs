@@ -25,6 +25,7 @@ use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr};
 use tokio_util::sync::CancellationToken;
+use trellis_platform::metrics::prometheus::IntCounter;
 
 use crate::domain::live::{FeedSettings, LiveFeed, sleep_or_stop};
 
@@ -50,19 +51,22 @@ pub async fn announce(txn: &DatabaseTransaction, sequence: i64) -> Result<(), Db
 }
 
 /// Runs the watcher that fits `db` until `stop`, waking `live` on every commit it learns
-/// of. `sqlite_file` is the path of a file-backed SQLite database (`None` for an
-/// in-memory one, which has nothing to watch).
+/// of and counting in `reconnects` each time its connection was lost and made again
+/// (`trellis_notification_feed_reconnects_total`). `sqlite_file` is the path of a
+/// file-backed SQLite database (`None` for an in-memory one, which has nothing to watch).
 pub async fn run(
     db: DatabaseConnection,
     sqlite_file: Option<String>,
     live: LiveFeed,
     settings: FeedSettings,
+    reconnects: IntCounter,
     stop: CancellationToken,
 ) {
     match db.get_database_backend() {
-        DbBackend::Postgres => listen(&db, &live, &stop).await,
+        DbBackend::Postgres => listen(&db, &live, &reconnects, &stop).await,
         DbBackend::Sqlite if sqlite_file.is_some() => {
-            watch_data_version(&db, &live, settings.sqlite_check_interval(), &stop).await;
+            let every = settings.sqlite_check_interval();
+            watch_data_version(&db, &live, every, &reconnects, &stop).await;
         }
         _ => {}
     }
@@ -104,7 +108,12 @@ where
     }
 }
 
-async fn listen(db: &DatabaseConnection, live: &LiveFeed, stop: &CancellationToken) {
+async fn listen(
+    db: &DatabaseConnection,
+    live: &LiveFeed,
+    reconnects: &IntCounter,
+    stop: &CancellationToken,
+) {
     let pool = db.get_postgres_connection_pool();
     let mut lost = false;
     loop {
@@ -118,6 +127,9 @@ async fn listen(db: &DatabaseConnection, live: &LiveFeed, stop: &CancellationTok
         else {
             return;
         };
+        if lost {
+            reconnects.inc();
+        }
         if lost || failures > 0 {
             tracing::info!("live feed listens for commits again; catching up from storage");
         }
@@ -152,11 +164,13 @@ async fn watch_data_version(
     db: &DatabaseConnection,
     live: &LiveFeed,
     every: Duration,
+    reconnects: &IntCounter,
     stop: &CancellationToken,
 ) {
     // Same file, journal mode and busy timeout as the pool, on a connection of its own:
     // `data_version` only moves for commits made by *other* connections.
     let options = db.get_sqlite_connection_pool().connect_options();
+    let mut lost = false;
     loop {
         let what = "open a connection to watch the database";
         let Some((mut connection, _)) =
@@ -164,6 +178,9 @@ async fn watch_data_version(
         else {
             return;
         };
+        if lost {
+            reconnects.inc();
+        }
         let mut seen: Option<i64> = None;
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,6 +202,7 @@ async fn watch_data_version(
                 Err(err) => {
                     tracing::warn!(error = %err, "live feed cannot read data_version; reopening its connection");
                     live.wake();
+                    lost = true;
                     break;
                 }
             }
