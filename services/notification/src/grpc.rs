@@ -195,7 +195,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             acks: AckWindow::default(),
             tx,
             wrap: |n| pb::SubscribeResponse {
-                notification: Some(to_proto(&n)),
+                notification: Some(to_proto(n)),
             },
         };
         let shutdown = self.shutdown.clone();
@@ -226,7 +226,7 @@ impl<R: NotificationRepository> pb::notification_service_server::NotificationSer
             },
             tx,
             wrap: |n| pb::ConnectResponse {
-                notification: Some(to_proto(&n)),
+                notification: Some(to_proto(n)),
             },
         };
         let shutdown = self.shutdown.clone();
@@ -255,7 +255,7 @@ struct Feed<R, T> {
     /// What Connect's acknowledgements may still name.
     acks: AckWindow,
     tx: mpsc::Sender<Result<T, Status>>,
-    wrap: fn(Notification) -> T,
+    wrap: fn(&Notification) -> T,
 }
 
 /// The stream ended (client gone or a send failed): stop feeding.
@@ -330,7 +330,7 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
                         delivery.trace.set_parent_of(&span);
                         let sequence = delivery.notification.sequence;
                         let sent = self
-                            .send(delivery.notification.clone())
+                            .send(&delivery.notification)
                             .instrument(span)
                             .await;
                         if sent.is_err() {
@@ -370,7 +370,7 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
             };
             for notification in batch.notifications {
                 let sequence = notification.sequence;
-                self.send(notification).await?;
+                self.send(&notification).await?;
                 self.last_sent = Some(sequence);
             }
             if batch.next_after.is_none() {
@@ -379,7 +379,7 @@ impl<R: NotificationRepository, T: Send + 'static> Feed<R, T> {
         }
     }
 
-    async fn send(&mut self, notification: Notification) -> Result<(), Closed> {
+    async fn send(&mut self, notification: &Notification) -> Result<(), Closed> {
         let id = notification.id;
         self.tx
             .send(Ok((self.wrap)(notification)))
@@ -611,7 +611,7 @@ mod tests {
             last_sent: None,
             acks: AckWindow::default(),
             tx,
-            wrap: |n| n,
+            wrap: Notification::clone,
         };
         tokio::spawn(feed.run(None, stop.clone()));
         Ok(rx)
@@ -774,7 +774,7 @@ mod tests {
             last_sent: None,
             acks: AckWindow::default(),
             tx,
-            wrap: |n| n,
+            wrap: Notification::clone,
         };
         tokio::spawn(feed.run(None, shutdown.clone()));
 

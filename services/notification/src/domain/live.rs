@@ -25,6 +25,10 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tower::retry::backoff::{
+    Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff as _,
+};
+use tower::util::rng::HasherRng;
 use trellis_platform::telemetry::TraceContext;
 
 use super::hub::{Delivery, Hub};
@@ -124,11 +128,8 @@ impl LiveFeed {
         self.wake();
     }
 
-    /// Hands one committed notification to its user's streams.
+    /// Hands one committed notification to its user's streams (if they have any).
     fn deliver(&self, notification: Notification) {
-        if !self.hub.is_watched(&notification.user_id) {
-            return;
-        }
         let trace = self
             .traces
             .lock()
@@ -152,24 +153,24 @@ impl LiveFeed {
         settings: FeedSettings,
         stop: CancellationToken,
     ) {
-        let mut retry = Backoff::default();
+        // A failed read is retried sooner than the poll, never later.
+        let retries = backoff(settings.poll_interval().min(Duration::from_secs(5)));
+        let mut retry = retries.clone();
         let mut last = from;
         self.position.store(from, Ordering::Relaxed);
         loop {
-            let wait = match self.read_after(repository, &mut last).await {
-                Ok(()) => {
-                    retry = Backoff::default();
-                    settings.poll_interval()
-                }
-                Err(err) => {
-                    tracing::warn!(error = %anyhow_chain(&err), after = last, "live feed cannot read new notifications; retrying");
-                    retry.next().min(settings.poll_interval())
-                }
-            };
+            let read = self.read_after(repository, &mut last).await;
+            if let Err(err) = &read {
+                tracing::warn!(error = %anyhow_chain(err), after = last, "live feed cannot read new notifications; retrying");
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(settings.poll_interval()), if read.is_ok() => {}
+                () = retry.next_backoff(), if read.is_err() => {}
+            }
+            if read.is_ok() {
+                retry = retries.clone();
             }
         }
     }
@@ -203,11 +204,22 @@ impl LiveFeed {
     }
 }
 
-/// Sleeps `delay` unless `stop` fires first; `false` when it did.
-pub(crate) async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
+/// Retry delays doubling from 100 ms up to `max` (at least 100 ms), with up to 20 %
+/// jitter: tower's exponential backoff, as the platform's peer retries use it. Clone a
+/// fresh one to start over.
+pub(crate) fn backoff(max: Duration) -> ExponentialBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    // The bounds are valid by construction (first ≤ max, max > 0, jitter in 0..=100).
+    let mut maker = ExponentialBackoffMaker::new(FIRST, max.max(FIRST), 0.2, HasherRng::default())
+        .unwrap_or_default();
+    maker.make_backoff()
+}
+
+/// Waits `backoff`'s next delay unless `stop` fires first; `false` when it did.
+pub(crate) async fn back_off(backoff: &mut ExponentialBackoff, stop: &CancellationToken) -> bool {
     tokio::select! {
         () = stop.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
+        () = backoff.next_backoff() => true,
     }
 }
 
@@ -215,23 +227,5 @@ fn anyhow_chain(err: &NotificationError) -> String {
     match err {
         NotificationError::Unexpected(err) => format!("{err:#}"),
         other => other.to_string(),
-    }
-}
-
-/// Exponential backoff from 50 ms to 5 s for retried reads.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self(Duration::from_millis(50))
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        now
     }
 }

@@ -27,7 +27,7 @@ use sea_orm::{ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbB
 use tokio_util::sync::CancellationToken;
 use trellis_platform::metrics::prometheus::IntCounter;
 
-use crate::domain::live::{FeedSettings, LiveFeed, sleep_or_stop};
+use crate::domain::live::{FeedSettings, LiveFeed, back_off, backoff};
 
 /// The PostgreSQL notification channel of committed notifications.
 pub const CHANNEL: &str = "trellis_notifications";
@@ -72,10 +72,8 @@ pub async fn run(
     }
 }
 
-/// Delay before reconnecting a watcher's connection: doubles from 100 ms to 5 s.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(5))
-}
+/// The longest wait between a watcher's attempts to connect.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// Connects with `connect` until it succeeds (`Some`) or `stop` fires (`None`), backing
 /// off between failures, which are logged with `what`; returns the connection and how
@@ -90,6 +88,7 @@ where
     F: std::future::Future<Output = Result<T, E>>,
 {
     let mut failures = 0u32;
+    let mut delays = backoff(MAX_RECONNECT_DELAY);
     loop {
         let outcome = tokio::select! {
             () = stop.cancelled() => return None,
@@ -100,7 +99,7 @@ where
             Err(err) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %err, "live feed cannot {what}; retrying");
-                if !sleep_or_stop(backoff(failures), stop).await {
+                if !back_off(&mut delays, stop).await {
                     return None;
                 }
             }
@@ -154,7 +153,7 @@ async fn listen(
         }
         // Reconnect after a short pause (then back off while it keeps failing).
         lost = true;
-        if !sleep_or_stop(backoff(0), stop).await {
+        if !back_off(&mut backoff(MAX_RECONNECT_DELAY), stop).await {
             return;
         }
     }
