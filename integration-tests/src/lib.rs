@@ -4,6 +4,8 @@
 //! file in a temporary directory so a service can be stopped and started again with its
 //! data intact. Metrics endpoints are off unless started with
 //! [`System::start_with_metrics`] (each on its own 127.0.0.1 port, never the defaults).
+//! [`System::start_tls`] runs every hop over mutual TLS with a test CA's certificates;
+//! the suites' clients then connect as end users and grpcurl do, with server-only TLS.
 
 // The harness panics on purpose: a failed expectation is the test failing.
 #![allow(clippy::expect_used)]
@@ -24,7 +26,7 @@ use trellis_platform::outbox::OutboxConfig;
 use trellis_platform::peer::PeerConfig;
 use trellis_platform::server::ServerConfig;
 use trellis_platform::service::Launch;
-use trellis_platform::testing::{TEST_DRAIN, TestServer, local_listener};
+use trellis_platform::testing::{TEST_DRAIN, TestCa, TestServer, local_listener, tls_channel};
 
 pub use trellis_platform::testing::{assert_eventually, channel, wait_serving, with_token};
 
@@ -47,15 +49,15 @@ pub trait Trellis {
 
 impl Trellis for System {
     fn user_channel(&self) -> Channel {
-        channel(self.user_addr)
+        self.channel_to(self.user_addr)
     }
 
     fn auth_channel(&self) -> Channel {
-        channel(self.auth_addr)
+        self.channel_to(self.auth_addr)
     }
 
     fn notification_channel(&self) -> Channel {
-        channel(self.notification_addr)
+        self.channel_to(self.notification_addr)
     }
 }
 
@@ -85,7 +87,13 @@ pub struct System {
     user: Option<TestServer>,
     auth: Option<TestServer>,
     notification: Option<TestServer>,
+    /// The CA of a system over mutual TLS.
+    tls: Option<TestCa>,
 }
+
+/// The name of the test client's own certificate under mutual TLS (a workload no
+/// policy names).
+const CLIENT: &str = "client";
 
 fn server_config(addr: SocketAddr) -> ServerConfig {
     ServerConfig {
@@ -137,16 +145,35 @@ impl System {
     /// Starts all three services on `databases` (SQLite files in a temporary directory
     /// when `None`) and waits until each reports SERVING.
     pub async fn start_on(databases: Option<Databases>) -> Self {
-        Self::start_with(databases, false).await
+        Self::start_with(databases, false, false).await
+    }
+
+    /// Starts all three services over mutual TLS: a test CA issues each its certificate
+    /// with its SPIFFE ID; the clients of [`Trellis`] trust the CA and present none.
+    pub async fn start_tls() -> Self {
+        Self::start_with(None, false, true).await
     }
 
     /// Starts all three services on SQLite files with their metrics endpoints, each on a
     /// port of 127.0.0.1 the system chose ([`Self::metrics_addr`]).
     pub async fn start_with_metrics() -> Self {
-        Self::start_with(None, true).await
+        Self::start_with(None, true, false).await
     }
 
-    async fn start_with(databases: Option<Databases>, metrics: bool) -> Self {
+    /// [`Self::start_tls`] with the metrics endpoints of [`Self::start_with_metrics`]
+    /// (which stay plaintext, as Prometheus scrapes them).
+    pub async fn start_tls_with_metrics() -> Self {
+        Self::start_with(None, true, true).await
+    }
+
+    async fn start_with(databases: Option<Databases>, metrics: bool, tls: bool) -> Self {
+        let tls = tls.then(|| {
+            let ca = TestCa::new();
+            for name in ["user", "auth", "notification", CLIENT] {
+                ca.workload(name);
+            }
+            ca
+        });
         // Every listener is bound before any service starts: each config names the
         // others' addresses, and nothing can take a port between bind and serve.
         let (user, auth, notification) = (local_listener(), local_listener(), local_listener());
@@ -164,6 +191,7 @@ impl System {
             user: None,
             auth: None,
             notification: None,
+            tls,
         };
         let [user_metrics, auth_metrics, notification_metrics] =
             metrics_listeners.map_or([None, None, None], |listeners| listeners.map(Some));
@@ -181,10 +209,30 @@ impl System {
             0,
             user_metrics,
         );
-        let (auth, user) = tokio::join!(TestServer::start(auth), TestServer::start(user));
+        let (auth, user) = tokio::join!(system.serve(auth), system.serve(user));
         system.auth = Some(auth);
         system.user = Some(user);
         system
+    }
+
+    /// A channel to `addr`: plaintext, or server-only TLS trusting the system's CA.
+    fn channel_to(&self, addr: SocketAddr) -> Channel {
+        match &self.tls {
+            Some(ca) => tls_channel(addr, &ca.files(CLIENT).ca, None),
+            None => channel(addr),
+        }
+    }
+
+    /// Starts `launch` with the `tls` section of service `name` when the system runs
+    /// over mutual TLS, and waits until it is SERVING.
+    async fn serve<S: trellis_platform::Service>(&self, mut launch: Launch<S>) -> TestServer {
+        match &self.tls {
+            Some(ca) => {
+                launch = launch.tls(ca.files(S::INFO.name).config());
+                TestServer::start_tls(launch, &ca.files(CLIENT)).await
+            }
+            None => TestServer::start(launch).await,
+        }
     }
 
     /// The metrics endpoint of a service (`user`, `auth` or `notification`), when the
@@ -244,7 +292,7 @@ impl System {
         config.auth.min_refresh_interval = Duration::from_millis(200);
         let listener = listener_on(listener, self.notification_addr);
         let launch = self.with_metrics(Launch::new(config).listener(listener), 2, metrics);
-        self.notification = Some(TestServer::start(launch).await);
+        self.notification = Some(self.serve(launch).await);
     }
 
     /// Stops the notification service gracefully and waits until it has stopped.

@@ -20,6 +20,7 @@ mod policy;
 mod verifier;
 
 pub use client::{ClientCredentials, RemoteKeySource};
+
 pub use expiry::{ExpiringBody, TOKEN_EXPIRED_MESSAGE};
 pub use layer::{AuthLayer, Authenticated};
 pub use policy::{Access, AccessPolicy, RateClass};
@@ -71,6 +72,19 @@ pub struct Claims {
     /// Roles, e.g. `["admin"]`.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Confirmation (RFC 7800): under mutual TLS, the certificate a service token is
+    /// bound to (RFC 8705 §3); it is refused on a connection presenting another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// A token's `cnf` claim: the SHA-256 thumbprint of the client certificate it is bound
+/// to (RFC 8705 §3.1, `x5t#S256`, base64url without padding).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The certificate's thumbprint.
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
 }
 
 /// The authenticated caller of a request, put into the request's extensions by
@@ -87,6 +101,11 @@ pub struct Principal {
     /// (`auth.leeway_secs`). An open server stream of this caller ends with
     /// UNAUTHENTICATED then ([`AuthLayer`]). `None` for a principal not made from a token.
     pub expires_at: Option<std::time::SystemTime>,
+    /// The certificate thumbprint the token is bound to (its `cnf`), if any.
+    pub bound_to: Option<String>,
+    /// The SPIFFE ID the connection's client certificate proved (mutual TLS), set by
+    /// [`AuthLayer`]; `None` over plaintext or without a client certificate.
+    pub workload: Option<crate::tls::SpiffeId>,
 }
 
 impl Principal {

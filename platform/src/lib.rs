@@ -36,6 +36,7 @@ pub mod status;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod validation;
 
 pub use config::{ConfigError, ServiceInfo};

@@ -116,7 +116,7 @@ where
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server)),
+        Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server, &config.tls)),
         Command::Outbox(command) => runtime.block_on(run_command(
             |_config: Config<S>, db| outbox_command(command, db),
             config,
@@ -235,12 +235,29 @@ async fn outbox_command(
     Ok(())
 }
 
-async fn healthcheck(service: &ServiceInfo, server: &crate::server::ServerConfig) -> ExitCode {
+async fn healthcheck(
+    service: &ServiceInfo,
+    server: &crate::server::ServerConfig,
+    tls: &crate::tls::TlsConfig,
+) -> ExitCode {
     let addr = server.local_client_addr();
     let status = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
+        // Under TLS, as a peer would: this workload's certificate, and the server must
+        // prove this workload's own SPIFFE ID.
+        let channel = match crate::tls::TlsSource::load(tls, service.name)? {
+            Some(source) => {
+                let peer = crate::tls::PeerTls::new(source, tls.identity_of(service.name));
+                endpoint
+                    .origin(format!("https://{addr}").parse()?)
+                    .connect_with_connector(tower::service_fn(move |uri| {
+                        let peer = peer.clone();
+                        async move { peer.connect(uri).await }
+                    }))
+                    .await?
+            }
+            None => endpoint.connect().await?,
+        };
         let mut client = HealthClient::new(channel);
         let response = client
             .check(HealthCheckRequest {

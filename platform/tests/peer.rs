@@ -18,7 +18,10 @@ use trellis_platform::testing::assert_eventually_that;
 struct FixedToken;
 
 impl CredentialSource for FixedToken {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, tonic::Status>> + Send + '_>> {
+    fn token<'a>(
+        &'a self,
+        _audience: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<String, tonic::Status>> + Send + 'a>> {
         Box::pin(async { Ok("service-token".to_owned()) })
     }
 }
@@ -945,6 +948,7 @@ async fn unknown_kids_verified_with_no_time_left_make_one_key_fetch_and_leave_th
             min_refresh_interval: Duration::from_secs(3600),
             ..AuthConfig::default()
         },
+        "user",
         RemoteKeySource::new(peers.anonymous_channel("auth").unwrap()),
     );
     // At once, 30 handlers with 5 ms left, each verifying a token of its own unknown kid

@@ -123,6 +123,8 @@ pub(super) async fn setup(scenario: &Scenario, sut: &SystemUnderTest) -> anyhow:
             .issue_service_token(IssueServiceTokenRequest {
                 client_id,
                 client_secret,
+                // The sends go to notification, which refuses a token for another.
+                audience: "notification".to_owned(),
             })
             .await
             .context("getting a service token for SendNotification")?

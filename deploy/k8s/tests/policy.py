@@ -10,7 +10,10 @@ passes. Run on its own:
 The rules (docs/operating/kubernetes.md):
 - every container of a Trellis service has gRPC startup, liveness and readiness probes on
   its `grpc` port; startup and liveness ask the `liveness` health name (SERVING while the
-  process serves, whatever the database does), readiness the service's own name or "";
+  process serves, whatever the database does), readiness the service's own name or "".
+  Under TLS (`TRELLIS_<SERVICE>__TLS__CERT` set) the kubelet's gRPC probes cannot connect,
+  so they are HTTP probes on the `metrics` port instead: `/livez` for startup and
+  liveness, `/readyz` for readiness;
 - requests and limits for cpu and memory; the restricted security context (non-root
   65532:65532, read-only root, no privilege escalation, every capability dropped,
   RuntimeDefault seccomp); an image set by the overlay, never the base's placeholder
@@ -37,6 +40,12 @@ import yaml
 # Probes that must exist, and the health name the first two must ask.
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 LIVENESS_HEALTH_NAME = "liveness"
+# Under TLS: the metrics port's paths that answer as those health names do.
+HTTP_PROBE_PATHS = {
+    "startupProbe": "/livez",
+    "livenessProbe": "/livez",
+    "readinessProbe": "/readyz",
+}
 # The image's user and group (deploy/docker/Dockerfile: USER 65532:65532).
 IMAGE_UID = 65532
 # After the drain bound the server gives connections this long to close
@@ -139,7 +148,8 @@ def _deployment(deployment, index, context):
     for container in pod.get("containers") or []:
         where = f"{name} container {container.get('name')}"
         env = _environment(container, index)
-        found += _probes(where, container)
+        tls = bool(env.get(f"TRELLIS_{service.upper()}__TLS__CERT"))
+        found += _http_probes(where, container) if tls else _probes(where, container)
         found += _resources(where, container)
         found += _security(where, pod, container)
         found += _image(where, container, context)
@@ -244,6 +254,32 @@ def _probes(where, container):
                 f"{where}: {probe_name} asks {health!r}, not {LIVENESS_HEALTH_NAME!r} "
                 "(it would fail while the database is down)"
             )
+    return found
+
+
+def _http_probes(where, container):
+    """Probes of a container whose gRPC port speaks TLS: the kubelet's gRPC probes speak
+    plaintext only, so HTTP probes on the plaintext metrics port."""
+    found = []
+    metrics = {"metrics"} | {
+        p.get("containerPort") for p in container.get("ports") or [] if p.get("name") == "metrics"
+    }
+    for probe_name, path in HTTP_PROBE_PATHS.items():
+        probe = container.get(probe_name)
+        if not probe:
+            found.append(f"{where}: no {probe_name}")
+            continue
+        if "grpc" in probe:
+            found.append(f"{where}: {probe_name} is a gRPC probe, which cannot speak TLS")
+            continue
+        http = probe.get("httpGet")
+        if not http:
+            found.append(f"{where}: {probe_name} is not an HTTP probe (httpGet:) on metrics")
+            continue
+        if http.get("port") not in metrics or http.get("scheme", "HTTP") != "HTTP":
+            found.append(f"{where}: {probe_name} is not on the plaintext port named metrics")
+        if http.get("path") != path:
+            found.append(f"{where}: {probe_name} asks {http.get('path')!r}, not {path!r}")
     return found
 
 

@@ -2,7 +2,8 @@
 validates strictly and offline against Kubernetes's OpenAPI schemas
 (`kubernetes-validate`), passes `yamllint` and the policy of `policy.py`; and the policy
 is shown to catch what it should, on rendered overlays with a probe, a limit or a
-PodDisruptionBudget taken out.
+PodDisruptionBudget taken out. Prod's mutual TLS (components/mtls) has checks of its own,
+each shown to find a break of what it checks.
 
 Run from anywhere (the README's `cargo xtask test` runs it through xtask):
 
@@ -37,12 +38,19 @@ ROOT = os.path.dirname(os.path.dirname(K8S))
 OVERLAYS = ("dev", "prod")
 # Where the prod overlay is rendered with the optional service-monitor component.
 SERVICE_MONITOR_FIXTURE = os.path.join(HERE, "with-service-monitor")
+# Where the dev overlay is rendered with the mtls component (prod has it already), in a
+# namespace other than the base's.
+MTLS_FIXTURE = os.path.join(HERE, "dev-with-mtls")
 # The oldest Kubernetes the manifests are for: the preStop `sleep` action is on by
 # default from 1.30 (beta; GA in 1.34); native gRPC probes from 1.24 (GA 1.27).
 KUBERNETES_VERSION = "1.30.0"
 # Kinds without a schema in kubernetes-validate: custom resources.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "Certificate", "Issuer", "ClusterIssuer"}
 SERVICES = ("user", "auth", "notification")
+# The files of a cert-manager Certificate's Secret, by the `tls` setting that names each.
+TLS_FILES = {"CERT": "tls.crt", "KEY": "tls.key", "CA": "ca.crt"}
+# tls.trust_domain's default (platform/src/tls/config.rs, DEFAULT_TRUST_DOMAIN).
+DEFAULT_TRUST_DOMAIN = "trellis.local"
 
 
 def tool(program, why):
@@ -165,6 +173,177 @@ def container(objects, deployment):
     return find(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
 
 
+# === mutual TLS: each check returns what it finds wrong, naming the object ===
+
+
+def service_containers(objects):
+    """`(Deployment, its service's name, container)` for every service container."""
+    for o in objects:
+        labels = o["metadata"].get("labels") or {}
+        if o["kind"] != "Deployment" or labels.get("app.kubernetes.io/component") != "grpc-service":
+            continue
+        for c in o["spec"]["template"]["spec"]["containers"]:
+            yield o, labels["app.kubernetes.io/name"], c
+
+
+def environment(objects, c):
+    """The container's literal variables: its ConfigMaps' (envFrom) under its own `env`."""
+    env = {}
+    for source in c.get("envFrom") or []:
+        name = (source.get("configMapRef") or {}).get("name")
+        for o in objects:
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name:
+                env.update(o.get("data") or {})
+    env.update((e["name"], e.get("value")) for e in c.get("env") or [])
+    return env
+
+
+def secret_mounts(deployment, c):
+    """`(Secret name, volumeMount)` for each Secret volume the container mounts."""
+    secrets = {
+        v["name"]: v["secret"].get("secretName")
+        for v in deployment["spec"]["template"]["spec"].get("volumes") or []
+        if "secret" in v
+    }
+    return [(secrets[m["name"]], m) for m in c.get("volumeMounts") or [] if m["name"] in secrets]
+
+
+def tls_mount_problems(objects):
+    """Each service container mounts its `<service>-tls` Secret whole (a subPath mount
+    never sees a renewal) and read-only, and names its three files in that directory."""
+    problems = []
+    for deployment, service, c in service_containers(objects):
+        where = f"Deployment/{deployment['metadata']['name']}"
+        secret = f"{service}-tls"
+        mounts = [m for name, m in secret_mounts(deployment, c) if name == secret]
+        if not mounts:
+            problems.append(f"{where}: Secret {secret} is not mounted as a volume")
+        for m in mounts:
+            if m.get("subPath") or m.get("subPathExpr"):
+                problems.append(f"{where}: Secret {secret} is mounted by subPath, never updated")
+            if not m.get("readOnly"):
+                problems.append(f"{where}: Secret {secret} is mounted writable")
+        directories = [m["mountPath"].rstrip("/") for m in mounts if not m.get("subPath")]
+        env = environment(objects, c)
+        for setting, file in TLS_FILES.items():
+            variable = f"TRELLIS_{service.upper()}__TLS__{setting}"
+            if env.get(variable) not in [f"{d}/{file}" for d in directories]:
+                value = env.get(variable)
+                problems.append(f"{where}: {variable} {value!r} is not {secret}'s {file}")
+    return problems
+
+
+def spiffe_problems(objects):
+    """Each workload Certificate (not a CA) is mounted by a service, usable as server and
+    as client, and carries one URI SAN: the SPIFFE ID the service's pods claim, from
+    their tls settings (which must name the pod's own namespace) and ServiceAccount."""
+    problems = []
+    certificates = [o for o in objects if o["kind"] == "Certificate" and not o["spec"].get("isCA")]
+    issued = {c["spec"]["secretName"] for c in certificates}
+    mounted_by = {}
+    for deployment, service, c in service_containers(objects):
+        for secret, _ in secret_mounts(deployment, c):
+            mounted_by.setdefault(secret, []).append((deployment, service, c))
+        if f"{service}-tls" not in issued:
+            problems.append(
+                f"Deployment/{deployment['metadata']['name']}: no Certificate issues {service}-tls"
+            )
+    for certificate in certificates:
+        where = f"Certificate/{certificate['metadata']['name']}"
+        spec = certificate["spec"]
+        for usage in ("server auth", "client auth"):
+            if usage not in (spec.get("usages") or []):
+                problems.append(f"{where}: no {usage} usage")
+        if spec["secretName"] not in mounted_by:
+            problems.append(f"{where}: Secret {spec['secretName']} is mounted by no service")
+        for deployment, service, c in mounted_by.get(spec["secretName"], []):
+            pod = deployment["spec"]["template"]["spec"]
+            namespace = deployment["metadata"].get("namespace")
+            settings = environment(objects, c)
+            prefix = f"TRELLIS_{service.upper()}__TLS__"
+            trust_domain = settings.get(f"{prefix}TRUST_DOMAIN") or DEFAULT_TRUST_DOMAIN
+            expected = f"spiffe://{trust_domain}/ns/{namespace}/sa/{pod.get('serviceAccountName')}"
+            if spec.get("uris") != [expected]:
+                problems.append(f"{where}: URI SANs {spec.get('uris')} are not [{expected!r}]")
+            # The namespace the service expects in IDs: the pod's, literally or from the
+            # downward API.
+            from_pod = [
+                f"$({e['name']})"
+                for e in c.get("env") or []
+                if ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+                == "metadata.namespace"
+            ]
+            claimed = settings.get(f"{prefix}NAMESPACE")
+            if claimed not in [namespace] + from_pod:
+                problems.append(
+                    f"Deployment/{deployment['metadata']['name']}: {prefix}NAMESPACE {claimed!r}"
+                    f" is not the pod's namespace {namespace!r}"
+                )
+    return problems
+
+
+def peer_addresses(objects):
+    """`(Deployment name, variable, address)` for every peer address of every service."""
+    return [
+        (deployment["metadata"]["name"], variable, address.strip())
+        for deployment, service, c in service_containers(objects)
+        for variable, value in environment(objects, c).items()
+        if re.match(rf"^TRELLIS_{service.upper()}__PEERS__[A-Z0-9_]+__ADDRESSES$", variable)
+        for address in (value or "").split(",")
+    ]
+
+
+def plaintext_peers(objects):
+    """The peer addresses that are not TLS."""
+    return [a for a in peer_addresses(objects) if not a[2].startswith("https://")]
+
+
+def grpc_probes(objects):
+    """`(Deployment name, probe)` for every gRPC probe of a service container."""
+    return [
+        (deployment["metadata"]["name"], probe)
+        for deployment, _, c in service_containers(objects)
+        for probe in policy.PROBES
+        if "grpc" in (c.get(probe) or {})
+    ]
+
+
+def issuer_problems(objects):
+    """Each Certificate's issuer is rendered (an Issuer in its namespace, or a
+    ClusterIssuer), and a CA Issuer's key pair is a CA Certificate's Secret: no
+    Certificate waits for an issuer nobody applies."""
+    problems = []
+    for certificate in (o for o in objects if o["kind"] == "Certificate"):
+        where = f"Certificate/{certificate['metadata']['name']}"
+        namespace = certificate["metadata"].get("namespace")
+        ref = certificate["spec"].get("issuerRef") or {}
+        kind = ref.get("kind", "Issuer")
+        issuer = next(
+            (
+                o
+                for o in objects
+                if o["kind"] == kind
+                and o["apiVersion"].split("/")[0] == ref.get("group", "cert-manager.io")
+                and o["metadata"]["name"] == ref.get("name")
+                and (kind == "ClusterIssuer" or o["metadata"].get("namespace") == namespace)
+            ),
+            None,
+        )
+        if issuer is None:
+            problems.append(f"{where}: its issuer {kind}/{ref.get('name')} is not rendered")
+            continue
+        ca_secret = (issuer["spec"].get("ca") or {}).get("secretName")
+        if ca_secret and not any(
+            o["kind"] == "Certificate"
+            and o["spec"].get("isCA")
+            and o["spec"].get("secretName") == ca_secret
+            and o["metadata"].get("namespace") == issuer["metadata"].get("namespace")
+            for o in objects
+        ):
+            problems.append(f"{where}: {kind}/{ref['name']}'s CA {ca_secret} has no Certificate")
+    return problems
+
+
 # === rendering and schemas ===
 
 
@@ -193,12 +372,13 @@ class Rendering(unittest.TestCase):
 
     def test_overlays_validate_strictly_against_the_kubernetes_schemas_offline(self):
         validate = tool("kubernetes-validate", "the OpenAPI schemas")
-        for directory in [overlay(n) for n in OVERLAYS] + [SERVICE_MONITOR_FIXTURE]:
+        fixtures = [SERVICE_MONITOR_FIXTURE, MTLS_FIXTURE]
+        for directory in [overlay(n) for n in OVERLAYS] + fixtures:
             with self.subTest(overlay=os.path.relpath(directory, K8S)):
                 objects = rendered(directory)
                 # A custom resource has no schema in kubernetes-validate (it ships the
-                # built-in API's only); the ServiceMonitor is checked by its own test
-                # below instead.
+                # built-in API's only); the ServiceMonitor and cert-manager's objects are
+                # checked by their own tests below instead.
                 builtin = [o for o in objects if o["kind"] not in CRD_KINDS]
                 with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as out:
                     yaml.safe_dump_all(builtin, out)
@@ -313,6 +493,97 @@ class Policy(unittest.TestCase):
                 self.assertEqual(pod["labels"]["app.kubernetes.io/name"], service)
 
 
+# === mutual TLS between the services ===
+
+
+class MutualTls(unittest.TestCase):
+    """Prod runs every hop between the services over mutual TLS with cert-manager's
+    certificates (components/mtls), as does dev with the component (MTLS_FIXTURE) in a
+    namespace of its own. The last tests show each check finds what it looks for."""
+
+    def test_prod_mounts_each_services_tls_secret_whole_and_reads_its_files_from_it(self):
+        self.assertEqual(tls_mount_problems(rendered(overlay("prod"))), [])
+
+    def test_certificates_carry_the_spiffe_id_of_the_pods_namespace_and_account(self):
+        for directory in (overlay("prod"), MTLS_FIXTURE):
+            with self.subTest(overlay=os.path.relpath(directory, K8S)):
+                objects = rendered(directory)
+                # One per service and the CA.
+                certificates = [o for o in objects if o["kind"] == "Certificate"]
+                self.assertEqual(len(certificates), len(SERVICES) + 1)
+                self.assertEqual(spiffe_problems(objects), [])
+
+    def test_no_peer_address_in_prod_is_plaintext(self):
+        objects = rendered(overlay("prod"))
+        # user → auth, notification; auth → user, notification; notification → auth.
+        self.assertEqual(len(peer_addresses(objects)), 5)
+        self.assertEqual(plaintext_peers(objects), [])
+
+    def test_no_probe_in_prod_is_a_grpc_probe(self):
+        # The kubelet's gRPC probes speak plaintext only: they would fail on a TLS port.
+        self.assertEqual(grpc_probes(rendered(overlay("prod"))), [])
+
+    def test_prod_certificates_reference_issuers_it_renders(self):
+        self.assertEqual(issuer_problems(rendered(overlay("prod"))), [])
+
+    def test_dev_with_the_component_passes_every_check(self):
+        objects = rendered(MTLS_FIXTURE)
+        self.assertEqual(policy.violations(objects, context("dev")), [])
+        self.assertEqual(unknown_settings(objects), [])
+        for check in (tls_mount_problems, grpc_probes, issuer_problems, plaintext_peers):
+            self.assertEqual(check(objects), [], check.__name__)
+
+    def test_a_sub_path_mount_and_a_file_outside_the_secret_are_found(self):
+        objects = rendered(overlay("prod"))
+        container(objects, "user")["volumeMounts"][0]["subPath"] = "tls.crt"
+        ca = next(e for e in container(objects, "auth")["env"] if e["name"].endswith("TLS__CA"))
+        ca["value"] = "/etc/ssl/certs/ca.crt"
+        found = tls_mount_problems(objects)
+        for problem in (
+            "Deployment/user: Secret user-tls is mounted by subPath, never updated",
+            "Deployment/auth: TRELLIS_AUTH__TLS__CA '/etc/ssl/certs/ca.crt' is not auth-tls's ca.crt",
+        ):
+            self.assertIn(problem, found)
+
+    def test_a_spiffe_id_of_another_namespace_or_account_and_a_missing_usage_are_found(self):
+        objects = rendered(overlay("prod"))
+        auth = find(objects, "Certificate", "auth")["spec"]
+        auth["uris"] = ["spiffe://trellis.local/ns/default/sa/auth"]
+        notification = find(objects, "Deployment", "notification")["spec"]["template"]["spec"]
+        notification["serviceAccountName"] = "default"
+        find(objects, "Certificate", "user")["spec"]["usages"].remove("client auth")
+        found = spiffe_problems(objects)
+        for words in (
+            ("Certificate/auth", "ns/default/sa/auth", "ns/trellis/sa/auth"),
+            ("Certificate/notification", "ns/trellis/sa/default"),
+            ("Certificate/user", "no client auth usage"),
+        ):
+            self.assertTrue(any(all(w in p for w in words) for p in found), (words, found))
+
+    def test_a_plaintext_peer_is_found(self):
+        objects = rendered(overlay("prod"))
+        env = container(objects, "notification")["env"]
+        peer = next(e for e in env if e["name"] == "TRELLIS_NOTIFICATION__PEERS__AUTH__ADDRESSES")
+        peer["value"] = peer["value"].replace("https://", "http://")
+        self.assertEqual(plaintext_peers(objects), [("notification", peer["name"], peer["value"])])
+
+    def test_a_grpc_probe_is_found(self):
+        objects = rendered(overlay("prod"))
+        container(objects, "auth")["readinessProbe"] = {"grpc": {"port": 50052}}
+        self.assertEqual(grpc_probes(objects), [("auth", "readinessProbe")])
+
+    def test_an_issuer_not_rendered_and_a_ca_without_its_certificate_are_found(self):
+        objects = rendered(overlay("prod"))
+        find(objects, "Certificate", "user")["spec"]["issuerRef"]["name"] = "vault"
+        objects.remove(find(objects, "Certificate", "trellis-ca"))
+        found = issuer_problems(objects)
+        for problem in (
+            "Certificate/user: its issuer Issuer/vault is not rendered",
+            "Certificate/auth: Issuer/trellis-ca's CA trellis-ca has no Certificate",
+        ):
+            self.assertIn(problem, found)
+
+
 # === the policy catches what it should ===
 
 
@@ -340,6 +611,17 @@ class PolicyCatches(unittest.TestCase):
         objects = rendered(overlay("dev"))
         container(objects, "notification")["startupProbe"] = {"tcpSocket": {"port": 50053}}
         self.assertViolation(objects, "Deployment/notification", "startupProbe", "gRPC")
+
+    def test_a_grpc_probe_on_a_tls_port_and_an_http_probe_on_the_wrong_path(self):
+        objects = rendered(overlay("prod"))
+        container(objects, "user")["livenessProbe"] = {"grpc": {"port": 50051}}
+        container(objects, "auth")["readinessProbe"]["httpGet"]["path"] = "/livez"
+        self.assertViolation(
+            objects, "Deployment/user", "livenessProbe", "cannot speak TLS", overlay_name="prod"
+        )
+        self.assertViolation(
+            objects, "Deployment/auth", "readinessProbe", "not '/readyz'", overlay_name="prod"
+        )
 
     def test_a_missing_memory_limit(self):
         objects = rendered(overlay("dev"))

@@ -151,7 +151,7 @@ async fn two_replicas_on_postgres_deliver_every_notification_once_in_order_live(
     // One sender per user, through the second replica until it stops.
     let other_up = Arc::new(AtomicBool::new(true));
     let sends = Arc::new(Mutex::new(Vec::new()));
-    let service_token = issuer.service_token("user");
+    let service_token = issuer.service_token("user", "notification");
     let progress = Arc::new(tokio::sync::Barrier::new(USERS + 1));
     let mut senders = Vec::new();
     for user in users.clone() {

@@ -26,7 +26,8 @@ async fn prometheus_scrapes_every_service_and_promql_reads_the_grpc_families() {
     let Some(prometheus) = installed_tool("prometheus") else {
         return;
     };
-    let system = System::start_with_metrics().await;
+    // Over mutual TLS, so the certificate's expiry gauge is exported too.
+    let system = System::start_tls_with_metrics().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let targets: Vec<_> = ["user", "auth", "notification"]
         .into_iter()

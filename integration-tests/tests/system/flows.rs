@@ -171,6 +171,7 @@ async fn internal_methods_need_a_service_identity() {
         .issue_service_token(trellis_proto::auth_v1::IssueServiceTokenRequest {
             client_id: "user".into(),
             client_secret: "guess".into(),
+            audience: "notification".into(),
         })
         .await
         .expect_err("wrong secret");

@@ -7,6 +7,7 @@
 mod bench_reference;
 mod flows;
 mod hostile;
+mod mtls;
 mod notifications;
 mod rfc8725;
 mod scenarios;

@@ -40,6 +40,7 @@ fn claims(sub: &str) -> Claims {
         jti: uuid::Uuid::new_v4().to_string(),
         kind: PrincipalKind::User,
         roles: vec![],
+        cnf: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`IssueServiceToken`, OAuth 2.0 client credentials). Both talk to the identity peer
 //! (`auth.peer`) over a [`PeerChannel`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use trellis_proto::auth_v1::{
 
 use super::verifier::{KeySource, PublicKey};
 use crate::peer::{CredentialSource, PeerChannel};
+use crate::tls::TlsSource;
 
 /// Keys fetched from `trellis.auth.v1.AuthService/ListSigningKeys`.
 #[derive(Debug, Clone)]
@@ -54,7 +56,9 @@ impl KeySource for RemoteKeySource {
 
 /// This service's credentials for calling peers: `client_id` and secret exchanged for a
 /// short-lived service token at the auth service (OAuth 2.0 client credentials,
-/// RFC 6749 §4.4), cached and renewed before it expires.
+/// RFC 6749 §4.4), one per target service (its `aud`), each cached and renewed before it
+/// expires. Under mutual TLS the auth service binds each token to this workload's
+/// certificate (RFC 8705); when the certificate changes, the tokens are fetched again.
 ///
 /// A fetch is single-flight and detached: concurrent callers share one, and it runs in a
 /// task of its own, so a caller's short deadline or cancellation ends only its own wait —
@@ -68,7 +72,10 @@ struct Inner {
     client_id: String,
     client_secret: SecretString,
     client: AuthServiceClient<PeerChannel>,
-    state: parking_lot::Mutex<State>,
+    /// Per target service.
+    states: parking_lot::Mutex<HashMap<String, State>>,
+    /// This workload's certificate, which the tokens are bound to.
+    tls: Option<TlsSource>,
 }
 
 /// The outcome of one fetch, once known.
@@ -76,8 +83,9 @@ type Outcome = Option<Result<String, Status>>;
 
 #[derive(Default)]
 struct State {
-    /// The token and when to renew it.
-    cached: Option<(String, Instant)>,
+    /// The token, when to renew it, and the generation of the certificate it is bound
+    /// to (0 without TLS).
+    cached: Option<(String, Instant, u64)>,
     /// The fetch running, if any; it sends its outcome, then drops its sender.
     in_flight: Option<watch::Receiver<Outcome>>,
 }
@@ -106,38 +114,67 @@ impl ClientCredentials {
                 client_id: client_id.into(),
                 client_secret,
                 client: AuthServiceClient::new(auth),
-                state: parking_lot::Mutex::default(),
+                states: parking_lot::Mutex::default(),
+                tls: None,
             }),
         }
+    }
+
+    /// Fetches the tokens again whenever `tls`'s certificate changes (the auth service
+    /// binds them to the certificate the fetch's connection presented).
+    #[must_use]
+    pub fn bound_to(mut self, tls: Option<TlsSource>) -> Self {
+        // Unshared until the first fetch spawns a task with it: this is called right
+        // after `new`.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tls = tls;
+        }
+        self
     }
 }
 
 impl Inner {
-    /// Asks the auth service for a token; caches it when it comes.
-    async fn fetch(&self) -> Result<String, Status> {
+    /// The generation of the certificate new connections present (0 without TLS).
+    fn generation(&self) -> u64 {
+        self.tls
+            .as_ref()
+            .map_or(0, |tls| tls.current().generation())
+    }
+
+    /// Asks the auth service for a token for calling `audience`; caches it when it comes.
+    async fn fetch(&self, audience: String) -> Result<String, Status> {
+        let generation = self.generation();
         let response = self
             .client
             .clone()
             .issue_service_token(IssueServiceTokenRequest {
                 client_id: self.client_id.clone(),
                 client_secret: self.client_secret.expose_secret().to_owned(),
+                audience: audience.clone(),
             })
             .await?
             .into_inner();
         let lifetime = Duration::from_secs(u64::try_from(response.expires_in).unwrap_or(0));
         let renew_at = Instant::now() + lifetime.saturating_sub(RENEW_MARGIN.min(lifetime / 2));
-        self.state.lock().cached = Some((response.access_token.clone(), renew_at));
+        self.states.lock().entry(audience).or_default().cached =
+            Some((response.access_token.clone(), renew_at, generation));
         Ok(response.access_token)
     }
 }
 
 impl CredentialSource for ClientCredentials {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>> {
+    fn token<'a>(
+        &'a self,
+        audience: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + 'a>> {
         Box::pin(async move {
+            let generation = self.inner.generation();
             let mut outcome = {
-                let mut state = self.inner.state.lock();
-                if let Some((token, renew_at)) = state.cached.as_ref()
+                let mut states = self.inner.states.lock();
+                let state = states.entry(audience.to_owned()).or_default();
+                if let Some((token, renew_at, bound)) = state.cached.as_ref()
                     && Instant::now() < *renew_at
+                    && *bound == generation
                 {
                     return Ok(token.clone());
                 }
@@ -153,8 +190,9 @@ impl CredentialSource for ClientCredentials {
                         let (sender, outcome) = watch::channel(None);
                         state.in_flight = Some(outcome.clone());
                         let inner = Arc::clone(&self.inner);
+                        let audience = audience.to_owned();
                         tokio::spawn(async move {
-                            let fetched = inner.fetch().await;
+                            let fetched = inner.fetch(audience).await;
                             sender.send_replace(Some(fetched));
                         });
                         outcome

@@ -8,6 +8,13 @@
 //! ([`Principal::expires_at`](super::Principal::expires_at)), between two messages; the
 //! client reconnects with a fresh token. Unary and client-streaming calls are never cut: their one
 //! response is the outcome of work already done.
+//!
+//! **Certificates** (mutual TLS, [`crate::tls`]): a token bound to a certificate (its
+//! `cnf`, RFC 8705) is refused — UNAUTHENTICATED, like any bad token — on a connection
+//! that presents another certificate or none. With [`AuthLayer::requiring_certificates`],
+//! an internal method also needs a client certificate (UNAUTHENTICATED without one)
+//! whose SPIFFE ID names the service the token names (PERMISSION_DENIED otherwise), and
+//! a bound token. The certificate's SPIFFE ID goes into the [`Principal`](super::Principal).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +32,7 @@ use super::{
 };
 use crate::metrics::grpc::{KnownMethod, RpcType};
 use crate::metrics::{Metrics, MetricsError};
+use crate::server::connection::ConnectionInfo;
 use crate::server::trace::CallerTrust;
 
 /// Enforces `policy`, verifying bearer tokens with `verifier`.
@@ -38,6 +46,7 @@ struct Inner {
     verifier: TokenVerifier,
     policy: AccessPolicy,
     failures: Option<Failures>,
+    require_certificates: bool,
 }
 
 /// `trellis_auth_token_verification_failures_total`, one handle per reason.
@@ -60,7 +69,19 @@ impl AuthLayer {
                 verifier,
                 policy,
                 failures: None,
+                require_certificates: false,
             }),
+        }
+    }
+
+    /// Internal methods need a client certificate naming the token's service, and a
+    /// token bound to it (the server speaks mutual TLS).
+    #[must_use]
+    pub fn requiring_certificates(self, require: bool) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.require_certificates = require;
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -84,15 +105,10 @@ impl AuthLayer {
                 .map(|reason| (*reason, family.with_label_values(&[*reason])))
                 .collect(),
         );
-        let Inner {
-            verifier, policy, ..
-        } = Arc::unwrap_or_clone(self.inner);
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.failures = Some(failures);
         Ok(Self {
-            inner: Arc::new(Inner {
-                verifier,
-                policy,
-                failures: Some(failures),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -159,7 +175,10 @@ where
         let auth = self.auth.clone();
         Box::pin(async move {
             let Inner {
-                verifier, policy, ..
+                verifier,
+                policy,
+                require_certificates,
+                ..
             } = &*auth.inner;
             let access = policy.access(request.uri().path());
             if access == Access::Public {
@@ -179,7 +198,7 @@ where
                 auth.rejected("missing");
                 return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
             };
-            let principal = match verifier.verify(token).await {
+            let mut principal = match verifier.verify(token).await {
                 Ok(principal) => principal,
                 Err(err) => {
                     auth.rejected(err.reason());
@@ -187,6 +206,15 @@ where
                     return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
                 }
             };
+            let certificate = ConnectionInfo::peer_certificate(request.extensions());
+            if let Some(bound_to) = &principal.bound_to
+                && certificate.is_none_or(|certificate| certificate.thumbprint != *bound_to)
+            {
+                auth.rejected("wrong_certificate");
+                tracing::info!("access token rejected: bound to another client certificate");
+                return Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http());
+            }
+            principal.workload = certificate.and_then(|certificate| certificate.spiffe_id.clone());
             if access == Access::Internal {
                 let Some(caller) = principal.service_name() else {
                     return Ok(Status::permission_denied(
@@ -194,6 +222,28 @@ where
                     )
                     .into_http());
                 };
+                if *require_certificates {
+                    let Some(workload) = &principal.workload else {
+                        return Ok(Status::unauthenticated(
+                            "internal methods need a client certificate with a SPIFFE ID",
+                        )
+                        .into_http());
+                    };
+                    if workload.service() != caller || principal.bound_to.is_none() {
+                        let (service, method) = KnownMethod::names_in(request.extensions());
+                        tracing::warn!(
+                            caller,
+                            certificate = %workload,
+                            service,
+                            method,
+                            "internal call whose certificate does not prove its token's service"
+                        );
+                        return Ok(Status::permission_denied(
+                            "the client certificate does not prove the token's service",
+                        )
+                        .into_http());
+                    }
+                }
                 if !policy.allows_caller(request.uri().path(), caller) {
                     // Named from the method table: a made-up path is no log field.
                     let (service, method) = KnownMethod::names_in(request.extensions());

@@ -151,11 +151,15 @@ pub enum VerifyError {
     /// No published key has the token's `kid`.
     #[error("unknown kid {0:?}")]
     UnknownKey(String),
+    /// A service token whose `aud` is another service, or a user token whose `aud` is
+    /// not `auth.audience`.
+    #[error("token audience {0:?} is not this service's")]
+    NotForThisService(String),
 }
 
 impl VerifyError {
     /// Every value [`Self::reason`] returns, plus `missing` (no bearer token at all).
-    pub const REASONS: [&'static str; 12] = [
+    pub const REASONS: [&'static str; 13] = [
         "missing",
         "malformed",
         "no_key_id",
@@ -168,16 +172,19 @@ impl VerifyError {
         "wrong_audience",
         "missing_claim",
         "invalid",
+        "wrong_certificate",
     ];
 
     /// Why, as a short fixed label (for the metric
     /// `trellis_auth_token_verification_failures_total{reason}`): one of
-    /// [`Self::REASONS`] but `missing`.
+    /// [`Self::REASONS`] but `missing` and `wrong_certificate` (a bound token on a
+    /// connection presenting another certificate, or none: counted by the auth layer).
     pub fn reason(&self) -> &'static str {
         use jsonwebtoken::errors::ErrorKind;
         match self {
             Self::NoKeyId => "no_key_id",
             Self::UnknownKey(_) => "unknown_key",
+            Self::NotForThisService(_) => "wrong_audience",
             Self::Invalid(err) => match err.kind() {
                 ErrorKind::InvalidToken
                 | ErrorKind::Base64(_)
@@ -252,6 +259,10 @@ struct Verified {
 pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
     validation: Arc<Validation>,
+    /// `auth.audience`: the `aud` of user tokens.
+    user_audience: Arc<str>,
+    /// This service's name: the `aud` of service tokens issued for calling it.
+    service: Arc<str>,
     cache: Arc<parking_lot::Mutex<KeyCache>>,
     verified: Option<moka::sync::Cache<Box<str>, Arc<Verified>>>,
     leeway_secs: i64,
@@ -281,15 +292,18 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TokenVerifier {
-    /// A verifier with `config`'s rules and keys from `source`.
-    pub fn new(config: &AuthConfig, source: impl KeySource) -> Self {
+    /// A verifier for the service named `service`, with `config`'s rules and keys from
+    /// `source`. User tokens must name `auth.audience` as their `aud`; service tokens
+    /// must name `service` — a token issued for calling another service is refused here,
+    /// so a service that receives one cannot replay it elsewhere.
+    pub fn new(config: &AuthConfig, service: &str, source: impl KeySource) -> Self {
         // The allowlist has one algorithm; the token's `alg` never chooses (RFC 8725 §3.1).
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.algorithms = vec![Algorithm::EdDSA];
         validation.leeway = config.leeway_secs.min(MAX_LEEWAY_SECS);
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_audience(&[&config.audience]);
+        validation.set_audience(&[config.audience.as_str(), service]);
         validation.set_issuer(&[&config.issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         let max_key_age = config.max_key_age;
@@ -303,6 +317,8 @@ impl TokenVerifier {
         Self {
             source: Arc::new(source),
             validation: Arc::new(validation),
+            user_audience: Arc::from(config.audience.as_str()),
+            service: Arc::from(service),
             cache: Arc::default(),
             verified,
             leeway_secs,
@@ -330,6 +346,13 @@ impl TokenVerifier {
         let key = self.key(&kid).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)?;
         let claims = data.claims;
+        let audience = match claims.kind {
+            super::PrincipalKind::User => &*self.user_audience,
+            super::PrincipalKind::Service => &*self.service,
+        };
+        if claims.aud != audience {
+            return Err(VerifyError::NotForThisService(claims.aud));
+        }
         let principal = Principal {
             subject: claims.sub,
             kind: claims.kind,
@@ -337,6 +360,8 @@ impl TokenVerifier {
             expires_at: u64::try_from(claims.exp.saturating_add(self.leeway_secs))
                 .ok()
                 .map(|secs| std::time::UNIX_EPOCH + Duration::from_secs(secs)),
+            bound_to: claims.cnf.map(|cnf| cnf.x5t_s256),
+            workload: None,
         };
         if let Some(verified) = &self.verified {
             verified.insert(

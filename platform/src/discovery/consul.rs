@@ -226,6 +226,13 @@ impl fmt::Debug for Agent {
     }
 }
 
+impl ConsulConfig {
+    /// Whether an ACL token is set: `token`, or a non-empty `CONSUL_HTTP_TOKEN`.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some() || std::env::var(TOKEN_VARIABLE).is_ok_and(|token| !token.is_empty())
+    }
+}
+
 impl ConsulRegistry {
     /// A client of the agent at `config.address`; the token is `config.token`, else the
     /// `CONSUL_HTTP_TOKEN` variable when set and not empty.

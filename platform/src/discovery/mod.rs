@@ -150,12 +150,25 @@ pub fn channel() -> (Publisher, Watch) {
     )
 }
 
+/// The most instances of one peer a registry answer may set: a larger answer (a
+/// registry flooded by whoever may write to it) keeps its first this many, in order, with
+/// a warning, so a forged answer cannot make a service open unbounded connections.
+pub const MAX_INSTANCES: usize = 256;
+
 impl Publisher {
-    /// Publishes `instances` (sorted and deduplicated here); watchers wake only when the
-    /// set differs from the last one.
+    /// Publishes `instances` (sorted, deduplicated and capped at [`MAX_INSTANCES`] here);
+    /// watchers wake only when the set differs from the last one.
     pub fn publish(&self, mut instances: Vec<Instance>) {
         instances.sort();
         instances.dedup();
+        if instances.len() > MAX_INSTANCES {
+            tracing::warn!(
+                answered = instances.len(),
+                kept = MAX_INSTANCES,
+                "a registry answer names more instances than a peer may have; keeping the first"
+            );
+            instances.truncate(MAX_INSTANCES);
+        }
         self.updates.send_if_modified(|current| {
             if current.as_deref() == Some(instances.as_slice()) {
                 return false;
@@ -354,6 +367,16 @@ impl DiscoveryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_capped_at_max_instances() {
+        let (publisher, watch) = channel();
+        let flood: Vec<Instance> = (0..MAX_INSTANCES + 100)
+            .map(|i| Instance::from_host_port("10.0.0.1", u16::try_from(1000 + i).unwrap_or(0)))
+            .collect();
+        publisher.publish(flood);
+        assert_eq!(watch.current().map(|set| set.len()), Some(MAX_INSTANCES));
+    }
 
     #[tokio::test]
     async fn a_publisher_wakes_watchers_only_on_a_different_set() {

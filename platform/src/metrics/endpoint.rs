@@ -1,9 +1,16 @@
 //! The HTTP endpoint Prometheus scrapes: `GET /metrics` answers a service's [`Metrics`]
 //! in the text format 0.0.4 (`Content-Type: text/plain; version=0.0.4`), after running
-//! its scrape-time refreshes. HTTP/1.1 only, as Prometheus scrapes; any other path is 404.
+//! its scrape-time refreshes. HTTP/1.1 only, as Prometheus scrapes.
+//!
+//! With [`MetricsEndpoint::with_readiness`], also the probes of orchestrators that cannot
+//! speak gRPC over TLS (Kubernetes' `grpc` probes cannot): `GET /livez` is 200 while the
+//! process serves, `GET /readyz` 200 while the server reports SERVING (the same readiness
+//! as `grpc.health.v1` for `""`), 503 otherwise. Any other path is 404.
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -22,6 +29,7 @@ pub struct MetricsEndpoint {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     metrics: Metrics,
+    ready: Option<Arc<AtomicBool>>,
 }
 
 impl MetricsEndpoint {
@@ -55,7 +63,15 @@ impl MetricsEndpoint {
             listener,
             addr,
             metrics,
+            ready: None,
         }))
+    }
+
+    /// Serves `/livez` and `/readyz` too, the latter 200 while `ready` is true.
+    #[must_use]
+    pub fn with_readiness(mut self, ready: Arc<AtomicBool>) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     /// The address bound (the real port when the config said 0).
@@ -70,10 +86,28 @@ impl MetricsEndpoint {
             listener,
             addr,
             metrics,
+            ready,
         } = self;
-        let router = axum::Router::new()
+        let mut router = axum::Router::new()
             .route("/metrics", axum::routing::get(scrape))
             .with_state(metrics);
+        if let Some(ready) = ready {
+            router = router
+                .route("/livez", axum::routing::get(|| async { "ok\n" }))
+                .route(
+                    "/readyz",
+                    axum::routing::get(move || {
+                        let serving = ready.load(Ordering::Relaxed);
+                        async move {
+                            if serving {
+                                (http::StatusCode::OK, "SERVING\n")
+                            } else {
+                                (http::StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+                            }
+                        }
+                    }),
+                );
+        }
         tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
         tokio::spawn(async move {
             let stopped = stop.clone();

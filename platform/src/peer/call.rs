@@ -221,7 +221,7 @@ async fn send(
         }
         let outstanding = endpoint.start_call();
         let started = Instant::now();
-        let channel = endpoint.channel.clone();
+        let channel = endpoint.channel();
         let answered = match tokio::time::timeout_at(deadline, channel.oneshot(request)).await {
             // Our deadline, or the channel's own timer set from the `grpc-timeout` sent.
             Err(_) => None,

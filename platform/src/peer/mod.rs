@@ -45,6 +45,7 @@ use crate::context::{REQUEST_ID_HEADER, current_request_id};
 use crate::discovery::{Backend, Registry, StaticRegistry, Target};
 use crate::metrics::{ClientMetrics, Metrics, MetricsError};
 use crate::telemetry::rpc::{self, PeerTarget};
+use crate::tls::{PeerTls, SpiffeId, TlsConfig, TlsSource};
 
 pub mod balance;
 pub mod call;
@@ -94,6 +95,10 @@ pub struct PeerConfig {
     pub retry: RetryConfig,
     /// The peer's circuit breaker.
     pub breaker: BreakerConfig,
+    /// The SPIFFE ID the peer must prove under mutual TLS. Default: the peer's name as
+    /// a workload of this service's trust domain and namespace
+    /// (`spiffe://<tls.trust_domain>/ns/<tls.namespace>/sa/<peer>`).
+    pub spiffe_id: Option<String>,
 }
 
 impl Default for PeerConfig {
@@ -108,6 +113,7 @@ impl Default for PeerConfig {
             outlier: OutlierConfig::default(),
             retry: RetryConfig::default(),
             breaker: BreakerConfig::default(),
+            spiffe_id: None,
         }
     }
 }
@@ -150,9 +156,34 @@ impl PeerConfig {
                 ));
             }
         }
+        if let Some(id) = &self.spiffe_id
+            && SpiffeId::parse(id).is_none()
+        {
+            return Err(ConfigError::invalid(
+                format!("{prefix}.spiffe_id"),
+                format!("{id:?} is not spiffe://<trust domain>/ns/<namespace>/sa/<service>"),
+            ));
+        }
         self.outlier.validate(&format!("{prefix}.outlier"))?;
         self.retry.validate(&format!("{prefix}.retry"))?;
         self.breaker.validate(&format!("{prefix}.breaker"))
+    }
+
+    /// The SPIFFE ID the peer named `peer` must prove under `tls`.
+    pub fn identity(&self, peer: &str, tls: &TlsConfig) -> SpiffeId {
+        self.spiffe_id
+            .as_deref()
+            .and_then(SpiffeId::parse)
+            .unwrap_or_else(|| tls.identity_of(peer))
+    }
+
+    /// The service the peer named `peer` is, as tokens for calling it name it (`aud`):
+    /// the service of `spiffe_id` when set, else `peer`.
+    pub fn audience(&self, peer: &str) -> String {
+        self.spiffe_id
+            .as_deref()
+            .and_then(SpiffeId::parse)
+            .map_or_else(|| peer.to_owned(), |id| id.service().to_owned())
     }
 
     /// What discovery resolves for the peer named `peer`.
@@ -191,8 +222,12 @@ pub enum PeerError {
 
 /// Something that supplies this service's own access token for peer calls.
 pub trait CredentialSource: Send + Sync + 'static {
-    /// A currently valid service access token.
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>>;
+    /// A currently valid service access token for calling the service named `audience`
+    /// (its `aud`: a service refuses a token issued for another).
+    fn token<'a>(
+        &'a self,
+        audience: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + 'a>>;
 }
 
 /// The peers of a service: makes [`PeerChannel`]s by name. Channels to one peer share
@@ -206,6 +241,7 @@ pub struct Peers {
     credentials: Option<Arc<dyn CredentialSource>>,
     metrics: ClientMetrics,
     resilience: Option<ResilienceMetrics>,
+    tls: Option<TlsSource>,
     shared: Arc<parking_lot::Mutex<HashMap<String, Arc<PeerShared>>>>,
 }
 
@@ -237,8 +273,58 @@ impl Peers {
             credentials: None,
             metrics: ClientMetrics::default(),
             resilience: None,
+            tls: None,
             shared: Arc::default(),
         }
+    }
+
+    /// Connects to every peer over mutual TLS with `source`'s certificate, accepting
+    /// only the peer's SPIFFE ID ([`PeerConfig::identity`]); for channels made after
+    /// this.
+    #[must_use]
+    pub fn with_tls(mut self, source: TlsSource) -> Self {
+        self.tls = Some(source);
+        self
+    }
+
+    /// Whether peer connections are mutual TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A channel to `peer` that carries no credentials and goes only to the addresses
+    /// configured for it (`peers.<peer>.addresses`), never to an instance a registry
+    /// reports: for what must reach the real peer — a client secret, signing keys — when
+    /// no certificate proves the peer's identity. Under mutual TLS the certificate
+    /// proves it, and this is [`Self::anonymous_channel`]; likewise when no address is
+    /// configured (a registry-only peer), with a warning.
+    ///
+    /// # Errors
+    /// As [`Self::channel`].
+    pub fn pinned_channel(&self, peer: &str) -> Result<PeerChannel, PeerError> {
+        let config = self
+            .configs
+            .get(peer)
+            .ok_or_else(|| PeerError::Unknown(peer.to_owned()))?;
+        if self.tls.is_some() || self.registry.name() == "static" {
+            return self.anonymous_channel(peer);
+        }
+        if config.address_list().is_empty() {
+            tracing::warn!(
+                peer,
+                registry = self.registry.name(),
+                "no peers.{peer}.addresses and no tls: signing keys and the client secret \
+                 follow the registry, which a forged entry can redirect; set tls or the \
+                 addresses"
+            );
+            return self.anonymous_channel(peer);
+        }
+        let pinned = Self {
+            registry: Arc::new(StaticRegistry),
+            shared: Arc::default(),
+            ..self.clone()
+        };
+        pinned.make_channel(peer, None)
     }
 
     /// Reads which methods are safe to retry from `descriptor_set` (an encoded
@@ -350,6 +436,9 @@ impl Peers {
                 health_check: config.health_check,
                 outlier: config.outlier.clone(),
                 ejections_total: counters.ejections.clone(),
+                tls: self.tls.as_ref().map(|source| {
+                    PeerTls::new(source.clone(), config.identity(peer, source.config()))
+                }),
             },
         );
         Ok(Arc::new(PeerShared {
@@ -360,6 +449,7 @@ impl Peers {
             timeout: config.timeout,
             retry: RetryPolicy::new(&config.retry),
             counters,
+            audience: config.audience(peer),
         }))
     }
 }
@@ -375,6 +465,8 @@ struct PeerShared {
     counters: PeerCounters,
     /// Where calls go, for the client spans.
     span_target: Arc<PeerTarget>,
+    /// The service the calls are for: the `aud` of the tokens they carry.
+    audience: String,
 }
 
 /// A channel to one peer; use it with any generated client. Each call is balanced over
@@ -428,7 +520,7 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                     }
                 }
                 if let Some(credentials) = credentials {
-                    match credentials.token().await {
+                    match credentials.token(&shared.audience).await {
                         Ok(token) => {
                             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
                                 request

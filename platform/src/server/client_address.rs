@@ -20,10 +20,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::connection::ConnectionInfo;
 use http::{HeaderMap, Request};
 use ipnet::IpNet;
 use serde::Deserialize;
-use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 /// The header a trusted proxy names the client in (`server.forwarded_header`). Only one
@@ -176,7 +176,11 @@ pub fn client_address<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
         .extensions()
         .get::<ClientAddress>()
         .map(|address| address.0)
-        .or_else(|| request.remote_addr().map(|addr| addr.ip().to_canonical()))
+        .or_else(|| {
+            ConnectionInfo::of(request.extensions())
+                .and_then(ConnectionInfo::remote_addr)
+                .map(|addr| addr.ip().to_canonical())
+        })
 }
 
 /// [`client_address`] from an HTTP request's extensions (for tower layers).
@@ -185,9 +189,8 @@ pub fn client_address_of(extensions: &http::Extensions) -> Option<IpAddr> {
         .get::<ClientAddress>()
         .map(|address| address.0)
         .or_else(|| {
-            extensions
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
+            ConnectionInfo::of(extensions)
+                .and_then(ConnectionInfo::remote_addr)
                 .map(|addr| addr.ip().to_canonical())
         })
 }
@@ -240,10 +243,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
+        let peer = ConnectionInfo::of(request.extensions()).and_then(ConnectionInfo::remote_addr);
         if let Some(peer) = peer {
             let address = resolve(
                 peer.ip(),

@@ -10,6 +10,10 @@
 //! only for the age (a graceful GOAWAY then, which waits for open streams with no bound)
 //! and bounds the grace here: at age + grace the connection's reads and writes fail, and
 //! hyper closes it, ending streams that were still open (gRFC A9).
+//!
+//! With TLS ([`crate::tls`]), each accepted connection's handshake runs beside the accept
+//! loop (at most `tls.handshake_timeout_ms`), with the material current at its start; the
+//! client certificate it verified goes into every call's [`ConnectionInfo`].
 
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -27,6 +31,136 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::{PeerCertificate, TlsSource};
+
+/// Most TLS handshakes in progress at once; accepting waits while this many run (each
+/// ends within `tls.handshake_timeout_ms`, and one address holds at most
+/// `server.max_connections_per_address` of them).
+const MAX_HANDSHAKES: usize = 1024;
+
+/// What every call of a connection knows about it: the TCP addresses and, over TLS, the
+/// client certificate verified in the handshake.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The local and peer addresses.
+    pub tcp: TcpConnectInfo,
+    /// The client certificate; `None` over plaintext or when the client sent none.
+    pub peer_certificate: Option<Arc<PeerCertificate>>,
+}
+
+impl ConnectionInfo {
+    /// The connection info in a request's extensions.
+    pub fn of(extensions: &http::Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
+    }
+
+    /// The client certificate of the connection a request came on; `None` over
+    /// plaintext, or when the client sent none.
+    pub fn peer_certificate(extensions: &http::Extensions) -> Option<&PeerCertificate> {
+        Self::of(extensions).and_then(|info| info.peer_certificate.as_deref())
+    }
+
+    /// The client's address (the TCP peer's).
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
+
+    /// The address the connection came in on.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// An accepted connection, plaintext or TLS.
+#[derive(Debug)]
+pub enum Connection {
+    /// Plaintext.
+    Plain(AgedConnection),
+    /// TLS, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<AgedConnection>>),
+}
+
+impl Connected for Connection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        match self {
+            Self::Plain(stream) => ConnectionInfo {
+                tcp: stream.connect_info(),
+                peer_certificate: None,
+            },
+            Self::Tls(stream) => {
+                let (tcp, session) = stream.get_ref();
+                ConnectionInfo {
+                    tcp: tcp.connect_info(),
+                    peer_certificate: session
+                        .peer_certificates()
+                        .and_then(PeerCertificate::of_chain)
+                        .map(Arc::new),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
 
 /// An accepted connection that fails every read and write once its lifetime is over.
 /// `Unpin` (tonic requires it), so the timer is boxed.
@@ -243,6 +377,46 @@ pub fn incoming(
         connection._slot = slot;
         Some(Ok(connection))
     })
+}
+
+/// `accepted` as the server serves them: plaintext without `tls`; with it, each after
+/// its TLS handshake (run beside the others, at most `tls.handshake_timeout_ms`; a
+/// failed or late one is closed and logged at DEBUG).
+pub fn secured(
+    accepted: impl Stream<Item = io::Result<AgedConnection>> + Send + 'static,
+    tls: Option<TlsSource>,
+) -> std::pin::Pin<Box<dyn Stream<Item = io::Result<Connection>> + Send>> {
+    use futures::StreamExt as Futures;
+    let Some(tls) = tls else {
+        return Box::pin(Futures::map(accepted, |accepted| {
+            accepted.map(Connection::Plain)
+        }));
+    };
+    let timeout = tls.config().handshake_timeout;
+    let handshakes = Futures::map(accepted, move |accepted| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server_config());
+        async move {
+            let connection = match accepted {
+                Ok(connection) => connection,
+                Err(err) => return Some(Err(err)),
+            };
+            match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
+                Ok(Ok(stream)) => Some(Ok(Connection::Tls(Box::new(stream)))),
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    None
+                }
+            }
+        }
+    });
+    Box::pin(Futures::filter_map(
+        Futures::buffer_unordered(handshakes, MAX_HANDSHAKES),
+        std::future::ready,
+    ))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,8 @@ pub type ReadinessProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Se
 pub(super) struct Health {
     reporter: HealthReporter,
     names: Vec<&'static str>,
+    /// Whether `""` is SERVING, for the plaintext `/readyz` beside the metrics.
+    ready: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -36,7 +39,11 @@ impl Health {
         names: Vec<&'static str>,
     ) -> (Self, HealthServer<impl health_server::Health>) {
         let (reporter, service) = tonic_health::server::health_reporter();
-        let health = Self { reporter, names };
+        let health = Self {
+            reporter,
+            names,
+            ready: Arc::default(),
+        };
         health.set_all(ServingStatus::NotServing).await;
         health
             .reporter
@@ -45,8 +52,15 @@ impl Health {
         (health, service)
     }
 
+    /// True while `""` is SERVING.
+    pub(super) fn ready(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ready)
+    }
+
     /// Sets `""` and every service's status to `status`.
     pub(super) async fn set_all(&self, status: ServingStatus) {
+        self.ready
+            .store(status == ServingStatus::Serving, Ordering::Relaxed);
         self.reporter.set_service_status("", status).await;
         for name in &self.names {
             self.reporter.set_service_status(*name, status).await;

@@ -115,6 +115,7 @@ pub struct ServerBuilder {
     shutdown: CancellationToken,
     metrics: Option<Metrics>,
     caller_trust: trace::CallerTrust,
+    tls: Option<crate::tls::TlsSource>,
 }
 
 /// A layer applied to the service's routes, type-erased so the builder stays one type.
@@ -143,7 +144,16 @@ impl ServerBuilder {
             shutdown: CancellationToken::new(),
             metrics: None,
             caller_trust: trace::CallerTrust::nobody(),
+            tls: None,
         }
+    }
+
+    /// Serves TLS only, with `source`'s current certificate for each new handshake and
+    /// client certificates requested (see [`crate::tls`]).
+    #[must_use]
+    pub fn tls(mut self, source: crate::tls::TlsSource) -> Self {
+        self.tls = Some(source);
+        self
     }
 
     /// Records the `grpc_server_*` metrics of every call into `metrics` (the service's
@@ -254,6 +264,7 @@ impl ServerBuilder {
             shutdown,
             metrics,
             caller_trust,
+            tls,
         } = self;
         let metrics = match metrics {
             Some(metrics) => metrics,
@@ -326,6 +337,7 @@ impl ServerBuilder {
             metrics,
             admission,
             caller_trust,
+            tls,
         })
     }
 }
@@ -342,6 +354,7 @@ pub struct BoundServer {
     metrics: MetricsLayer,
     admission: admission::Admission,
     caller_trust: trace::CallerTrust,
+    tls: Option<crate::tls::TlsSource>,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -356,6 +369,12 @@ impl BoundServer {
     /// The address actually bound (the real port when the config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// True while the server reports SERVING for `""` (readiness), for probes that
+    /// cannot speak gRPC over TLS (the metrics endpoint's `/readyz`).
+    pub fn readiness(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.health.ready()
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
@@ -383,8 +402,10 @@ impl BoundServer {
             metrics,
             admission,
             caller_trust,
+            tls,
         } = self;
         let health = Arc::new(health);
+        let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
         let stop_accepting = CancellationToken::new();
         let drained = CancellationToken::new();
 
@@ -425,19 +446,22 @@ impl BoundServer {
             .layer(deadline::DeadlineLayer::new(config.request_timeout))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                connection::incoming(
-                    listener,
-                    config.max_connection_lifetime(),
-                    connection::AddressCap::new(
-                        config.max_connections_per_address,
-                        &config.trusted_proxies,
-                        admission.connections_refused(),
+                connection::secured(
+                    connection::incoming(
+                        listener,
+                        config.max_connection_lifetime(),
+                        connection::AddressCap::new(
+                            config.max_connections_per_address,
+                            &config.trusted_proxies,
+                            admission.connections_refused(),
+                        ),
                     ),
+                    tls,
                 ),
                 stop_accepting.clone().cancelled_owned(),
             );
         tokio::pin!(server);
-        tracing::info!(%local_addr, "serving gRPC");
+        tracing::info!(%local_addr, transport = scheme, "serving gRPC");
 
         tokio::select! {
             result = &mut server => {

@@ -3,7 +3,8 @@
 //!
 //! With tracing on, the span is also the call's OpenTelemetry server span
 //! ([`crate::telemetry::rpc`]): named `package.Service/Method`, with `rpc.system`, the
-//! local and peer addresses (tonic's `TcpConnectInfo`, which the accept path keeps), and
+//! local and peer addresses (the accept path's [`ConnectionInfo`]), the client certificate's
+//! SPIFFE ID (`peer.identity`, under mutual TLS), and
 //! `rpc.grpc.status_code` when the response ends. The span ends with the response body,
 //! so a stream's span lasts as long as the stream.
 //!
@@ -51,7 +52,7 @@ use tower_http::classify::{GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{MakeSpan, OnEos, OnResponse, TraceLayer};
 use tracing::Span;
 
-use tonic::transport::server::TcpConnectInfo;
+use super::connection::ConnectionInfo;
 
 use crate::context::REQUEST_ID_HEADER;
 use crate::metrics::grpc::{KnownMethod, UNKNOWN};
@@ -283,6 +284,7 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
                     request_id = %request_id,
                     otel.name = tracing::field::Empty,
                     otel.kind = tracing::field::Empty,
+                    peer.identity = tracing::field::Empty,
                 )
             };
         }
@@ -302,8 +304,16 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
                 request_id = %request_id,
                 otel.name = tracing::field::Empty,
                 otel.kind = tracing::field::Empty,
+                peer.identity = tracing::field::Empty,
             ),
         };
+        let connection = ConnectionInfo::of(request.extensions());
+        if let Some(identity) = connection
+            .and_then(|info| info.peer_certificate.as_deref())
+            .and_then(|certificate| certificate.spiffe_id.as_ref())
+        {
+            span.record("peer.identity", tracing::field::display(identity));
+        }
         if telemetry::tracing_enabled() && !span.is_disabled() {
             match known {
                 Some(known) => {
@@ -317,11 +327,10 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
                 }
             }
             span.record("otel.kind", "server");
-            let connection = request.extensions().get::<TcpConnectInfo>();
             rpc::record_server_attributes(
                 &span,
-                connection.and_then(TcpConnectInfo::local_addr),
-                connection.and_then(TcpConnectInfo::remote_addr),
+                connection.and_then(ConnectionInfo::local_addr),
+                connection.and_then(ConnectionInfo::remote_addr),
             );
             if request.extensions().get::<TrustedTraceContext>().is_some() {
                 propagation::set_parent_from_headers(&span, request.headers());

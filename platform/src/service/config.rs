@@ -7,6 +7,7 @@
 //! | `telemetry.*` | [`TelemetryConfig`]: log format and filter, OTLP trace export (the `OTEL_*` variables win) |
 //! | `database.*` | [`DatabaseConfig`]: default `sqlite://.data/<name>.db?mode=rwc` |
 //! | `auth.*` | [`AuthConfig`]: token verification and this service's client secret |
+//! | `tls.*` | [`TlsConfig`]: this workload's certificate, key and trust bundle (mutual TLS with SPIFFE IDs) |
 //! | `peers.<name>.*` | [`PeerConfig`]: the service's peers, with its default addresses |
 //! | `discovery.*` | [`DiscoveryConfig`]: how peers are found and the service registers (static, DNS, Consul, etcd) |
 //! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
@@ -35,10 +36,12 @@ use crate::peer::PeerConfig;
 use crate::rate_limit::RateLimitsConfig;
 use crate::server::ServerConfig;
 use crate::telemetry::TelemetryConfig;
+use crate::tls::TlsConfig;
 
 /// The top-level keys of the platform's sections; every other key is the service's.
-const PLATFORM_KEYS: [&str; 11] = [
+const PLATFORM_KEYS: [&str; 12] = [
     "server",
+    "tls",
     "rate_limits",
     "metrics",
     "telemetry",
@@ -79,6 +82,8 @@ pub struct Config<S: Service> {
     pub database: DatabaseConfig,
     /// Token verification and this service's client secret.
     pub auth: AuthConfig,
+    /// Mutual TLS: unset (no `tls.cert`), every hop is plaintext.
+    pub tls: TlsConfig,
     /// Peers by name, over [`Service::DEFAULT_PEERS`].
     pub peers: HashMap<String, PeerConfig>,
     /// How peers are found and this service registers: `discovery.backend` (default
@@ -110,6 +115,7 @@ impl<S: Service> Default for Config<S> {
             telemetry: TelemetryConfig::default(),
             database: DatabaseConfig::with_url(default_database_url::<S>()),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             peers: S::DEFAULT_PEERS
                 .iter()
                 .map(|(name, address)| ((*name).to_owned(), PeerConfig::with_address(*address)))
@@ -132,6 +138,7 @@ impl<S: Service> Clone for Config<S> {
             telemetry: self.telemetry.clone(),
             database: self.database.clone(),
             auth: self.auth.clone(),
+            tls: self.tls.clone(),
             peers: self.peers.clone(),
             discovery: self.discovery.clone(),
             outbox: self.outbox.clone(),
@@ -152,6 +159,7 @@ impl<S: Service> std::fmt::Debug for Config<S> {
             .field("telemetry", &self.telemetry)
             .field("database", &self.database)
             .field("auth", &self.auth)
+            .field("tls", &self.tls)
             .field("peers", &self.peers)
             .field("discovery", &self.discovery)
             .field("outbox", &self.outbox)
@@ -229,11 +237,32 @@ impl<S: Service> Config<S> {
         self.telemetry.validate()?;
         self.database.validate()?;
         self.auth.validate("auth")?;
+        self.tls.validate()?;
         self.discovery.validate()?;
         let mut names: Vec<_> = self.peers.keys().collect();
         names.sort();
         for name in names {
-            self.peers[name].validate(&format!("peers.{name}"), self.discovery.backend)?;
+            let peer = &self.peers[name];
+            peer.validate(&format!("peers.{name}"), self.discovery.backend)?;
+            if !self.tls.enabled() && peer.addresses.contains("https://") {
+                return Err(ConfigError::invalid(
+                    format!("peers.{name}.addresses"),
+                    "an https:// address needs the tls section (tls.cert, tls.key, tls.ca): \
+                     peers are reached over mutual TLS with this workload's certificate",
+                ));
+            }
+        }
+        if self.discovery.backend == crate::discovery::Backend::Consul
+            && !self.local_development
+            && !self.discovery.consul.has_token()
+        {
+            // Without ACLs, whoever reaches the agent registers instances of any service.
+            return Err(ConfigError::invalid(
+                "discovery.consul.token",
+                "is required outside local development (or CONSUL_HTTP_TOKEN): without an \
+                 ACL token, anyone who reaches the Consul agent can register instances of \
+                 any service",
+            ));
         }
         self.outbox.validate()?;
         self.rate_limits.validate(&S::access_policy())?;

@@ -47,6 +47,7 @@ use crate::pagination::PageTokenCodec;
 use crate::peer::{CredentialSource, PeerChannel, PeerError, Peers};
 use crate::rate_limit::RateLimitLayer;
 use crate::server::{GrpcService, ServerBuilder};
+use crate::tls::TlsSource;
 
 /// Why a service could not be built. Services' own [`Service::build`] errors (anything
 /// convertible, `anyhow::Error` included) pass through with their source chain.
@@ -179,6 +180,13 @@ impl<S: Service> Launch<S> {
         self
     }
 
+    /// Sets the `tls` section (e.g. a test CA's files for this service).
+    #[must_use]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.config.tls = tls;
+        self
+    }
+
     /// Serves on `listener` instead of binding `server.listen_addr`.
     #[must_use]
     pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
@@ -218,16 +226,29 @@ impl<S: Service> Launch<S> {
         if recording {
             peers = peers.with_metrics(&metrics)?;
         }
+        let tls = TlsSource::load(&config.tls, S::INFO.name)?;
+        if let Some(tls) = &tls {
+            peers = peers.with_tls(tls.clone());
+            if recording {
+                tls.register_metrics(&metrics)?;
+            }
+        }
         let identity = config.auth.peer.clone();
         let credentials: Option<Arc<dyn CredentialSource>> = match &config.auth.client_secret {
-            Some(secret) => Some(Arc::new(ClientCredentials::new(
-                S::INFO.name,
-                secret.clone(),
-                peers.anonymous_channel(&identity)?,
-            ))),
+            Some(secret) => Some(Arc::new(
+                ClientCredentials::new(
+                    S::INFO.name,
+                    secret.clone(),
+                    peers.pinned_channel(&identity)?,
+                )
+                .bound_to(tls.clone()),
+            )),
             None => None,
         };
         let mut server = ServerBuilder::new(config.server.clone());
+        if let Some(tls) = &tls {
+            server = server.tls(tls.clone());
+        }
         if recording {
             server = server.metrics(metrics.clone());
         }
@@ -247,6 +268,7 @@ impl<S: Service> Launch<S> {
             metrics,
             metrics_listener,
             registry,
+            tls,
         };
         S::build(&mut ctx).await?;
         ctx.finish(S::access_policy()).await
@@ -325,6 +347,7 @@ pub struct Context<S: Service> {
     metrics: Metrics,
     metrics_listener: Option<std::net::TcpListener>,
     registry: Arc<dyn Registry>,
+    tls: Option<TlsSource>,
 }
 
 impl<S: Service> std::fmt::Debug for Context<S> {
@@ -399,6 +422,12 @@ impl<S: Service> Context<S> {
         self.keys.get_or_insert(keys);
     }
 
+    /// This workload's TLS material when `tls` is set (e.g. to bind the tokens a service
+    /// signs itself to its certificate).
+    pub fn tls(&self) -> Option<&TlsSource> {
+        self.tls.as_ref()
+    }
+
     /// The peers, carrying this service's credentials when it has any.
     pub fn peers(&self) -> Peers {
         match &self.credentials {
@@ -453,6 +482,7 @@ impl<S: Service> Context<S> {
             metrics,
             metrics_listener,
             registry,
+            tls,
             ..
         } = self;
         // Given first, so the authentication layer (given next) wraps it: the limits
@@ -467,11 +497,11 @@ impl<S: Service> Context<S> {
             let keys = match keys {
                 Some(keys) => keys,
                 None => Arc::new(RemoteKeySource::new(
-                    anonymous.anonymous_channel(&config.auth.peer)?,
+                    anonymous.pinned_channel(&config.auth.peer)?,
                 )),
             };
-            let verifier = TokenVerifier::new(&config.auth, keys);
-            let mut layer = AuthLayer::new(verifier, policy);
+            let verifier = TokenVerifier::new(&config.auth, S::INFO.name, keys);
+            let mut layer = AuthLayer::new(verifier, policy).requiring_certificates(tls.is_some());
             if records_metrics(&config, metrics_listener.as_ref()) {
                 layer = layer.with_metrics(&metrics)?;
             }
@@ -487,6 +517,9 @@ impl<S: Service> Context<S> {
             .into_iter()
             .map(|start| start(shutdown.clone()))
             .collect();
+        if let Some(tls) = tls {
+            tasks.push(tokio::spawn(tls.run_reloader(shutdown.clone())));
+        }
         if let Some(waker) = outbox {
             if credentials.is_none() {
                 tracing::warn!("auth.client_secret is not set: outbox messages wait until it is");
@@ -495,7 +528,9 @@ impl<S: Service> Context<S> {
             let dispatcher = Dispatcher::new(db.clone(), peers, config.outbox.clone(), waker);
             tasks.push(tokio::spawn(dispatcher.run(shutdown)));
         }
-        let endpoint = MetricsEndpoint::bind(&config.metrics, metrics_listener, metrics).await?;
+        let endpoint = MetricsEndpoint::bind(&config.metrics, metrics_listener, metrics)
+            .await?
+            .map(|endpoint| endpoint.with_readiness(server.readiness()));
         let registration = registration::<S>(&config, server.local_addr(), endpoint.as_ref());
         Ok(App::new(server, db, tasks)
             .with_metrics_endpoint(endpoint)

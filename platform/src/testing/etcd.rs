@@ -1,15 +1,16 @@
 //! A real single-member etcd for tests (Debian's `etcd-server` package): started on free
-//! ports over a temporary data directory, killed when dropped.
+//! ports over a temporary data directory, killed when dropped; over TLS with client
+//! certificates required when started with [`EtcdServer::start_tls`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use trellis_proto::etcd::etcdserverpb::{RangeRequest, kv_client::KvClient};
 
-use super::EVENTUALLY;
+use super::{EVENTUALLY, TestCa, WorkloadFiles};
 
 /// A running `etcd` process; killed (not gracefully stopped) on drop.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct EtcdServer {
     binary: PathBuf,
     data: TempDir,
     child: Option<Child>,
+    /// Over TLS: the server's files and the client config the readiness check uses.
+    tls: Option<(WorkloadFiles, ClientTlsConfig)>,
 }
 
 impl EtcdServer {
@@ -30,17 +33,46 @@ impl EtcdServer {
     /// When etcd does not start and answer within [`EVENTUALLY`] (its log is in the
     /// message), after three tries on fresh ports.
     pub async fn start() -> Option<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Self::start`], serving `https://localhost:<port>` with a certificate of
+    /// `ca` and requiring a client certificate of `ca` (`--client-cert-auth`); the
+    /// readiness check presents `client`.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub async fn start_tls(ca: &TestCa, client: &WorkloadFiles) -> Option<Self> {
+        let server = ca.issue(
+            &crate::tls::SpiffeId::workload(crate::tls::DEFAULT_TRUST_DOMAIN, "default", "etcd"),
+            "etcd",
+        );
+        let read = |path: &PathBuf| std::fs::read(path).expect("a TLS file");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&server.ca)))
+            .identity(Identity::from_pem(read(&client.cert), read(&client.key)));
+        Self::start_with(Some((server, tls))).await
+    }
+
+    async fn start_with(tls: Option<(WorkloadFiles, ClientTlsConfig)>) -> Option<Self> {
         let binary = super::installed_tool("etcd", "etcd-server")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let host = if tls.is_some() {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
         let mut failures = Vec::new();
         // A port picked free may be taken before etcd binds it: try again on new ones.
         for _ in 0..3 {
             let [client, peer] = free_ports();
             let mut server = Self {
-                url: format!("http://127.0.0.1:{client}"),
+                url: format!("{scheme}://{host}:{client}"),
                 peer_url: format!("http://127.0.0.1:{peer}"),
                 binary: binary.clone(),
                 data: tempfile::tempdir().expect("a temporary directory"),
                 child: None,
+                tls: tls.clone(),
             };
             match server.run().await {
                 Ok(()) => return Some(server),
@@ -77,7 +109,15 @@ impl EtcdServer {
             .append(true)
             .open(&log_path)
             .expect("the log file opens");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some((files, _)) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", files.cert.display()))
+                .arg(format!("--key-file={}", files.key.display()))
+                .arg(format!("--trusted-ca-file={}", files.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=default")
             .arg(format!(
                 "--data-dir={}",
@@ -94,9 +134,11 @@ impl EtcdServer {
             .spawn()
             .expect("etcd runs");
         self.child = Some(child);
-        let channel = Channel::from_shared(self.url.clone())
-            .expect("a valid URL")
-            .connect_lazy();
+        let mut endpoint = Channel::from_shared(self.url.clone()).expect("a valid URL");
+        if let Some((_, tls)) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).expect("a TLS config");
+        }
+        let channel = endpoint.connect_lazy();
         let mut kv = KvClient::new(channel);
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
         loop {

@@ -21,6 +21,8 @@ pub struct FakeAuth {
     /// The issuer whose key it publishes.
     pub issuer: TestIssuer,
     key_fetches: Arc<AtomicUsize>,
+    token_requests: Arc<AtomicUsize>,
+    tls: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -40,20 +42,50 @@ impl FakeAuth {
     /// # Panics
     /// When no port can be bound.
     pub async fn start_with_key_delay(issuer: TestIssuer, delay: Duration) -> Self {
+        Self::start_with(issuer, delay, None).await
+    }
+
+    /// Like [`FakeAuth::start`], over TLS with `files`' certificate (client
+    /// certificates neither asked for nor checked): e.g. an impostor whose certificate
+    /// names another workload.
+    ///
+    /// # Panics
+    /// When no port can be bound or the files cannot be read.
+    pub async fn start_tls(issuer: TestIssuer, files: &super::WorkloadFiles) -> Self {
+        Self::start_with(issuer, Duration::ZERO, Some(files)).await
+    }
+
+    async fn start_with(
+        issuer: TestIssuer,
+        delay: Duration,
+        tls: Option<&super::WorkloadFiles>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port on 127.0.0.1");
         let addr = listener.local_addr().expect("a bound address");
         let key_fetches = Arc::new(AtomicUsize::new(0));
+        let token_requests = Arc::new(AtomicUsize::new(0));
         let service = AuthServiceServer::new(Handlers {
             issuer: issuer.clone(),
             key_delay: delay,
             key_fetches: Arc::clone(&key_fetches),
+            token_requests: Arc::clone(&token_requests),
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(files) = tls {
+            let identity = tonic::transport::Identity::from_pem(
+                std::fs::read(&files.cert).expect("the certificate"),
+                std::fs::read(&files.key).expect("the key"),
+            );
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("a TLS server config");
+        }
         let task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             drop(
-                tonic::transport::Server::builder()
+                builder
                     .add_service(service)
                     .serve_with_incoming(incoming)
                     .await,
@@ -63,8 +95,15 @@ impl FakeAuth {
             addr,
             issuer,
             key_fetches,
+            token_requests,
+            tls: tls.is_some(),
             task,
         }
+    }
+
+    /// How many `IssueServiceToken` calls (each carrying a client secret) reached it.
+    pub fn token_requests(&self) -> usize {
+        self.token_requests.load(Ordering::SeqCst)
     }
 
     /// How many `ListSigningKeys` calls reached it so far.
@@ -74,7 +113,8 @@ impl FakeAuth {
 
     /// The base URI to configure as the `auth` peer.
     pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -88,6 +128,7 @@ struct Handlers {
     issuer: TestIssuer,
     key_delay: Duration,
     key_fetches: Arc<AtomicUsize>,
+    token_requests: Arc<AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -144,9 +185,12 @@ impl AuthService for Handlers {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
-        let client_id = request.into_inner().client_id;
+        self.token_requests.fetch_add(1, Ordering::SeqCst);
+        let request = request.into_inner();
         Ok(Response::new(pb::IssueServiceTokenResponse {
-            access_token: self.issuer.service_token(&client_id),
+            access_token: self
+                .issuer
+                .service_token(&request.client_id, &request.audience),
             expires_in: 300,
         }))
     }

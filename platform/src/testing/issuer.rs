@@ -79,20 +79,55 @@ impl TestIssuer {
         )
     }
 
-    /// A valid 5-minute token for a service.
-    pub fn service_token(&self, service: &str) -> String {
-        self.token(&format!("service:{service}"), PrincipalKind::Service, &[])
+    /// A valid 5-minute token for `service` to call `audience` (a service name: the
+    /// callee refuses a token for another), bound to no certificate.
+    pub fn service_token(&self, service: &str, audience: &str) -> String {
+        self.claims(
+            &format!("service:{service}"),
+            PrincipalKind::Service,
+            &[],
+            audience,
+        )
+    }
+
+    /// [`Self::service_token`] bound to the certificate whose thumbprint is
+    /// `thumbprint` (RFC 8705 `cnf.x5t#S256`).
+    pub fn bound_service_token(&self, service: &str, audience: &str, thumbprint: &str) -> String {
+        let mut claims = self.claims_for(
+            &format!("service:{service}"),
+            PrincipalKind::Service,
+            &[],
+            audience,
+        );
+        claims.cnf = Some(crate::auth::Confirmation {
+            x5t_s256: thumbprint.to_owned(),
+        });
+        self.sign(&claims)
     }
 
     fn token(&self, subject: &str, kind: PrincipalKind, roles: &[&str]) -> String {
+        self.claims(subject, kind, roles, DEFAULT_AUDIENCE)
+    }
+
+    fn claims(&self, subject: &str, kind: PrincipalKind, roles: &[&str], audience: &str) -> String {
+        self.sign(&self.claims_for(subject, kind, roles, audience))
+    }
+
+    fn claims_for(
+        &self,
+        subject: &str,
+        kind: PrincipalKind,
+        roles: &[&str],
+        audience: &str,
+    ) -> Claims {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let now = i64::try_from(now).unwrap_or(0);
-        self.sign(&Claims {
+        Claims {
             iss: DEFAULT_ISSUER.to_owned(),
-            aud: DEFAULT_AUDIENCE.to_owned(),
+            aud: audience.to_owned(),
             sub: subject.to_owned(),
             iat: now,
             nbf: now,
@@ -100,7 +135,8 @@ impl TestIssuer {
             jti: uuid::Uuid::new_v4().to_string(),
             kind,
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-        })
+            cnf: None,
+        }
     }
 
     /// Signs arbitrary claims with this issuer's key and `kid`.

@@ -18,12 +18,14 @@ pub mod metrics;
 pub mod reflection;
 mod slowloris;
 mod surface;
+mod tls;
 
 pub use etcd::EtcdServer;
 pub use fake_auth::FakeAuth;
 pub use issuer::{StaticKeySource, TestIssuer};
 pub use slowloris::{answers_of, call_without_body};
 pub use surface::assert_serves_health_and_reflection;
+pub use tls::{TestCa, WorkloadFiles, write_replacing};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -157,6 +159,34 @@ pub fn channel(addr: SocketAddr) -> Channel {
         .connect_lazy()
 }
 
+/// A lazy channel to `addr` over TLS, trusting `files`' CA and, with `client`,
+/// presenting that certificate (the server's name checked: `localhost`).
+///
+/// # Panics
+/// When the files cannot be read.
+pub fn tls_channel(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    client: Option<&WorkloadFiles>,
+) -> Channel {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(ca).expect("the CA certificate"),
+        ))
+        .domain_name("localhost");
+    if let Some(client) = client {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&client.cert).expect("the client certificate"),
+            std::fs::read(&client.key).expect("the client key"),
+        ));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("a socket address is a valid URI")
+        .tls_config(tls)
+        .expect("a TLS client config")
+        .connect_lazy()
+}
+
 /// A listener on 127.0.0.1 with a port the system chose, held until a server takes it
 /// (so the port is known before the server starts, with no bind-release-rebind race).
 ///
@@ -186,7 +216,12 @@ pub async fn health_status(
 /// # Panics
 /// When it does not within [`EVENTUALLY`].
 pub async fn wait_serving(addr: SocketAddr) {
-    let client = HealthClient::new(channel(addr));
+    wait_serving_on(channel(addr)).await;
+}
+
+/// [`wait_serving`] over `channel` (e.g. a TLS one).
+pub async fn wait_serving_on(channel: Channel) {
+    let client = HealthClient::new(channel);
     assert_eventually(|| {
         let mut client = client.clone();
         async move { health_status(&mut client, "").await == Some(ServingStatus::Serving) }
@@ -231,6 +266,26 @@ impl TestServer {
     /// # Panics
     /// When the service does not build or become SERVING.
     pub async fn start<S: Service>(launch: Launch<S>) -> Self {
+        Self::start_on(launch, channel).await
+    }
+
+    /// Like [`Self::start`] for a service with `tls` set: its [`Self::channel`] trusts
+    /// `client`'s CA and presents `client`'s certificate.
+    ///
+    /// # Panics
+    /// As [`Self::start`].
+    pub async fn start_tls<S: Service>(launch: Launch<S>, client: &WorkloadFiles) -> Self {
+        let client = client.clone();
+        Self::start_on(launch, move |addr| {
+            tls_channel(addr, &client.ca, Some(&client))
+        })
+        .await
+    }
+
+    async fn start_on<S: Service>(
+        launch: Launch<S>,
+        connect: impl FnOnce(SocketAddr) -> Channel,
+    ) -> Self {
         init_test_log();
         let app = launch
             .build()
@@ -242,11 +297,12 @@ impl TestServer {
         let task = tokio::spawn(app.run_until(async {
             drop(stopped.await);
         }));
-        wait_serving(addr).await;
+        let channel = connect(addr);
+        wait_serving_on(channel.clone()).await;
         Self {
             addr,
             metrics_addr,
-            channel: channel(addr),
+            channel,
             shutdown: Some(shutdown),
             task: Some(task),
         }

@@ -27,14 +27,14 @@ async fn an_internal_method_answers_only_its_declared_callers() {
     };
     for allowed in ["user", "auth"] {
         assert_eq!(
-            send(&issuer.service_token(allowed)).await,
+            send(&issuer.service_token(allowed, "probe")).await,
             Ok(()),
             "{allowed}"
         );
     }
     for denied in ["notification", "billing", ""] {
         assert_eq!(
-            send(&issuer.service_token(denied)).await,
+            send(&issuer.service_token(denied, "probe")).await,
             Err(Code::PermissionDenied),
             "{denied}"
         );

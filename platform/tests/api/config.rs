@@ -83,3 +83,67 @@ fn breaker_validation_names_the_bad_key() {
         ]
     );
 }
+
+/// The key loading `env` fails on (validation only).
+fn invalid_key(env: &[(&str, &str)]) -> String {
+    let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    match Config::<WithUserPeer>::load_from(None, env) {
+        Err(ConfigError::Invalid { key, .. }) => key,
+        other => panic!("expected an invalid key, got {other:?}"),
+    }
+}
+
+#[test]
+fn tls_needs_all_three_files_and_https_peers_need_tls() {
+    assert_eq!(
+        invalid_key(&[("TRELLIS_PROBE__TLS__CERT", "/etc/tls/tls.crt")]),
+        "tls"
+    );
+    assert_eq!(
+        invalid_key(&[("TRELLIS_PROBE__TLS__TRUST_DOMAIN", "Trellis Local")]),
+        "tls.trust_domain"
+    );
+    assert_eq!(
+        invalid_key(&[(
+            "TRELLIS_PROBE__PEERS__USER__ADDRESSES",
+            "https://user.example:50051"
+        )]),
+        "peers.user.addresses"
+    );
+    assert_eq!(
+        invalid_key(&[(
+            "TRELLIS_PROBE__PEERS__USER__SPIFFE_ID",
+            "spiffe://trellis.local/user"
+        )]),
+        "peers.user.spiffe_id"
+    );
+}
+
+#[test]
+fn consul_needs_an_acl_token_outside_local_development() {
+    if std::env::var_os("CONSUL_HTTP_TOKEN").is_some() {
+        return; // The environment supplies one.
+    }
+    assert_eq!(
+        invalid_key(&[("TRELLIS_PROBE__DISCOVERY__BACKEND", "consul")]),
+        "discovery.consul.token"
+    );
+    let local = Config::<WithUserPeer>::load_from(
+        None,
+        [
+            ("TRELLIS_PROBE__DISCOVERY__BACKEND", "consul"),
+            ("TRELLIS_PROBE__LOCAL_DEVELOPMENT", "true"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    assert!(local.is_ok(), "{:?}", local.err());
+    let with_token = Config::<WithUserPeer>::load_from(
+        None,
+        [
+            ("TRELLIS_PROBE__DISCOVERY__BACKEND", "consul"),
+            ("TRELLIS_PROBE__DISCOVERY__CONSUL__TOKEN", "an-acl-token"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    assert!(with_token.is_ok(), "{:?}", with_token.err());
+}

@@ -11,7 +11,7 @@ use trellis_platform::discovery::{
     EtcdConfig, EtcdRegistry, Registration, Registry, Target, Watch,
 };
 use trellis_platform::testing::metrics::{http_get, sample};
-use trellis_platform::testing::{EtcdServer, assert_eventually, assert_eventually_that};
+use trellis_platform::testing::{EtcdServer, TestCa, assert_eventually, assert_eventually_that};
 use trellis_proto::etcd::etcdserverpb::kv_client::KvClient;
 use trellis_proto::etcd::etcdserverpb::lease_client::LeaseClient;
 use trellis_proto::etcd::etcdserverpb::{LeaseRevokeRequest, RangeRequest};
@@ -23,6 +23,7 @@ fn config(server: &EtcdServer, lease_ttl_s: u64) -> EtcdConfig {
         prefix: "/test/services/".to_owned(),
         lease_ttl_s,
         timeout: Duration::from_millis(2000),
+        ..EtcdConfig::default()
     }
 }
 
@@ -261,4 +262,51 @@ async fn an_etcd_registration_id_with_a_slash_is_refused_before_any_call() {
         panic!("registered an id with a slash");
     };
     assert!(err.to_string().contains("\"a/b\""), "{err}");
+}
+
+#[tokio::test]
+async fn over_tls_a_client_certificate_registers_and_watches_and_none_is_refused() {
+    let ca = TestCa::new();
+    let client = ca.workload("user");
+    let Some(server) = EtcdServer::start_tls(&ca, &client).await else {
+        return;
+    };
+    let tls = EtcdConfig {
+        ca: Some(client.ca.clone()),
+        cert: Some(client.cert.clone()),
+        key: Some(client.key.clone()),
+        ..config(&server, 10)
+    };
+    let registry = EtcdRegistry::new(&tls).unwrap();
+    let registered = registry
+        .register(&registration("user", "user-1", 50051))
+        .await
+        .expect("a client certificate of the CA is let in");
+    let watch = registry.watch(&target("user"));
+    wait_for(&watch, &["http://127.0.0.1:50051"]).await;
+    registered.deregister().await.unwrap();
+
+    // The CA but no client certificate: etcd (--client-cert-auth) refuses the handshake.
+    let anonymous = EtcdRegistry::new(&EtcdConfig {
+        cert: None,
+        key: None,
+        ..tls.clone()
+    })
+    .unwrap();
+    assert!(
+        anonymous
+            .register(&registration("user", "user-2", 50052))
+            .await
+            .is_err()
+    );
+    // And plaintext to a TLS member is not configurable.
+    assert!(
+        EtcdRegistry::new(&EtcdConfig {
+            ca: None,
+            cert: None,
+            key: None,
+            ..tls
+        })
+        .is_err()
+    );
 }

@@ -15,6 +15,7 @@ mod admission;
 mod config;
 mod etcd;
 mod metrics;
+mod mtls;
 mod outbox;
 mod rate_limits;
 mod server;

@@ -43,11 +43,11 @@ async fn a_scrape_counts_calls_by_method_and_code_and_passes_promtool() {
         };
         code(client.send_notification(request).await)
     };
-    let user = issuer.service_token("user");
+    let user = issuer.service_token("user", "probe");
     assert_eq!(send(Some(&user)).await, Ok(()));
     assert_eq!(send(Some(&user)).await, Ok(()));
     assert_eq!(
-        send(Some(&issuer.service_token("billing"))).await,
+        send(Some(&issuer.service_token("billing", "probe"))).await,
         Err(Code::PermissionDenied)
     );
     assert_eq!(send(Some("garbage")).await, Err(Code::Unauthenticated));

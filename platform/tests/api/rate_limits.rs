@@ -280,7 +280,7 @@ async fn internal_methods_called_by_services_are_not_limited() {
     let server =
         TestServer::start(Launch::new(config).key_source(Arc::new(issuer.key_source()))).await;
     let mut client = NotificationInternalServiceClient::new(server.channel.clone());
-    let token = issuer.service_token("user");
+    let token = issuer.service_token("user", "probe");
     for _ in 0..10 {
         let sent = client
             .send_notification(with_token(

@@ -93,7 +93,7 @@ async fn unknown_methods_are_answered_and_counted_as_unknown_without_their_names
         call(
             server.channel.clone(),
             "/trellis.notification.v1.NotificationInternalService/Bogus",
-            &issuer.service_token("billing"),
+            &issuer.service_token("billing", "probe"),
         )
         .await,
         Code::Unimplemented

@@ -47,6 +47,7 @@ async fn a_hanging_key_fetch_does_not_block_a_cached_kid() {
     };
     let verifier = TokenVerifier::new(
         &config,
+        "user",
         HangsAfterFirst {
             key: issuer.public_key(),
             fetches: AtomicUsize::new(0),
@@ -109,7 +110,7 @@ proptest! {
         shaped in jwt_shaped(),
         known in with_known_kid(ISSUER.public_key().kid),
     ) {
-        let verifier = TokenVerifier::new(&AuthConfig::default(), ISSUER.key_source());
+        let verifier = TokenVerifier::new(&AuthConfig::default(), "user", ISSUER.key_source());
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for token in [raw, shaped, known] {
             prop_assert!(runtime.block_on(verifier.verify(&token)).is_err(), "{token}");
@@ -146,7 +147,7 @@ async fn a_verified_token_is_remembered_and_forgotten_when_its_key_is_withdrawn(
         min_refresh_interval: std::time::Duration::ZERO,
         ..AuthConfig::default()
     };
-    let verifier = TokenVerifier::new(&config, published.clone());
+    let verifier = TokenVerifier::new(&config, "user", published.clone());
     let token = old.user_token("ada", &["admin"]);
     let first = verifier.verify(&token).await.unwrap();
     assert!(verifier.remembers(&token));
@@ -171,7 +172,7 @@ async fn a_remembered_token_is_refused_once_it_expires() {
         leeway_secs: 0,
         ..AuthConfig::default()
     };
-    let verifier = TokenVerifier::new(&config, issuer.key_source());
+    let verifier = TokenVerifier::new(&config, "user", issuer.key_source());
     let now = unix_now();
     let token = issuer.sign(&trellis_platform::auth::Claims {
         iss: "trellis-auth".into(),
@@ -183,6 +184,7 @@ async fn a_remembered_token_is_refused_once_it_expires() {
         jti: "one".into(),
         kind: trellis_platform::auth::PrincipalKind::User,
         roles: vec![],
+        cnf: None,
     });
     verifier.verify(&token).await.unwrap();
     assert!(verifier.remembers(&token));
@@ -205,7 +207,7 @@ async fn a_cache_of_zero_remembers_nothing() {
         verified_token_cache: 0,
         ..AuthConfig::default()
     };
-    let verifier = TokenVerifier::new(&config, issuer.key_source());
+    let verifier = TokenVerifier::new(&config, "user", issuer.key_source());
     let token = issuer.user_token("ada", &[]);
     verifier.verify(&token).await.unwrap();
     assert!(!verifier.remembers(&token));

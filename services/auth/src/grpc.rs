@@ -10,6 +10,7 @@ use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 use trellis_platform::auth::{KeySource, PublicKey};
 use trellis_platform::metrics::prometheus::IntCounter;
+use trellis_platform::server::connection::ConnectionInfo;
 use trellis_platform::status::{internal, invalid_argument, parse_id, resource_exhausted};
 use trellis_proto::auth_v1 as pb;
 
@@ -21,6 +22,9 @@ use crate::domain::{Auth, AuthError, AuthRepository, TokenPair, UserDirectory};
 pub struct AuthHandlers<R, C> {
     auth: Arc<Auth<R, C>>,
     throttled: Option<IntCounter>,
+    /// Service tokens go only to a client certificate naming the client, and are bound
+    /// to it (mutual TLS).
+    require_certificates: bool,
 }
 
 impl<R, C> Clone for AuthHandlers<R, C> {
@@ -28,6 +32,7 @@ impl<R, C> Clone for AuthHandlers<R, C> {
         Self {
             auth: Arc::clone(&self.auth),
             throttled: self.throttled.clone(),
+            require_certificates: self.require_certificates,
         }
     }
 }
@@ -38,7 +43,16 @@ impl<R: AuthRepository, C: UserDirectory> AuthHandlers<R, C> {
         Self {
             auth,
             throttled: None,
+            require_certificates: false,
         }
+    }
+
+    /// Under mutual TLS: `IssueServiceToken` answers only a client whose certificate's
+    /// SPIFFE ID names it, and binds the token to that certificate (RFC 8705).
+    #[must_use]
+    pub fn requiring_certificates(mut self, require: bool) -> Self {
+        self.require_certificates = require;
+        self
     }
 
     /// Counts sign-ins the throttle refused in `throttled`
@@ -123,10 +137,39 @@ impl<R: AuthRepository, C: UserDirectory> pb::auth_service_server::AuthService
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let certificate = ConnectionInfo::peer_certificate(request.extensions());
+        let bound_to = if self.require_certificates {
+            let Some(certificate) = certificate else {
+                return Err(Status::unauthenticated(
+                    "service tokens need a client certificate (mutual TLS)",
+                ));
+            };
+            let client_id = &request.get_ref().client_id;
+            if certificate
+                .spiffe_id
+                .as_ref()
+                .is_none_or(|id| id.service() != client_id)
+            {
+                tracing::warn!(
+                    client_id = %client_id,
+                    certificate = ?certificate.spiffe_id.as_ref().map(ToString::to_string),
+                    "service token asked for with another workload's certificate"
+                );
+                return Err(Status::permission_denied(
+                    "the client certificate does not name this client",
+                ));
+            }
+            Some(certificate.thumbprint.clone())
+        } else {
+            None
+        };
         let request = request.into_inner();
-        let (access_token, ttl) = self
-            .auth
-            .issue_service_token(&request.client_id, &request.client_secret)?;
+        let (access_token, ttl) = self.auth.issue_service_token(
+            &request.client_id,
+            &request.client_secret,
+            &request.audience,
+            bound_to,
+        )?;
         Ok(Response::new(pb::IssueServiceTokenResponse {
             access_token,
             expires_in: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),

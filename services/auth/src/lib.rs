@@ -108,6 +108,7 @@ impl trellis_platform::Service for Service {
         ctx.use_credentials(Arc::new(LocalCredentials::new(
             issuer.clone(),
             <Self as trellis_platform::Service>::INFO.name,
+            ctx.tls().cloned(),
         )));
         ctx.use_key_source(Arc::new(LocalKeys::new(keys.clone())));
         let repository =
@@ -132,7 +133,9 @@ impl trellis_platform::Service for Service {
             "trellis_auth_login_throttled_total",
             "Sign-ins refused by the login throttle (too many failures for the account or source).",
         )?)?;
-        let handlers = AuthHandlers::new(auth).count_throttled(throttled);
+        let handlers = AuthHandlers::new(auth)
+            .count_throttled(throttled)
+            .requiring_certificates(ctx.tls().is_some());
         ctx.add_service(AuthServiceServer::new(handlers.clone()));
         ctx.add_service(AuthInternalServiceServer::new(handlers));
         ctx.spawn(move |stop| run_key_maintenance(repository, policy, keys, stop));

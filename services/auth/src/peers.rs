@@ -12,6 +12,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use trellis_platform::outbox::{EventOutbox, OutboxEntry, OutboxWaker};
 use trellis_platform::peer::{CredentialSource, PeerChannel, caused_by_caller};
+use trellis_platform::tls::TlsSource;
 use trellis_proto::notification_v1::SendNotificationRequest;
 use trellis_proto::user_v1 as user_pb;
 use trellis_proto::user_v1::user_internal_service_client::UserInternalServiceClient;
@@ -62,20 +63,34 @@ pub fn sign_in_notification(event: &SignInEvent) -> OutboxEntry {
 pub struct LocalCredentials {
     issuer: TokenIssuer,
     client_id: &'static str,
+    tls: Option<TlsSource>,
 }
 
 impl LocalCredentials {
-    /// Service tokens for `client_id` (the service's own name), signed by `issuer`.
-    pub fn new(issuer: TokenIssuer, client_id: &'static str) -> Self {
-        Self { issuer, client_id }
+    /// Service tokens for `client_id` (the service's own name), signed by `issuer`;
+    /// under mutual TLS bound to `tls`'s current certificate, which the connections
+    /// they travel on present.
+    pub fn new(issuer: TokenIssuer, client_id: &'static str, tls: Option<TlsSource>) -> Self {
+        Self {
+            issuer,
+            client_id,
+            tls,
+        }
     }
 }
 
 impl CredentialSource for LocalCredentials {
-    fn token(&self) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + '_>> {
+    fn token<'a>(
+        &'a self,
+        audience: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<String, Status>> + Send + 'a>> {
         Box::pin(async move {
+            let bound_to = self
+                .tls
+                .as_ref()
+                .map(|tls| tls.current().thumbprint().to_owned());
             self.issuer
-                .sign_service(self.client_id)
+                .sign_service(self.client_id, audience, bound_to)
                 .map(|(token, _)| token)
                 .map_err(|err| Status::internal(err.to_string()))
         })

@@ -34,12 +34,13 @@ pub(super) fn traces_endpoint(
 
 /// Prints where everything is, under a bold title when `colour`: each process in
 /// `running`, Prometheus on `prometheus_port` when it runs, where traces go (from
-/// `lookup`), a grpcurl tour and the dev admin.
+/// `lookup`), a grpcurl tour (over TLS when `tls`) and the dev admin.
 pub(super) fn print_banner(
     colour: bool,
     running: &[Running],
     lookup: impl Fn(&str) -> Option<String> + Copy,
     prometheus_port: Option<u16>,
+    tls: bool,
 ) {
     let (bold, reset) = if colour {
         ("\x1b[1m", "\x1b[0m")
@@ -79,26 +80,32 @@ pub(super) fn print_banner(
             "  traces        off (set OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://127.0.0.1:4317)"
         ),
     }
+    let transport = grpcurl_transport(tls);
     println!();
     println!("A tour (grpcurl needs no .proto files: the services serve reflection):");
+    if tls {
+        println!(
+            "  (mutual TLS between the services; you connect with server-only TLS, trusting\n   the development CA: internal methods need a service's certificate)"
+        );
+    }
     println!();
     println!("  # what is there");
-    println!("  grpcurl -plaintext localhost:50051 list");
+    println!("  grpcurl {transport} localhost:50051 list");
     println!("  # sign up, then log in (the response holds tokens.accessToken and userId)");
     println!(
-        "  grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\",\"password\":\"correct horse battery\"}}' \\\n      localhost:50051 trellis.user.v1.UserService/CreateUser"
+        "  grpcurl {transport} -d '{{\"email\":\"ada@example.com\",\"display_name\":\"Ada\",\"password\":\"correct horse battery\"}}' \\\n      localhost:50051 trellis.user.v1.UserService/CreateUser"
     );
     println!(
-        "  grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' \\\n      localhost:50052 trellis.auth.v1.AuthService/Login"
+        "  grpcurl {transport} -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}' \\\n      localhost:50052 trellis.auth.v1.AuthService/Login"
     );
     println!("  TOKEN=<tokens.accessToken>  USER_ID=<userId>");
     println!("  # read yourself with the token");
     println!(
-        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d \"{{\\\"id\\\":\\\"$USER_ID\\\"}}\" \\\n      localhost:50051 trellis.user.v1.UserService/GetUser"
+        "  grpcurl {transport} -H \"authorization: Bearer $TOKEN\" -d \"{{\\\"id\\\":\\\"$USER_ID\\\"}}\" \\\n      localhost:50051 trellis.user.v1.UserService/GetUser"
     );
     println!("  # your notifications, replayed then live (Ctrl-C to leave)");
     println!(
-        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n      localhost:50053 trellis.notification.v1.NotificationService/Subscribe"
+        "  grpcurl {transport} -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n      localhost:50053 trellis.notification.v1.NotificationService/Subscribe"
     );
     println!();
     println!(
@@ -110,6 +117,15 @@ pub(super) fn print_banner(
     println!();
     println!("Press Ctrl-C to stop everything.");
     println!();
+}
+
+/// grpcurl's transport flags: `-plaintext`, or trusting the development CA.
+pub(super) fn grpcurl_transport(tls: bool) -> String {
+    if tls {
+        format!("-cacert {}/ca.pem", super::tls::TLS_DIR)
+    } else {
+        "-plaintext".to_owned()
+    }
 }
 
 #[cfg(test)]

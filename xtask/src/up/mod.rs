@@ -17,6 +17,7 @@ mod plan;
 mod processes;
 #[cfg(test)]
 mod test_support;
+mod tls;
 
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -62,6 +63,12 @@ pub(crate) struct Args {
         conflicts_with = "docker"
     )]
     scale: Vec<Scale>,
+    /// Run every service over mutual TLS: a development CA and one certificate per
+    /// service (its SPIFFE ID, and localhost for grpcurl) are made under .data/tls/, and
+    /// the tour's grpcurl commands take `-cacert .data/tls/ca.pem` instead of
+    /// `-plaintext`. Not with --docker.
+    #[arg(long, conflicts_with = "docker")]
+    tls: bool,
     /// With --observability: the port Prometheus listens on (127.0.0.1).
     #[arg(
         long,
@@ -103,6 +110,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .map(|spec| (metrics_port_key(spec), spec.metrics_port.to_string())),
     );
     environment.extend(plan.environment);
+    if args.tls {
+        environment.extend(tls::make_certificates(&root)?);
+        eprintln!(
+            "xtask: mutual TLS on: a new development CA and certificates in {}",
+            tls::TLS_DIR
+        );
+    }
     // The services inherit xtask's environment (nothing here clears it), so the OTEL_*
     // variables reach every one of them unchanged.
     if let Some((variable, endpoint)) = banner::traces_endpoint(lookup) {
@@ -163,6 +177,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         &running,
         lookup,
         prometheus.is_some().then_some(args.prometheus_port),
+        args.tls,
     );
 
     let clean = processes::watch(&mut running, &incoming);

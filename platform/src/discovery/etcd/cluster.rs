@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::BACKEND;
 use crate::discovery::DiscoveryError;
@@ -18,8 +18,13 @@ use crate::discovery::DiscoveryError;
 const HTTP2_PING: Duration = Duration::from_secs(10);
 
 /// The members `endpoints` names (comma-separated client URLs; a bare `host:port` means
-/// `http://`), each connecting within `timeout`, or why they are invalid.
-pub(super) fn members(endpoints: &str, timeout: Duration) -> Result<Vec<Member>, String> {
+/// `http://`), each connecting within `timeout`, over TLS with `tls` (all `https://`) or
+/// without (all `http://`), or why they are invalid.
+pub(super) fn members(
+    endpoints: &str,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Vec<Member>, String> {
     let mut members = Vec::new();
     for raw in endpoints.split(',').map(str::trim) {
         if raw.is_empty() {
@@ -30,13 +35,21 @@ pub(super) fn members(endpoints: &str, timeout: Duration) -> Result<Vec<Member>,
         } else {
             format!("http://{raw}")
         };
-        if !url.starts_with("http://") {
-            return Err(format!(
-                "{raw:?}: only http:// endpoints are supported (no TLS in this build)"
-            ));
+        let scheme = if tls.is_some() { "https://" } else { "http://" };
+        if !url.starts_with(scheme) {
+            return Err(match tls {
+                Some(_) => format!("{raw:?}: with `ca` set, every endpoint is https://"),
+                None => format!("{raw:?}: an https:// endpoint needs `ca` (and http:// otherwise)"),
+            });
         }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|err| format!("{raw:?} is not a valid URL: {err}"))?
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|err| format!("{raw:?} is not a valid URL: {err}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|err| format!("{raw:?}: {err}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(HTTP2_PING)

@@ -55,9 +55,18 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtcdConfig {
-    /// Comma-separated client URLs (`http://host:port`; a bare `host:port` means
-    /// `http://`). Default `http://127.0.0.1:2379`. TLS (`https://`) is not supported.
+    /// Comma-separated client URLs (`http://host:port`, or `https://` with `ca`; a bare
+    /// `host:port` means `http://`). Default `http://127.0.0.1:2379`.
     pub endpoints: String,
+    /// PEM file of the CA the members' server certificates chain to: required by, and
+    /// only with, `https://` endpoints (the certificate must name the endpoint's host).
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM files of a client certificate and its key for etcd's `--client-cert-auth`
+    /// (with etcd's auth on, the certificate's CN is the etcd user). Both or neither;
+    /// `https://` only.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (see `cert`).
+    pub key: Option<std::path::PathBuf>,
     /// Key prefix; an instance is stored at `<prefix><service>/<id>`. Default
     /// `/trellis/services/`.
     pub prefix: String,
@@ -75,6 +84,9 @@ impl Default for EtcdConfig {
     fn default() -> Self {
         Self {
             endpoints: "http://127.0.0.1:2379".to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
             prefix: "/trellis/services/".to_owned(),
             lease_ttl_s: 10,
             timeout: Duration::from_secs(5),
@@ -102,7 +114,33 @@ impl EtcdConfig {
 
     /// The endpoints as members, or why they are invalid.
     fn members(&self) -> Result<Vec<Member>, String> {
-        cluster::members(&self.endpoints, self.timeout)
+        cluster::members(&self.endpoints, self.timeout, self.tls()?.as_ref())
+    }
+
+    /// The TLS settings of `https://` endpoints, read from the files; `None` without `ca`.
+    fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        let read = |path: &std::path::PathBuf| {
+            std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+        };
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err("a client certificate needs `ca` and https:// endpoints".to_owned());
+            }
+            return Ok(None);
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err("set both `cert` and `key`, or neither".to_owned()),
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -253,6 +291,7 @@ mod tests {
         assert_eq!(urls, ["http://10.0.0.1:2379", "http://etcd-1:2379"]);
 
         for (endpoints, ttl, key) in [
+            // https:// without `ca`.
             ("https://etcd:2379", 10, "discovery.etcd.endpoints"),
             (" , ", 10, "discovery.etcd.endpoints"),
             ("http://bad host:1", 10, "discovery.etcd.endpoints"),

@@ -21,7 +21,7 @@ const HEALTH_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duratio
 pub(super) async fn watch_health(peer: Arc<str>, endpoint: Weak<Endpoint>) {
     let mut backoff = HEALTH_BACKOFF.0;
     loop {
-        let Some(channel) = endpoint.upgrade().map(|e| e.channel.clone()) else {
+        let Some(channel) = endpoint.upgrade().map(|e| e.channel()) else {
             return;
         };
         let mut client = HealthClient::new(channel);

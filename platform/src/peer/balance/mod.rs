@@ -29,6 +29,7 @@
 //! knows no health or ejection, and waits forever on an empty set: the policy here is
 //! the platform's own composition of those rules.
 
+mod connect;
 mod health;
 
 use std::sync::Arc;
@@ -41,10 +42,12 @@ use serde_with::{DurationMilliSeconds, serde_as};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::transport::Channel;
 
 use crate::config::{ConfigError, NonZeroMilliSeconds, require_positive};
 use crate::discovery::{Instance, Watch};
+use crate::tls::PeerTls;
+use connect::{connect, make_channel};
 use health::watch_health;
 
 /// Latency assumed for an instance before its first answer (linkerd's default).
@@ -167,7 +170,11 @@ const HEALTH_UNREACHABLE: u8 = 3;
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) instance: Instance,
-    pub(crate) channel: Channel,
+    /// The channel, and the generation of this workload's TLS material it presents
+    /// (0: plaintext).
+    channel: parking_lot::Mutex<(u64, Channel)>,
+    connect_timeout: Duration,
+    tls: Option<PeerTls>,
     health: AtomicU8,
     outstanding: AtomicUsize,
     consecutive_failures: AtomicU32,
@@ -189,6 +196,23 @@ impl Drop for Endpoint {
 }
 
 impl Endpoint {
+    /// The channel new calls go on. Under mutual TLS, once this workload's certificate
+    /// has changed, a new one (new connections, the new certificate): the tokens bound
+    /// to the new certificate must not travel on connections that present the old one.
+    /// Calls already on the old channel finish on it; it closes when they have.
+    pub(crate) fn channel(&self) -> Channel {
+        let mut channel = self.channel.lock();
+        if let Some(tls) = &self.tls {
+            let generation = tls.generation();
+            if channel.0 != generation
+                && let Ok(fresh) = make_channel(&self.instance, self.connect_timeout, Some(tls))
+            {
+                *channel = (generation, fresh);
+            }
+        }
+        channel.1.clone()
+    }
+
     fn state(&self, now: Instant) -> EndpointState {
         if self.ejected_until.lock().is_some_and(|until| now < until) {
             return EndpointState::Ejected;
@@ -278,6 +302,8 @@ pub(crate) struct BalancerSettings {
     pub(crate) health_check: bool,
     pub(crate) outlier: OutlierConfig,
     pub(crate) ejections_total: Option<prometheus::IntCounter>,
+    /// Mutual TLS to the peer; `None`: plaintext.
+    pub(crate) tls: Option<PeerTls>,
 }
 
 impl Balancer {
@@ -292,6 +318,7 @@ impl Balancer {
             sender,
             settings.connect_timeout,
             settings.health_check,
+            settings.tls,
         ));
         Arc::new(Self {
             peer,
@@ -504,17 +531,23 @@ async fn follow(
     endpoints: watch::Sender<Option<Arc<Vec<Arc<Endpoint>>>>>,
     connect_timeout: Duration,
     health_check: bool,
+    tls: Option<PeerTls>,
 ) {
     loop {
         if let Some(instances) = discovery.current() {
             let previous = endpoints.borrow().clone().unwrap_or_default();
+            // Keyed, so applying an answer is linear in its size.
+            let kept: std::collections::HashMap<&Instance, &Arc<Endpoint>> = previous
+                .iter()
+                .map(|endpoint| (&endpoint.instance, endpoint))
+                .collect();
             let next: Vec<Arc<Endpoint>> = instances
                 .iter()
                 .filter_map(|instance| {
-                    if let Some(kept) = previous.iter().find(|e| e.instance == *instance) {
+                    if let Some(kept) = kept.get(instance) {
                         return Some(Arc::clone(kept));
                     }
-                    match connect(instance, connect_timeout) {
+                    match connect(instance, connect_timeout, tls.as_ref()) {
                         Ok(endpoint) => {
                             if health_check {
                                 let task = tokio::spawn(watch_health(
@@ -541,24 +574,4 @@ async fn follow(
             return;
         }
     }
-}
-
-fn connect(instance: &Instance, connect_timeout: Duration) -> Result<Arc<Endpoint>, String> {
-    let channel = TonicEndpoint::from_shared(instance.uri.clone())
-        .map_err(|err| err.to_string())?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(Arc::new(Endpoint {
-        instance: instance.clone(),
-        channel,
-        health: AtomicU8::new(HEALTH_UNKNOWN),
-        outstanding: AtomicUsize::new(0),
-        consecutive_failures: AtomicU32::new(0),
-        ejections: AtomicU32::new(0),
-        rtt: parking_lot::Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
-        ejected_until: parking_lot::Mutex::new(None),
-        suspect_until: parking_lot::Mutex::new(None),
-        health_task: parking_lot::Mutex::new(None),
-    }))
 }

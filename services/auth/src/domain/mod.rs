@@ -421,16 +421,33 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
             .await
     }
 
-    /// Issues a service token to a client with the right secret (compared in constant
-    /// time).
+    /// Issues a service token for calling `audience` to a client with the right secret
+    /// (compared in constant time), bound to the certificate whose thumbprint is
+    /// `bound_to` when given (RFC 8705).
     ///
     /// # Errors
-    /// [`AuthError::InvalidClient`].
+    /// [`AuthError::InvalidArgument`] when `audience` is empty or not a service name
+    /// (lower-case letters, digits, `-`, `_`, `.`; at most 63); [`AuthError::InvalidClient`].
     pub fn issue_service_token(
         &self,
         client_id: &str,
         client_secret: &str,
+        audience: &str,
+        bound_to: Option<String>,
     ) -> Result<(String, Duration), AuthError> {
+        if audience.is_empty() {
+            return Err(required("audience"));
+        }
+        if audience.len() > 63
+            || !audience.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+        {
+            return Err(AuthError::InvalidArgument(vec![FieldViolation::new(
+                "audience",
+                "must be a service name: lower-case letters, digits, `-`, `_` or `.`, at most 63",
+            )]));
+        }
         let Some(expected) = self.clients.get(client_id) else {
             return Err(AuthError::InvalidClient);
         };
@@ -439,7 +456,7 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
         if !bool::from(given.ct_eq(&expected)) {
             return Err(AuthError::InvalidClient);
         }
-        Ok(self.issuer.sign_service(client_id)?)
+        Ok(self.issuer.sign_service(client_id, audience, bound_to)?)
     }
 
     fn pair(

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
-use trellis_platform::auth::{Claims, PrincipalKind};
+use trellis_platform::auth::{Claims, Confirmation, PrincipalKind};
 use uuid::Uuid;
 
 use super::keys::KeyRing;
@@ -77,6 +77,23 @@ impl TokenIssuer {
         roles: Vec<String>,
         ttl: Duration,
     ) -> anyhow::Result<String> {
+        self.sign_for(subject, kind, roles, ttl, &self.settings.audience, None)
+    }
+
+    /// Signs an access token for `audience`, bound to the certificate thumbprint
+    /// `bound_to` when given (RFC 8705 `cnf.x5t#S256`).
+    ///
+    /// # Errors
+    /// When no signing key is active or signing fails.
+    pub fn sign_for(
+        &self,
+        subject: &str,
+        kind: PrincipalKind,
+        roles: Vec<String>,
+        ttl: Duration,
+        audience: &str,
+        bound_to: Option<String>,
+    ) -> anyhow::Result<String> {
         let now = Utc::now();
         let key = self
             .keys
@@ -85,7 +102,7 @@ impl TokenIssuer {
         let iat = now.timestamp();
         let claims = Claims {
             iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
+            aud: audience.to_owned(),
             sub: subject.to_owned(),
             iat,
             nbf: iat,
@@ -93,6 +110,7 @@ impl TokenIssuer {
             jti: Uuid::new_v4().to_string(),
             kind,
             roles,
+            cnf: bound_to.map(|x5t_s256| Confirmation { x5t_s256 }),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
@@ -104,17 +122,25 @@ impl TokenIssuer {
         .map_err(|err| anyhow::anyhow!("signing failed: {err}"))
     }
 
-    /// Signs a service token for `client_id`.
+    /// Signs a service token for `client_id` to call `audience`, bound to the
+    /// certificate thumbprint `bound_to` when given.
     ///
     /// # Errors
     /// As [`Self::sign`].
-    pub fn sign_service(&self, client_id: &str) -> anyhow::Result<(String, Duration)> {
+    pub fn sign_service(
+        &self,
+        client_id: &str,
+        audience: &str,
+        bound_to: Option<String>,
+    ) -> anyhow::Result<(String, Duration)> {
         let ttl = self.settings.service_ttl;
-        let token = self.sign(
+        let token = self.sign_for(
             &format!("service:{client_id}"),
             PrincipalKind::Service,
             Vec::new(),
             ttl,
+            audience,
+            bound_to,
         )?;
         Ok((token, ttl))
     }

@@ -19,7 +19,9 @@ use trellis_platform::auth::{
 };
 use trellis_platform::peer::{PeerConfig, Peers};
 use trellis_platform::service::Launch;
-use trellis_platform::testing::{TestServer, local_listener, test_config, with_token};
+use trellis_platform::testing::{
+    TestCa, TestServer, WorkloadFiles, local_listener, test_config, with_token,
+};
 use trellis_proto::auth_v1 as pb;
 use trellis_proto::auth_v1::auth_internal_service_client::AuthInternalServiceClient;
 use trellis_proto::auth_v1::auth_service_client::AuthServiceClient;
@@ -67,6 +69,25 @@ pub(crate) async fn spawn_app() -> TestApp {
 /// [`USER_CLIENT_ID`]); then `configure` changes what a test needs. Waits until it
 /// reports SERVING.
 pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Config)) -> TestApp {
+    spawn(configure, None).await
+}
+
+/// [`spawn_app`] over mutual TLS with `ca`'s certificates: the client presents the
+/// certificate of [`CLIENT_ID`] (the fake user service stays plaintext: calls to it
+/// fail).
+pub(crate) async fn spawn_tls_app(ca: &TestCa) -> TestApp {
+    let files = ca.workload("auth");
+    spawn(
+        move |config| config.tls = files.config(),
+        Some(ca.workload(CLIENT_ID)),
+    )
+    .await
+}
+
+async fn spawn(
+    configure: impl FnOnce(&mut auth_service::Config),
+    client: Option<WorkloadFiles>,
+) -> TestApp {
     let (users, users_serving) = FakeUsers::start().await;
     let listener = local_listener();
     let mut config = test_config::<auth_service::Service>();
@@ -85,7 +106,10 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut auth_service::Con
     let launch = Launch::new(config)
         .listener(listener)
         .metrics_listener(local_listener());
-    let server = TestServer::start(launch).await;
+    let server = match &client {
+        Some(files) => TestServer::start_tls(launch, files).await,
+        None => TestServer::start(launch).await,
+    };
     let channel = server.channel.clone();
     TestApp {
         auth: AuthServiceClient::new(channel.clone()),
@@ -171,16 +195,28 @@ impl TestApp {
             .access_token
     }
 
-    /// Asks for a service token.
+    /// Asks for a service token for calling auth itself.
     pub(crate) async fn issue_service_token(
         &mut self,
         client_id: &str,
         client_secret: &str,
     ) -> Result<pb::IssueServiceTokenResponse, Status> {
+        self.issue_service_token_for(client_id, client_secret, "auth")
+            .await
+    }
+
+    /// Asks for a service token for calling `audience`.
+    pub(crate) async fn issue_service_token_for(
+        &mut self,
+        client_id: &str,
+        client_secret: &str,
+        audience: &str,
+    ) -> Result<pb::IssueServiceTokenResponse, Status> {
         self.auth
             .issue_service_token(pb::IssueServiceTokenRequest {
                 client_id: client_id.to_owned(),
                 client_secret: client_secret.to_owned(),
+                audience: audience.to_owned(),
             })
             .await
             .map(tonic::Response::into_inner)
@@ -217,7 +253,7 @@ impl TestApp {
         validation.algorithms = vec![Algorithm::EdDSA];
         validation.leeway = 0;
         validation.set_issuer(&[DEFAULT_ISSUER]);
-        validation.set_audience(&[DEFAULT_AUDIENCE]);
+        validation.set_audience(&[DEFAULT_AUDIENCE, "auth", "user", "notification"]);
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .unwrap_or_else(|err| panic!("the token verifies: {err}"));
@@ -225,19 +261,25 @@ impl TestApp {
     }
 
     /// The platform's verifier — what every other service runs — fetching keys from
-    /// this auth service over gRPC, as a service whose `auth` peer is this one does.
-    pub(crate) fn platform_verifier(&self) -> TokenVerifier {
+    /// this auth service over gRPC, as a service whose `auth` peer is this one does;
+    /// the verifier of the service named `service` (the audience of the service tokens
+    /// it accepts).
+    pub(crate) fn platform_verifier(&self, service: &str) -> TokenVerifier {
         let peers = Peers::new(HashMap::from([(
             "auth".to_owned(),
             PeerConfig::with_address(format!("http://{}", self.addr)),
         )]));
         let channel = peers.anonymous_channel("auth").expect("a channel to auth");
-        TokenVerifier::new(&AuthConfig::default(), RemoteKeySource::new(channel))
+        TokenVerifier::new(
+            &AuthConfig::default(),
+            service,
+            RemoteKeySource::new(channel),
+        )
     }
 
-    /// The principal the platform's verifier makes of `token`.
-    pub(crate) async fn principal_of(&self, token: &str) -> Principal {
-        self.platform_verifier()
+    /// The principal the platform's verifier at `service` makes of `token`.
+    pub(crate) async fn principal_of(&self, token: &str, service: &str) -> Principal {
+        self.platform_verifier(service)
             .verify(token)
             .await
             .unwrap_or_else(|err| panic!("the platform accepts the token: {err:?}"))

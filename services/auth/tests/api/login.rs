@@ -63,7 +63,7 @@ async fn login_returns_an_eddsa_access_token_for_the_user_and_a_refresh_token() 
 async fn access_tokens_are_accepted_by_the_platform_verifier_other_services_run() {
     let mut app = spawn_app().await;
     let tokens = app.sign_in(ADA).await;
-    let principal = app.principal_of(&tokens.access_token).await;
+    let principal = app.principal_of(&tokens.access_token, "user").await;
     assert_eq!(principal.kind, PrincipalKind::User);
     assert_eq!(
         principal.user_id(),
@@ -167,7 +167,7 @@ async fn the_user_service_is_asked_with_a_service_token_auth_signs_itself() {
     let (_, claims) = app.verify(&token).await;
     assert_eq!(claims.kind, PrincipalKind::Service);
     assert_eq!(claims.sub, "service:auth");
-    let principal = app.principal_of(&token).await;
+    let principal = app.principal_of(&token, "user").await;
     assert_eq!(principal.service_name(), Some("auth"));
     app.stop().await;
 }

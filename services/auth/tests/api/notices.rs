@@ -61,7 +61,9 @@ async fn a_sign_in_notice_waits_while_notification_is_down_and_arrives_once_it_i
         "{received:?}"
     );
     // Delivered with auth's own service credentials.
-    let principal = app.principal_of(bearer(authorization.as_deref())).await;
+    let principal = app
+        .principal_of(bearer(authorization.as_deref()), "notification")
+        .await;
     assert_eq!(principal.kind, PrincipalKind::Service);
     assert_eq!(principal.service_name(), Some("auth"));
     app.stop().await;

@@ -12,7 +12,11 @@ async fn roles_come_from_the_user_service_never_from_the_address() {
     let (_, claims) = app.verify(&tokens.access_token).await;
     assert_eq!(claims.sub, app.users.account(ADMIN).id);
     assert_eq!(claims.roles, [ADMIN_ROLE]);
-    assert!(app.principal_of(&tokens.access_token).await.is_admin());
+    assert!(
+        app.principal_of(&tokens.access_token, "user")
+            .await
+            .is_admin()
+    );
 
     // A case variant of the admin's address is another account, with no role: the
     // address it chose gives it nothing (issue 8, item 1).
@@ -50,7 +54,11 @@ async fn a_refresh_carries_the_users_current_roles_not_the_ones_at_sign_in() {
     let admin = app.refresh(&admin.refresh_token).await.expect("rotates");
     let (_, claims) = app.verify(&admin.access_token).await;
     assert!(claims.roles.is_empty(), "still {:?}", claims.roles);
-    assert!(!app.principal_of(&admin.access_token).await.is_admin());
+    assert!(
+        !app.principal_of(&admin.access_token, "user")
+            .await
+            .is_admin()
+    );
     let ada = app.refresh(&ada.refresh_token).await.expect("rotates");
     let (_, claims) = app.verify(&ada.access_token).await;
     assert_eq!(claims.roles, [ADMIN_ROLE]);

@@ -3,7 +3,13 @@
 use tonic::Code;
 use trellis_platform::auth::PrincipalKind;
 
-use crate::helpers::{CLIENT_ID, CLIENT_SECRET, spawn_app};
+use trellis_platform::testing::{TestCa, tls_channel};
+use trellis_proto::auth_v1 as pb;
+use trellis_proto::auth_v1::auth_service_client::AuthServiceClient;
+
+use crate::helpers::{
+    CLIENT_ID, CLIENT_SECRET, USER_CLIENT_ID, USER_CLIENT_SECRET, spawn_app, spawn_tls_app,
+};
 
 #[tokio::test]
 async fn the_right_client_secret_gets_a_five_minute_token_for_service_client_id() {
@@ -19,9 +25,75 @@ async fn the_right_client_secret_gets_a_five_minute_token_for_service_client_id(
     assert!(claims.roles.is_empty(), "{:?}", claims.roles);
     assert_eq!(claims.exp - claims.iat, 300);
 
-    let principal = app.principal_of(&response.access_token).await;
+    let principal = app.principal_of(&response.access_token, "auth").await;
     assert_eq!(principal.service_name(), Some(CLIENT_ID));
     assert_eq!(principal.user_id(), None);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_names_the_audience_asked_for_and_no_other_service_accepts_it() {
+    let mut app = spawn_app().await;
+    let response = app
+        .issue_service_token_for(CLIENT_ID, CLIENT_SECRET, "notification")
+        .await
+        .expect("a token for notification");
+    let (_, claims) = app.verify(&response.access_token).await;
+    assert_eq!(claims.aud, "notification");
+    assert_eq!(claims.cnf, None, "no certificate to bind to over plaintext");
+    // auth's own verifier (the platform's, for service `auth`) refuses it: a service
+    // that received it cannot replay it here.
+    let refused = app
+        .platform_verifier("auth")
+        .verify(&response.access_token)
+        .await
+        .expect_err("a token for notification is not for auth");
+    assert_eq!(refused.reason(), "wrong_audience");
+
+    for (audience, field) in [("", "audience"), ("Not A Service", "audience")] {
+        let status = app
+            .issue_service_token_for(CLIENT_ID, CLIENT_SECRET, audience)
+            .await
+            .expect_err("no valid audience");
+        assert_eq!(status.code(), Code::InvalidArgument, "{audience:?}");
+        assert!(status.message().contains(field) || !status.details().is_empty());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn under_mutual_tls_a_token_goes_only_to_the_clients_certificate_and_is_bound_to_it() {
+    let ca = TestCa::new();
+    let mut app = spawn_tls_app(&ca).await;
+    let response = app
+        .issue_service_token_for(CLIENT_ID, CLIENT_SECRET, "user")
+        .await
+        .expect("the client's own certificate gets a token");
+    let (_, claims) = app.verify(&response.access_token).await;
+    assert_eq!(
+        claims.cnf.map(|cnf| cnf.x5t_s256),
+        Some(ca.files(CLIENT_ID).thumbprint()),
+        "bound to the certificate it was asked over (RFC 8705)"
+    );
+
+    // Asking as `user` over the notification service's certificate.
+    let borrowed = app
+        .issue_service_token_for(USER_CLIENT_ID, USER_CLIENT_SECRET, "auth")
+        .await
+        .expect_err("the certificate names another client");
+    assert_eq!(borrowed.code(), Code::PermissionDenied);
+    // Server-only TLS: no certificate to bind to.
+    let mut anonymous =
+        AuthServiceClient::new(tls_channel(app.addr, &ca.dir().join("ca.pem"), None));
+    let unbound = anonymous
+        .issue_service_token(pb::IssueServiceTokenRequest {
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: CLIENT_SECRET.to_owned(),
+            audience: "user".to_owned(),
+        })
+        .await
+        .expect_err("no client certificate");
+    assert_eq!(unbound.code(), Code::Unauthenticated);
     app.stop().await;
 }
 

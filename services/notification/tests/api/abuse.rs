@@ -108,6 +108,7 @@ async fn an_open_subscription_ends_unauthenticated_when_its_token_expires() {
         jti: uuid::Uuid::now_v7().to_string(),
         kind: PrincipalKind::User,
         roles: Vec::new(),
+        cnf: None,
     });
     let mut stream = app
         .notifications

@@ -98,7 +98,7 @@ async fn send_notification_without_a_token_is_unauthenticated() {
         .send_notification(send_request(&ada, "Hi"))
         .await;
     assert_eq!(code(anonymous), Err(Code::Unauthenticated));
-    let stranger = TestIssuer::new().service_token("user");
+    let stranger = TestIssuer::new().service_token("user", "notification");
     let foreign = app
         .internal
         .send_notification(with_token(send_request(&ada, "Hi"), &stranger))
@@ -117,7 +117,7 @@ async fn only_user_and_auth_may_send_notifications() {
         ("user", Ok(())),
         ("auth", Ok(())),
     ] {
-        let token = app.issuer.service_token(service);
+        let token = app.issuer.service_token(service, "notification");
         let result = app
             .internal
             .send_notification(with_token(send_request(&ada, service), &token))
@@ -170,7 +170,7 @@ async fn tokens_verify_against_keys_fetched_from_the_identity_peer() {
     let sent = internal
         .send_notification(with_token(
             send_request(&ada, "Hi"),
-            &auth.issuer.service_token("user"),
+            &auth.issuer.service_token("user", "notification"),
         ))
         .await
         .expect("a service token signed by the identity peer's key is accepted")

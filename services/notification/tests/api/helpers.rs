@@ -88,7 +88,7 @@ impl TestApp {
 
     /// A service token (the user service's, which sends welcomes).
     pub(crate) fn service_token(&self) -> String {
-        self.issuer.service_token("user")
+        self.issuer.service_token("user", "notification")
     }
 
     /// Sends `request` as a service (the user service), asserting it is refused; returns

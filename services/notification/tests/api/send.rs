@@ -92,7 +92,7 @@ async fn idempotency_keys_are_scoped_to_the_calling_service() {
     let ada = new_user_id();
     let request = send_request(&ada, "Same key, two senders");
     let from_user = app.send_as_service(request.clone()).await;
-    let auth_token = app.issuer.service_token("auth");
+    let auth_token = app.issuer.service_token("auth", "notification");
     let from_auth = app
         .internal
         .send_notification(with_token(request, &auth_token))

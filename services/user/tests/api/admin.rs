@@ -184,7 +184,7 @@ async fn the_binary_grants_the_admin_role_in_a_running_services_database() {
                     email: "root@example.com".into(),
                     password: PASSWORD.into(),
                 },
-                &issuer.service_token("auth"),
+                &issuer.service_token("auth", "user"),
             ))
             .await
             .expect("checked")

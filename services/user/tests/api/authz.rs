@@ -38,6 +38,7 @@ async fn user_methods_need_a_valid_token() {
         jti: "j".into(),
         kind: trellis_platform::auth::PrincipalKind::User,
         roles: vec![],
+        cnf: None,
     });
     let result = app.users.get_user(with_token(get(), &expired)).await;
     assert_eq!(code(result), Err(Code::Unauthenticated));
@@ -163,7 +164,7 @@ async fn only_auth_may_verify_credentials_or_look_users_up() {
     let mut app = spawn_app().await;
     let ada = app.create_user("ada@example.com", "Ada").await;
     for service in ["notification", "user", "other"] {
-        let token = app.issuer.service_token(service);
+        let token = app.issuer.service_token(service, "user");
         let verify = app
             .internal
             .verify_credentials(with_token(

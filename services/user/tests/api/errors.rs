@@ -37,6 +37,8 @@ async fn a_database_failure_is_internal_with_no_detail() {
         kind: PrincipalKind::User,
         roles: vec!["admin".to_owned()],
         expires_at: None,
+        bound_to: None,
+        workload: None,
     });
     let status = handlers.get_user(request).await.expect_err("storage fails");
     assert_eq!(status.code(), Code::Internal);

@@ -150,7 +150,7 @@ impl TestApp {
 
     /// A service token.
     pub(crate) fn service_token(&self) -> String {
-        self.issuer.service_token("auth")
+        self.issuer.service_token("auth", "user")
     }
 
     /// The address the service listens on.
