@@ -12,9 +12,11 @@
 //!   an answer (no loop of non-blocking queries), and queries are at least
 //!   100 ms apart.
 //!
-//! The HTTP client is hyper-util's (plain HTTP/1.1 to the agent, which normally listens
-//! on `127.0.0.1:8500`); the ACL token goes in `X-Consul-Token`.
+//! The HTTP client is hyper-util's (HTTP/1.1 to the agent, which normally listens on
+//! `127.0.0.1:8500`; over TLS with `ca`, and a client certificate, see [`tls`]); the ACL
+//! token goes in `X-Consul-Token`, and is required outside local development.
 
+mod tls;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -27,7 +29,6 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use secrecy::{ExposeSecret, SecretString};
@@ -74,10 +75,17 @@ static CONSUL_TOKEN: HeaderName = HeaderName::from_static("x-consul-token");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsulConfig {
-    /// The agent's HTTP API, an `http://` URL (no TLS client is built in: reach the local
-    /// agent, or a TLS-terminating sidecar, over plain HTTP). Default
+    /// The agent's HTTP API: an `http://` URL, or `https://` with `ca`. Default
     /// `http://127.0.0.1:8500`.
     pub address: String,
+    /// PEM file of the CA the agent's HTTPS certificate chains to (it must name the
+    /// address's host): required by, and only with, an `https://` address.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM files of a client certificate and its key, for an agent with
+    /// `verify_incoming` on its HTTPS API. Both or neither; `https://` only.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (see `cert`).
+    pub key: Option<std::path::PathBuf>,
     /// ACL token sent as `X-Consul-Token`. Default: none (the `CONSUL_HTTP_TOKEN`
     /// variable when set). Secret.
     pub token: Option<SecretString>,
@@ -97,6 +105,9 @@ impl Default for ConsulConfig {
     fn default() -> Self {
         Self {
             address: "http://127.0.0.1:8500".to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
             token: None,
             check_interval_s: 10,
             deregister_critical_after_s: 60,
@@ -112,8 +123,11 @@ impl ConsulConfig {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key.
     pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        if let Err(message) = agent_base(&self.address) {
+        if let Err(message) = agent_base(&self.address, self.ca.is_some()) {
             return Err(ConfigError::invalid(format!("{prefix}.address"), message));
+        }
+        if let Err(message) = self.tls_files().client_config() {
+            return Err(ConfigError::invalid(format!("{prefix}.ca"), message));
         }
         require_positive(&format!("{prefix}.check_interval_s"), self.check_interval_s)?;
         require_positive(
@@ -134,16 +148,23 @@ impl ConsulConfig {
     }
 }
 
-/// The agent's base URL without a trailing `/`, or why `address` is not one.
-fn agent_base(address: &str) -> Result<String, String> {
+/// The agent's base URL without a trailing `/`, or why `address` is not one: `https://`
+/// exactly when `tls`.
+fn agent_base(address: &str, tls: bool) -> Result<String, String> {
     let base = address.trim_end_matches('/');
-    if base.starts_with("https://") {
-        return Err(format!(
-            "{address:?}: https is not supported (no TLS client is built in); reach the agent over http://"
-        ));
-    }
-    if !base.starts_with("http://") {
-        return Err(format!("{address:?} is not an http:// URL"));
+    match (
+        base.starts_with("https://"),
+        base.starts_with("http://"),
+        tls,
+    ) {
+        (true, _, true) | (false, true, false) => {}
+        (true, _, false) => return Err(format!("{address:?}: an https:// address needs `ca`")),
+        (false, true, true) => {
+            return Err(format!(
+                "{address:?}: with `ca` set, the address is https://"
+            ));
+        }
+        (false, false, _) => return Err(format!("{address:?} is not an http(s):// URL")),
     }
     let uri: Uri = format!("{base}/v1/")
         .parse()
@@ -205,7 +226,7 @@ pub struct ConsulRegistry {
 
 /// What every request to the agent needs.
 struct Agent {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<tls::AgentConnector, Full<Bytes>>,
     base: String,
     token: Option<HeaderValue>,
     check_interval_s: u64,
@@ -227,6 +248,14 @@ impl fmt::Debug for Agent {
 }
 
 impl ConsulConfig {
+    fn tls_files(&self) -> tls::TlsFiles {
+        tls::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     /// Whether an ACL token is set: `token`, or a non-empty `CONSUL_HTTP_TOKEN`.
     pub fn has_token(&self) -> bool {
         self.token.is_some() || std::env::var(TOKEN_VARIABLE).is_ok_and(|token| !token.is_empty())
@@ -241,10 +270,14 @@ impl ConsulRegistry {
     /// [`DiscoveryError`] when the address is not a valid `http://` URL or the token
     /// cannot be sent in a header.
     pub fn new(config: &ConsulConfig) -> Result<Self, DiscoveryError> {
-        let base = agent_base(&config.address)
+        let base = agent_base(&config.address, config.ca.is_some())
             .map_err(|message| DiscoveryError::backend(BACKEND, message))?;
         let token = token_header(config.token.as_ref(), std::env::var(TOKEN_VARIABLE).ok())?;
-        let http = Client::builder(TokioExecutor::new()).build_http();
+        let tls = config
+            .tls_files()
+            .client_config()
+            .map_err(|message| DiscoveryError::backend(BACKEND, message))?;
+        let http = Client::builder(TokioExecutor::new()).build(tls::AgentConnector::new(tls));
         Ok(Self {
             agent: Arc::new(Agent {
                 http,

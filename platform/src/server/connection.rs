@@ -11,9 +11,9 @@
 //! and bounds the grace here: at age + grace the connection's reads and writes fail, and
 //! hyper closes it, ending streams that were still open (gRFC A9).
 //!
-//! With TLS ([`crate::tls`]), each accepted connection's handshake runs beside the accept
-//! loop (at most `tls.handshake_timeout_ms`), with the material current at its start; the
-//! client certificate it verified goes into every call's [`ConnectionInfo`].
+//! With TLS ([`crate::tls`]), [`super::handshake`] turns accepted connections into
+//! [`Connection::Tls`]; the client certificate a handshake verified goes into every call's
+//! [`ConnectionInfo`].
 
 use std::collections::HashMap;
 use std::future::Future as _;
@@ -32,12 +32,7 @@ use tokio::time::Sleep;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::tls::{PeerCertificate, TlsSource};
-
-/// Most TLS handshakes in progress at once; accepting waits while this many run (each
-/// ends within `tls.handshake_timeout_ms`, and one address holds at most
-/// `server.max_connections_per_address` of them).
-const MAX_HANDSHAKES: usize = 1024;
+use crate::tls::PeerCertificate;
 
 /// What every call of a connection knows about it: the TCP addresses and, over TLS, the
 /// client certificate verified in the handshake.
@@ -174,6 +169,11 @@ pub struct AgedConnection {
 }
 
 impl AgedConnection {
+    /// The client's address (the TCP peer's).
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+
     /// Wraps `stream`, setting `TCP_NODELAY`; it fails with `TimedOut` after `lifetime`.
     pub fn new(stream: TcpStream, lifetime: Duration) -> Self {
         if let Err(err) = stream.set_nodelay(true) {
@@ -312,6 +312,12 @@ impl AddressCap {
         })
     }
 
+    /// Counts a connection closed for another reason than this cap (e.g. too many TLS
+    /// handshakes in progress).
+    pub fn refuse(&self) {
+        self.refused.inc();
+    }
+
     /// Connections open now from `peer`'s address (its /64 for IPv6).
     pub fn open_from(&self, peer: IpAddr) -> usize {
         let key = crate::context::source_bucket(peer);
@@ -377,46 +383,6 @@ pub fn incoming(
         connection._slot = slot;
         Some(Ok(connection))
     })
-}
-
-/// `accepted` as the server serves them: plaintext without `tls`; with it, each after
-/// its TLS handshake (run beside the others, at most `tls.handshake_timeout_ms`; a
-/// failed or late one is closed and logged at DEBUG).
-pub fn secured(
-    accepted: impl Stream<Item = io::Result<AgedConnection>> + Send + 'static,
-    tls: Option<TlsSource>,
-) -> std::pin::Pin<Box<dyn Stream<Item = io::Result<Connection>> + Send>> {
-    use futures::StreamExt as Futures;
-    let Some(tls) = tls else {
-        return Box::pin(Futures::map(accepted, |accepted| {
-            accepted.map(Connection::Plain)
-        }));
-    };
-    let timeout = tls.config().handshake_timeout;
-    let handshakes = Futures::map(accepted, move |accepted| {
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server_config());
-        async move {
-            let connection = match accepted {
-                Ok(connection) => connection,
-                Err(err) => return Some(Err(err)),
-            };
-            match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
-                Ok(Ok(stream)) => Some(Ok(Connection::Tls(Box::new(stream)))),
-                Ok(Err(err)) => {
-                    tracing::debug!(error = %err, "TLS handshake failed");
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!("TLS handshake timed out");
-                    None
-                }
-            }
-        }
-    });
-    Box::pin(Futures::filter_map(
-        Futures::buffer_unordered(handshakes, MAX_HANDSHAKES),
-        std::future::ready,
-    ))
 }
 
 #[cfg(test)]

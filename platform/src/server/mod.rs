@@ -19,6 +19,7 @@ pub mod client_address;
 pub mod connection;
 pub mod deadline;
 pub mod drain;
+pub mod handshake;
 pub mod request_id;
 pub mod trace;
 
@@ -446,7 +447,7 @@ impl BoundServer {
             .layer(deadline::DeadlineLayer::new(config.request_timeout))
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                connection::secured(
+                handshake::secured(
                     connection::incoming(
                         listener,
                         config.max_connection_lifetime(),
@@ -457,6 +458,11 @@ impl BoundServer {
                         ),
                     ),
                     tls,
+                    connection::AddressCap::new(
+                        handshake::MAX_HANDSHAKES_PER_ADDRESS,
+                        &config.trusted_proxies,
+                        admission.connections_refused(),
+                    ),
                 ),
                 stop_accepting.clone().cancelled_owned(),
             );

@@ -13,6 +13,7 @@
 mod access;
 mod admission;
 mod config;
+mod consul_tls;
 mod etcd;
 mod metrics;
 mod mtls;

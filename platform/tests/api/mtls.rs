@@ -271,6 +271,11 @@ async fn an_impostor_auth_gets_no_client_secret_and_serves_no_keys() {
 
 /// The thumbprint of the certificate `addr` presents to a new connection.
 async fn presented(addr: std::net::SocketAddr, ca: &TestCa) -> String {
+    presented_to(addr, ca, "127.0.0.1").await
+}
+
+/// [`presented`] to a client connecting from `source` (an address of the loopback).
+async fn presented_to(addr: std::net::SocketAddr, ca: &TestCa, source: &str) -> String {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
@@ -282,7 +287,9 @@ async fn presented(addr: std::net::SocketAddr, ca: &TestCa) -> String {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -399,5 +406,44 @@ async fn probes_and_the_certificate_expiry_are_served_in_plaintext_beside_the_me
     )
     .expect("the expiry gauge");
     assert!(expiry > 0.0, "{expiry}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_handshake_flood_from_one_address_is_closed_and_others_are_served() {
+    use tokio::io::AsyncReadExt as _;
+    use trellis_platform::server::handshake::MAX_HANDSHAKES_PER_ADDRESS;
+    let (ca, issuer) = (TestCa::new(), TestIssuer::new());
+    let server = start_probe(&ca, &issuer, Duration::from_secs(60)).await;
+    // Connections that never send a ClientHello, each holding a handshake open.
+    let flood = 100;
+    let mut idle = Vec::new();
+    for _ in 0..flood {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Those past the per-address bound are closed at once, long before the handshake
+    // timeout (10 s): they read end-of-file.
+    let reads = idle.iter_mut().map(|stream| async move {
+        let mut byte = [0_u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    });
+    let closed = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed, flood - MAX_HANDSHAKES_PER_ADDRESS);
+    // Meanwhile a client from another address is accepted and served at once.
+    let served = tokio::time::timeout(
+        Duration::from_secs(2),
+        presented_to(server.addr, &ca, "127.0.0.2"),
+    )
+    .await
+    .expect("another address is not held up by the flood");
+    assert_eq!(served, ca.files("probe").thumbprint());
+    drop(idle);
     server.stop().await;
 }
