@@ -447,3 +447,48 @@ async fn a_handshake_flood_from_one_address_is_closed_and_others_are_served() {
     drop(idle);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn after_its_own_certificate_changes_a_peer_channel_presents_the_new_one() {
+    let (ca, issuer) = (TestCa::new(), TestIssuer::new());
+    let server = start_probe(&ca, &issuer, Duration::from_secs(60)).await;
+    let user = ca.workload("user");
+    let tls = TlsSource::load(&user.config(), "user").unwrap().unwrap();
+    let peers = Peers::new(
+        [(
+            "probe".to_owned(),
+            PeerConfig::with_address(format!("https://{}", server.addr)),
+        )]
+        .into(),
+    )
+    .with_tls(tls.clone())
+    .with_credentials(Arc::new(BoundTokens {
+        issuer: issuer.clone(),
+        tls: tls.clone(),
+    }));
+    let mut probe = NotificationInternalServiceClient::new(peers.channel("probe").unwrap());
+    let send = async |probe: &mut NotificationInternalServiceClient<_>| {
+        code(
+            probe
+                .send_notification(pb::SendNotificationRequest::default())
+                .await,
+        )
+    };
+    assert_eq!(send(&mut probe).await, Ok(()));
+
+    // The workload's certificate is renewed: its tokens are now bound to the new one,
+    // which the connection made before does not present.
+    let (cert, key) = ca.issue_pem(&SpiffeId::workload("trellis.local", "default", "user"));
+    write_replacing(&user.key, &key);
+    write_replacing(&user.cert, &cert);
+    assert!(tls.reload().await.unwrap());
+    assert_eq!(tls.current().thumbprint(), user.thumbprint());
+    for _ in 0..3 {
+        assert_eq!(
+            send(&mut probe).await,
+            Ok(()),
+            "calls go on new connections"
+        );
+    }
+    server.stop().await;
+}
