@@ -228,11 +228,6 @@ impl PeerTls {
         }
     }
 
-    /// The SPIFFE ID the peer must prove.
-    pub fn expected(&self) -> &SpiffeId {
-        &self.expected
-    }
-
     /// The generation of this workload's material that new connections present.
     pub fn generation(&self) -> u64 {
         self.source.current().generation()

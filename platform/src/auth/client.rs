@@ -87,7 +87,9 @@ struct State {
     /// to (0 without TLS).
     cached: Option<(String, Instant, u64)>,
     /// The fetch running, if any; it sends its outcome, then drops its sender.
-    in_flight: Option<watch::Receiver<Outcome>>,
+    /// With the generation of the certificate it runs under: a fetch started before
+    /// the certificate changed is not joined after.
+    in_flight: Option<(u64, watch::Receiver<Outcome>)>,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -124,10 +126,18 @@ impl ClientCredentials {
     /// binds them to the certificate the fetch's connection presented).
     #[must_use]
     pub fn bound_to(mut self, tls: Option<TlsSource>) -> Self {
-        // Unshared until the first fetch spawns a task with it: this is called right
-        // after `new`.
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.tls = tls;
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.tls = tls,
+            // Shared by a fetch already: credentials of their own, with no token yet.
+            None => {
+                self.inner = Arc::new(Inner {
+                    client_id: self.inner.client_id.clone(),
+                    client_secret: self.inner.client_secret.clone(),
+                    client: self.inner.client.clone(),
+                    states: parking_lot::Mutex::default(),
+                    tls,
+                });
+            }
         }
         self
     }
@@ -182,13 +192,15 @@ impl CredentialSource for ClientCredentials {
                 let running = state
                     .in_flight
                     .as_ref()
-                    .filter(|outcome| outcome.has_changed().is_ok())
-                    .cloned();
+                    .filter(|(bound, outcome)| {
+                        *bound == generation && outcome.has_changed().is_ok()
+                    })
+                    .map(|(_, outcome)| outcome.clone());
                 match running {
                     Some(outcome) => outcome,
                     None => {
                         let (sender, outcome) = watch::channel(None);
-                        state.in_flight = Some(outcome.clone());
+                        state.in_flight = Some((generation, outcome.clone()));
                         let inner = Arc::clone(&self.inner);
                         let audience = audience.to_owned();
                         tokio::spawn(async move {

@@ -34,6 +34,7 @@ use crate::metrics::grpc::{KnownMethod, RpcType};
 use crate::metrics::{Metrics, MetricsError};
 use crate::server::connection::ConnectionInfo;
 use crate::server::trace::CallerTrust;
+use crate::tls::SpiffeId;
 
 /// Enforces `policy`, verifying bearer tokens with `verifier`.
 #[derive(Debug, Clone)]
@@ -46,7 +47,8 @@ struct Inner {
     verifier: TokenVerifier,
     policy: AccessPolicy,
     failures: Option<Failures>,
-    require_certificates: bool,
+    /// This workload's identity, when internal methods need a certificate.
+    require_certificates: Option<SpiffeId>,
 }
 
 /// `trellis_auth_token_verification_failures_total`, one handle per reason.
@@ -69,17 +71,18 @@ impl AuthLayer {
                 verifier,
                 policy,
                 failures: None,
-                require_certificates: false,
+                require_certificates: None,
             }),
         }
     }
 
-    /// Internal methods need a client certificate naming the token's service, and a
-    /// token bound to it (the server speaks mutual TLS).
+    /// With `own`, this workload's SPIFFE ID (the server speaks mutual TLS): internal
+    /// methods need a client certificate whose SPIFFE ID is the token's service in
+    /// `own`'s trust domain and namespace, and a token bound to it.
     #[must_use]
-    pub fn requiring_certificates(self, require: bool) -> Self {
+    pub fn requiring_certificates(self, own: Option<SpiffeId>) -> Self {
         let mut inner = Arc::unwrap_or_clone(self.inner);
-        inner.require_certificates = require;
+        inner.require_certificates = own;
         Self {
             inner: Arc::new(inner),
         }
@@ -222,14 +225,26 @@ where
                     )
                     .into_http());
                 };
-                if *require_certificates {
-                    let Some(workload) = &principal.workload else {
+                if let Some(own) = require_certificates {
+                    if certificate.is_none() {
                         return Ok(Status::unauthenticated(
-                            "internal methods need a client certificate with a SPIFFE ID",
+                            "internal methods need a client certificate",
                         )
                         .into_http());
-                    };
-                    if workload.service() != caller || principal.bound_to.is_none() {
+                    }
+                    // The whole ID: the token's service in this trust domain and
+                    // namespace, not a namesake another issuer of the bundle signed.
+                    let proven = principal
+                        .workload
+                        .as_ref()
+                        .filter(|workload| workload.is_neighbour(own));
+                    if proven.is_none_or(|workload| workload.service() != caller)
+                        || principal.bound_to.is_none()
+                    {
+                        let workload = principal
+                            .workload
+                            .as_ref()
+                            .map_or_else(|| "none".to_owned(), ToString::to_string);
                         let (service, method) = KnownMethod::names_in(request.extensions());
                         tracing::warn!(
                             caller,

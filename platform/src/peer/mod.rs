@@ -287,11 +287,6 @@ impl Peers {
         self
     }
 
-    /// Whether peer connections are mutual TLS.
-    pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// A channel to `peer` that carries no credentials and goes only to the addresses
     /// configured for it (`peers.<peer>.addresses`), never to an instance a registry
     /// reports: for what must reach the real peer — a client secret, signing keys — when

@@ -501,7 +501,8 @@ impl<S: Service> Context<S> {
                 )),
             };
             let verifier = TokenVerifier::new(&config.auth, S::INFO.name, keys);
-            let mut layer = AuthLayer::new(verifier, policy).requiring_certificates(tls.is_some());
+            let mut layer = AuthLayer::new(verifier, policy)
+                .requiring_certificates(tls.as_ref().map(|tls| tls.current().identity().clone()));
             if records_metrics(&config, metrics_listener.as_ref()) {
                 layer = layer.with_metrics(&metrics)?;
             }

@@ -41,11 +41,15 @@ pub struct TlsConfig {
     #[serde_as(as = "NonZeroMilliSeconds")]
     pub reload_interval: Duration,
     /// `handshake_timeout_ms`: how long an accepted connection may take to finish its
-    /// TLS handshake, in ms; then it is closed. Handshakes run beside the accept loop,
-    /// so a slow one holds up no other. Default 10000.
+    /// TLS handshake, in ms; then it is closed. Each handshake runs in a task of its
+    /// own. Default 10000.
     #[serde(rename = "handshake_timeout_ms")]
     #[serde_as(as = "NonZeroMilliSeconds")]
     pub handshake_timeout: Duration,
+    /// Most TLS handshakes in progress at once; past it the oldest is abandoned for a
+    /// new connection (an honest handshake takes milliseconds: only stalled ones are
+    /// evicted). One client address may hold at most 32. Default 1024.
+    pub max_handshakes: usize,
 }
 
 impl Default for TlsConfig {
@@ -58,6 +62,7 @@ impl Default for TlsConfig {
             namespace: "default".to_owned(),
             reload_interval: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
         }
     }
 }
@@ -89,6 +94,7 @@ impl TlsConfig {
                 "set all of tls.cert, tls.key and tls.ca, or none",
             ));
         }
+        crate::config::require_positive("tls.max_handshakes", self.max_handshakes as u64)?;
         let probe = self.identity_of("service").to_string();
         if SpiffeId::parse(&probe).is_none() {
             return Err(ConfigError::invalid(

@@ -71,6 +71,10 @@ impl Material {
 /// The files as last read, to tell a change.
 type FileBytes = [Vec<u8>; 3];
 
+/// How long a reload waits to read the files again when what it read does not make a
+/// pair: a Kubernetes secret volume swaps its files at once, a plain copy one by one.
+const RESWAP_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// This workload's TLS material from the `tls` files, re-read every
 /// `tls.reload_interval_ms` by [`Self::run_reloader`]. Cheap to clone; clones share it.
 #[derive(Clone)]
@@ -85,6 +89,8 @@ struct Inner {
     current: parking_lot::RwLock<Arc<Material>>,
     read: parking_lot::Mutex<FileBytes>,
     generations: AtomicU64,
+    /// One reload at a time, so an older read never replaces a newer one.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for TlsSource {
@@ -129,6 +135,7 @@ impl TlsSource {
                 current: parking_lot::RwLock::new(Arc::new(material)),
                 read: parking_lot::Mutex::new(files),
                 generations: AtomicU64::new(1),
+                reloading: tokio::sync::Mutex::new(()),
             }),
         }))
     }
@@ -155,18 +162,19 @@ impl TlsSource {
     /// # Errors
     /// [`TlsError`] when the files changed but cannot be used.
     pub async fn reload(&self) -> Result<bool, TlsError> {
-        let config = &self.inner.config;
-        let (Some(cert), Some(key), Some(ca)) = (&config.cert, &config.key, &config.ca) else {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        let Some(mut files) = self.read_files().await? else {
             return Ok(false);
         };
-        let mut files: FileBytes = Default::default();
-        for (slot, path) in files.iter_mut().zip([cert, key, ca]) {
-            *slot = tokio::fs::read(path)
-                .await
-                .map_err(|source| TlsError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+        if *self.inner.read.lock() != files
+            && build(&files, &self.inner.provider, &self.inner.expected, 0).is_err()
+        {
+            // Read while the files were being replaced (the certificate of one pair, the
+            // key of the next)? Read once more before calling the change bad.
+            tokio::time::sleep(RESWAP_PAUSE).await;
+            if let Some(again) = self.read_files().await? {
+                files = again;
+            }
         }
         {
             let mut read = self.inner.read.lock();
@@ -192,6 +200,24 @@ impl TlsSource {
         );
         *self.inner.current.write() = Arc::new(material);
         Ok(true)
+    }
+
+    /// The three files' bytes; `None` without TLS.
+    async fn read_files(&self) -> Result<Option<FileBytes>, TlsError> {
+        let config = &self.inner.config;
+        let (Some(cert), Some(key), Some(ca)) = (&config.cert, &config.key, &config.ca) else {
+            return Ok(None);
+        };
+        let mut files: FileBytes = Default::default();
+        for (slot, path) in files.iter_mut().zip([cert, key, ca]) {
+            *slot = tokio::fs::read(path)
+                .await
+                .map_err(|source| TlsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(Some(files))
     }
 
     /// Re-reads the files every `tls.reload_interval_ms` until `stop` is cancelled.
@@ -275,6 +301,17 @@ fn build(
     if facts.not_after <= SystemTime::now() {
         return Err(TlsError::Expired);
     }
+    // What peers will check, checked first: the leaf chains to the bundle it comes with
+    // and is valid now (notBefore too), for server authentication.
+    let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(TlsError::Rustls)?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &roots,
+        &chain[1..],
+        rustls::pki_types::UnixTime::now(),
+        provider.signature_verification_algorithms.all,
+    )
+    .map_err(TlsError::Rustls)?;
     // Fails when the key is not the certificate's.
     let certified =
         Arc::new(CertifiedKey::from_der(chain, key, provider).map_err(TlsError::Rustls)?);

@@ -96,8 +96,8 @@ impl fmt::Display for SpiffeId {
 /// What a certificate says about its holder, read from its DER.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateFacts {
-    /// Its one SPIFFE ID URI SAN; `None` when it has none, several, or one that is not a
-    /// Trellis workload's.
+    /// The SPIFFE ID of its one URI SAN; `None` when it has no URI SAN, several, or one
+    /// that is not a Trellis workload's SPIFFE ID.
     pub spiffe_id: Option<SpiffeId>,
     /// Its SHA-256 thumbprint, base64url without padding: RFC 8705 §3.1's `x5t#S256`.
     pub thumbprint: String,
@@ -120,14 +120,12 @@ impl CertificateFacts {
             let names = SubjectAltName::from_der(extension.extn_value.as_bytes())
                 .map_err(|err| err.to_string())?;
             for name in names.0 {
-                if let GeneralName::UniformResourceIdentifier(uri) = name
-                    && uri.as_str().starts_with("spiffe://")
-                {
+                if let GeneralName::UniformResourceIdentifier(uri) = name {
                     uris.push(uri.as_str().to_owned());
                 }
             }
         }
-        // An X.509-SVID has exactly one SPIFFE ID (X509-SVID spec §2).
+        // An X.509-SVID has exactly one URI SAN, its SPIFFE ID (X509-SVID spec §2).
         let spiffe_id = match uris.as_slice() {
             [one] => SpiffeId::parse(one),
             _ => None,

@@ -30,9 +30,18 @@ use crate::support::Probe;
 /// The probe (`SendNotification` internal, for `user` and `auth`) over mutual TLS with
 /// its own certificate, re-read every `reload`.
 async fn start_probe(ca: &TestCa, issuer: &TestIssuer, reload: Duration) -> TestServer {
+    start_probe_with(ca, issuer, |tls| tls.reload_interval = reload).await
+}
+
+/// [`start_probe`] with `configure` applied to its `tls` section.
+async fn start_probe_with(
+    ca: &TestCa,
+    issuer: &TestIssuer,
+    configure: impl FnOnce(&mut trellis_platform::tls::TlsConfig),
+) -> TestServer {
     let mut config = test_config::<Probe>();
     config.tls = ca.workload("probe").config();
-    config.tls.reload_interval = reload;
+    configure(&mut config.tls);
     TestServer::start_tls(
         Launch::new(config).key_source(Arc::new(issuer.key_source())),
         &ca.workload("user"),
@@ -92,6 +101,17 @@ async fn an_internal_call_needs_a_certificate_proving_its_tokens_service() {
     assert_eq!(
         send(&mut client(&server, &ca, None), &unbound).await,
         Err(Code::Unauthenticated)
+    );
+    // `user` of another namespace, signed by the same CA (one issuer for several
+    // namespaces or trust domains): not this namespace's `user`.
+    let namesake = ca.issue(
+        &SpiffeId::workload("trellis.local", "staging", "user"),
+        "staging-user",
+    );
+    let namesakes = issuer.bound_service_token("user", "probe", &thumbprint_of(&namesake));
+    assert_eq!(
+        send(&mut client(&server, &ca, Some(&namesake)), &namesakes).await,
+        Err(Code::PermissionDenied)
     );
     // The right certificate, but a token bound to none: internal methods need both.
     assert_eq!(
@@ -357,13 +377,20 @@ async fn a_bad_new_pair_is_refused_and_the_old_one_kept() {
     write_replacing(&files.cert, &cert);
     assert!(source.reload().await.is_err());
     assert_eq!(source.current().thumbprint(), kept);
+    // The right identity, from a CA the bundle does not hold: peers would refuse it.
+    let (cert, key) =
+        TestCa::new().issue_pem(&SpiffeId::workload("trellis.local", "default", "probe"));
+    write_replacing(&files.key, &key);
+    write_replacing(&files.cert, &cert);
+    assert!(source.reload().await.is_err());
+    assert_eq!(source.current().thumbprint(), kept);
     // A good pair again is taken.
     let (cert, key) = ca.issue_pem(&SpiffeId::workload("trellis.local", "default", "probe"));
     write_replacing(&files.key, &key);
     write_replacing(&files.cert, &cert);
     assert!(source.reload().await.unwrap());
     assert_ne!(source.current().thumbprint(), kept);
-    assert_eq!(source.current().generation(), 4);
+    assert_eq!(source.current().generation(), 5);
 }
 
 #[test]
@@ -409,9 +436,57 @@ async fn probes_and_the_certificate_expiry_are_served_in_plaintext_beside_the_me
     server.stop().await;
 }
 
+/// A TCP connection to `addr` from `source` (an address of the loopback) that sends
+/// nothing: a TLS handshake that never starts.
+async fn idle_from(addr: std::net::SocketAddr, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// How many of `streams` the server closed (read end-of-file or an error within 1 s).
+async fn closed(streams: &mut [tokio::net::TcpStream]) -> usize {
+    use tokio::io::AsyncReadExt as _;
+    let reads = streams.iter_mut().map(|stream| async move {
+        let mut byte = [0_u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count()
+}
+
+#[tokio::test]
+async fn past_max_handshakes_the_oldest_stalled_one_is_evicted_for_a_new_client() {
+    let (ca, issuer) = (TestCa::new(), TestIssuer::new());
+    let server = start_probe_with(&ca, &issuer, |tls| tls.max_handshakes = 48).await;
+    // 64 stalled handshakes from two addresses (32 each, each address's bound): the
+    // 16 oldest are evicted as the newer ones arrive.
+    let mut idle = Vec::new();
+    for source in ["127.0.0.1", "127.0.0.2"] {
+        for _ in 0..32 {
+            idle.push(idle_from(server.addr, source).await);
+        }
+    }
+    // A new client from a third address is served: it evicts the oldest, not itself.
+    let served = tokio::time::timeout(
+        Duration::from_secs(2),
+        presented_to(server.addr, &ca, "127.0.0.3"),
+    )
+    .await
+    .expect("a new client is not locked out by stalled handshakes");
+    assert_eq!(served, ca.files("probe").thumbprint());
+    assert_eq!(closed(&mut idle).await, 17, "64 + 1 - 48 evicted");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_handshake_flood_from_one_address_is_closed_and_others_are_served() {
-    use tokio::io::AsyncReadExt as _;
     use trellis_platform::server::handshake::MAX_HANDSHAKES_PER_ADDRESS;
     let (ca, issuer) = (TestCa::new(), TestIssuer::new());
     let server = start_probe(&ca, &issuer, Duration::from_secs(60)).await;
@@ -423,19 +498,7 @@ async fn a_handshake_flood_from_one_address_is_closed_and_others_are_served() {
     }
     // Those past the per-address bound are closed at once, long before the handshake
     // timeout (10 s): they read end-of-file.
-    let reads = idle.iter_mut().map(|stream| async move {
-        let mut byte = [0_u8; 1];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
-            Ok(Ok(0) | Err(_))
-        )
-    });
-    let closed = futures::future::join_all(reads)
-        .await
-        .into_iter()
-        .filter(|closed| *closed)
-        .count();
-    assert_eq!(closed, flood - MAX_HANDSHAKES_PER_ADDRESS);
+    assert_eq!(closed(&mut idle).await, flood - MAX_HANDSHAKES_PER_ADDRESS);
     // Meanwhile a client from another address is accepted and served at once.
     let served = tokio::time::timeout(
         Duration::from_secs(2),

@@ -12,6 +12,7 @@ use trellis_platform::auth::{KeySource, PublicKey};
 use trellis_platform::metrics::prometheus::IntCounter;
 use trellis_platform::server::connection::ConnectionInfo;
 use trellis_platform::status::{internal, invalid_argument, parse_id, resource_exhausted};
+use trellis_platform::tls::SpiffeId;
 use trellis_proto::auth_v1 as pb;
 
 use crate::domain::keys::KeyRing;
@@ -22,9 +23,9 @@ use crate::domain::{Auth, AuthError, AuthRepository, TokenPair, UserDirectory};
 pub struct AuthHandlers<R, C> {
     auth: Arc<Auth<R, C>>,
     throttled: Option<IntCounter>,
-    /// Service tokens go only to a client certificate naming the client, and are bound
-    /// to it (mutual TLS).
-    require_certificates: bool,
+    /// Under mutual TLS, this workload's identity: service tokens go only to a client
+    /// certificate naming the client in its trust domain and namespace, and are bound to it.
+    require_certificates: Option<SpiffeId>,
 }
 
 impl<R, C> Clone for AuthHandlers<R, C> {
@@ -32,7 +33,7 @@ impl<R, C> Clone for AuthHandlers<R, C> {
         Self {
             auth: Arc::clone(&self.auth),
             throttled: self.throttled.clone(),
-            require_certificates: self.require_certificates,
+            require_certificates: self.require_certificates.clone(),
         }
     }
 }
@@ -43,15 +44,16 @@ impl<R: AuthRepository, C: UserDirectory> AuthHandlers<R, C> {
         Self {
             auth,
             throttled: None,
-            require_certificates: false,
+            require_certificates: None,
         }
     }
 
-    /// Under mutual TLS: `IssueServiceToken` answers only a client whose certificate's
-    /// SPIFFE ID names it, and binds the token to that certificate (RFC 8705).
+    /// Under mutual TLS (`own`: this workload's SPIFFE ID): `IssueServiceToken` answers
+    /// only a client whose certificate's SPIFFE ID is `client_id` in `own`'s trust
+    /// domain and namespace, and binds the token to that certificate (RFC 8705).
     #[must_use]
-    pub fn requiring_certificates(mut self, require: bool) -> Self {
-        self.require_certificates = require;
+    pub fn requiring_certificates(mut self, own: Option<SpiffeId>) -> Self {
+        self.require_certificates = own;
         self
     }
 
@@ -138,7 +140,7 @@ impl<R: AuthRepository, C: UserDirectory> pb::auth_service_server::AuthService
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
         let certificate = ConnectionInfo::peer_certificate(request.extensions());
-        let bound_to = if self.require_certificates {
+        let bound_to = if let Some(own) = &self.require_certificates {
             let Some(certificate) = certificate else {
                 return Err(Status::unauthenticated(
                     "service tokens need a client certificate (mutual TLS)",
@@ -148,7 +150,7 @@ impl<R: AuthRepository, C: UserDirectory> pb::auth_service_server::AuthService
             if certificate
                 .spiffe_id
                 .as_ref()
-                .is_none_or(|id| id.service() != client_id)
+                .is_none_or(|id| id.service() != client_id || !id.is_neighbour(own))
             {
                 tracing::warn!(
                     client_id = %client_id,

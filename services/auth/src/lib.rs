@@ -135,7 +135,7 @@ impl trellis_platform::Service for Service {
         )?)?;
         let handlers = AuthHandlers::new(auth)
             .count_throttled(throttled)
-            .requiring_certificates(ctx.tls().is_some());
+            .requiring_certificates(ctx.tls().map(|tls| tls.current().identity().clone()));
         ctx.add_service(AuthServiceServer::new(handlers.clone()));
         ctx.add_service(AuthInternalServiceServer::new(handlers));
         ctx.spawn(move |stop| run_key_maintenance(repository, policy, keys, stop));

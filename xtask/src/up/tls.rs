@@ -87,16 +87,29 @@ fn set_validity(params: &mut CertificateParams) {
     params.not_after = (now + std::time::Duration::from_secs(VALIDITY_DAYS * 24 * 3600)).into();
 }
 
-/// Writes `contents` to `path`; a private key readable by its owner only.
+/// Writes `contents` to `path`; a private key readable by its owner only, from the
+/// moment the file exists (a key written first and restricted after is readable by
+/// anyone in between).
 fn write(path: &PathBuf, contents: &str, private: bool) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     if private {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("restricting {}", path.display()))?;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        options.mode(0o600);
+        // A file from an earlier run keeps its mode: make sure of it before writing.
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("restricting {}", path.display()))?;
+        }
     }
-    Ok(())
+    #[cfg(not(unix))]
+    let _ = private;
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
