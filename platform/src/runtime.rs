@@ -242,21 +242,16 @@ async fn healthcheck(
 ) -> ExitCode {
     let addr = server.local_client_addr();
     let status = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
         // Under TLS, as a peer would: this workload's certificate, and the server must
         // prove this workload's own SPIFFE ID.
         let channel = match crate::tls::TlsSource::load(tls, service.name)? {
-            Some(source) => {
-                let peer = crate::tls::PeerTls::new(source, tls.identity_of(service.name));
-                endpoint
-                    .origin(format!("https://{addr}").parse()?)
-                    .connect_with_connector(tower::service_fn(move |uri| {
-                        let peer = peer.clone();
-                        async move { peer.connect(uri).await }
-                    }))
+            Some(source) => crate::tls::PeerTls::new(source, tls.identity_of(service.name))
+                .channel(&addr.to_string(), std::time::Duration::from_secs(5))?,
+            None => {
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect()
                     .await?
             }
-            None => endpoint.connect().await?,
         };
         let mut client = HealthClient::new(channel);
         let response = client

@@ -72,6 +72,22 @@ pub enum TlsError {
     Rustls(#[source] rustls::Error),
 }
 
+/// The CA certificates of a PEM bundle; a message naming what is wrong otherwise (no
+/// certificate, or one that cannot be a trust anchor).
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots
+            .add(cert.map_err(|err| err.to_string())?)
+            .map_err(|err| err.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate".to_owned());
+    }
+    Ok(roots)
+}
+
 /// What a connection's client certificate proved, verified against the trust bundle
 /// during the handshake; in the connection info of each of its calls (the server's
 /// `ConnectionInfo::peer_certificate`).
@@ -255,6 +271,33 @@ impl PeerTls {
         let config = Arc::new(config);
         *cached = Some((material.generation(), Arc::clone(&config)));
         Ok(config)
+    }
+
+    /// A lazily connected channel to `authority` (`host:port`) over mutual TLS through
+    /// this connector, whatever scheme the address was given with: tonic sees `http://`
+    /// so that it leaves the TLS to us, and requests carry `:scheme https`.
+    ///
+    /// # Errors
+    /// When `authority` makes no valid URI.
+    pub fn channel(
+        &self,
+        authority: &str,
+        connect_timeout: std::time::Duration,
+    ) -> Result<tonic::transport::Channel, String> {
+        let origin: Uri = format!("https://{authority}")
+            .parse()
+            .map_err(|err: http::uri::InvalidUri| err.to_string())?;
+        let connector = self.clone();
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+                .map_err(|err| err.to_string())?
+                .origin(origin)
+                .connect_timeout(connect_timeout)
+                .connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+                    let connector = connector.clone();
+                    async move { connector.connect(uri).await }
+                })),
+        )
     }
 
     /// Connects to `uri`'s host and port over TCP (`TCP_NODELAY`), then mutual TLS; fails

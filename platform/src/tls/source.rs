@@ -278,16 +278,7 @@ fn build(
     let facts = CertificateFacts::read(leaf).map_err(|err| TlsError::Pem("tls.cert", err))?;
     let key = PrivateKeyDer::from_pem_slice(key)
         .map_err(|err| TlsError::Pem("tls.key", err.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca) {
-        let ca = ca.map_err(|err| TlsError::Pem("tls.ca", err.to_string()))?;
-        roots
-            .add(ca)
-            .map_err(|err| TlsError::Pem("tls.ca", err.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Pem("tls.ca", "no certificate".to_owned()));
-    }
+    let roots = super::roots_from_pem(ca).map_err(|err| TlsError::Pem("tls.ca", err))?;
     let identity = facts.spiffe_id.clone().ok_or_else(|| TlsError::Identity {
         expected: expected.to_string(),
         found: "no single SPIFFE ID URI SAN".to_owned(),

@@ -38,13 +38,8 @@ impl TlsFiles {
         let read = |path: &PathBuf| {
             std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
         };
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&read(ca)?) {
-            let cert = cert.map_err(|err| format!("{}: {err}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|err| format!("{}: {err}", ca.display()))?;
-        }
+        let roots = crate::tls::roots_from_pem(&read(ca)?)
+            .map_err(|err| format!("{}: {err}", ca.display()))?;
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

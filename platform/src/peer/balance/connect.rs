@@ -37,8 +37,7 @@ pub(super) fn connect(
 }
 
 /// A lazily connected channel to `instance`: plaintext, or mutual TLS through `tls`
-/// whatever the address's scheme says (tonic sees `http://` so that it leaves the TLS
-/// to [`PeerTls`]; requests carry `:scheme https`).
+/// whatever the address's scheme says ([`PeerTls::channel`]).
 pub(super) fn make_channel(
     instance: &Instance,
     connect_timeout: Duration,
@@ -56,16 +55,5 @@ pub(super) fn make_channel(
         .split_once("://")
         .map_or(instance.uri.as_str(), |(_, rest)| rest)
         .trim_end_matches('/');
-    let origin: http::Uri = format!("https://{authority}")
-        .parse()
-        .map_err(|err: http::uri::InvalidUri| err.to_string())?;
-    let tls = tls.clone();
-    Ok(TonicEndpoint::from_shared(format!("http://{authority}"))
-        .map_err(|err| err.to_string())?
-        .origin(origin)
-        .connect_timeout(connect_timeout)
-        .connect_with_connector_lazy(tower::service_fn(move |uri: http::Uri| {
-            let tls = tls.clone();
-            async move { tls.connect(uri).await }
-        })))
+    tls.channel(authority, connect_timeout)
 }
