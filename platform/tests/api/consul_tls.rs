@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,8 +18,11 @@ use trellis_platform::testing::{TestCa, WorkloadFiles, assert_eventually_that};
 
 /// An HTTPS double of the agent requiring a client certificate of `ca`: every
 /// `/v1/health/service/user` query answers one passing instance at 127.0.0.1:50051.
-/// Returns its port and how many requests it answered.
-async fn https_agent(ca: &TestCa, server: &WorkloadFiles) -> (u16, Arc<AtomicUsize>) {
+/// Returns its port, how many requests it answered and how many handshakes it refused.
+async fn https_agent(
+    ca: &TestCa,
+    server: &WorkloadFiles,
+) -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -49,15 +51,19 @@ async fn https_agent(ca: &TestCa, server: &WorkloadFiles) -> (u16, Arc<AtomicUsi
     let port = listener.local_addr().unwrap().port();
     let answered = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&answered);
+    let refused = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::clone(&refused);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let (acceptor, counter) = (acceptor.clone(), Arc::clone(&counter));
+            let refusals = Arc::clone(&refusals);
             tokio::spawn(async move {
                 // A client without a certificate fails here, as against a real agent.
                 let Ok(tls) = acceptor.accept(tcp).await else {
+                    refusals.fetch_add(1, Ordering::SeqCst);
                     return;
                 };
                 let service = hyper::service::service_fn(move |_request| {
@@ -85,7 +91,7 @@ async fn https_agent(ca: &TestCa, server: &WorkloadFiles) -> (u16, Arc<AtomicUsi
             });
         }
     });
-    (port, answered)
+    (port, answered, refused)
 }
 
 fn target() -> Target {
@@ -100,7 +106,7 @@ fn target() -> Target {
 #[tokio::test]
 async fn the_agent_is_reached_over_https_with_a_client_certificate() {
     let ca = TestCa::new();
-    let (port, answered) = https_agent(&ca, &ca.workload("consul")).await;
+    let (port, answered, refused_handshakes) = https_agent(&ca, &ca.workload("consul")).await;
     let client = ca.workload("user");
     let config = ConsulConfig {
         // The agent's certificate names localhost.
@@ -128,7 +134,11 @@ async fn the_agent_is_reached_over_https_with_a_client_certificate() {
     })
     .unwrap();
     let refused = anonymous.watch(&target());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eventually_that("the agent refusing the handshake", || {
+        let count = refused_handshakes.load(Ordering::SeqCst);
+        async move { count > 0 }
+    })
+    .await;
     assert_eq!(refused.current(), None);
     assert!(answered.load(Ordering::SeqCst) > 0);
     // An https:// address without `ca` is a configuration error.
