@@ -1,12 +1,12 @@
 //! Compiles every `.proto` under `trellis/` with protox (pure Rust, no protoc binary),
-//! generates tonic clients and servers from the result, and writes the encoded
+//! importing the annotations under `third_party/` (`google.api.http` for HTTP/JSON
+//! transcoding, `buf.validate` for field rules), generates tonic clients and servers from
+//! the result, and writes the encoded
 //! `FileDescriptorSet` that the servers register for reflection; then compiles the
 //! vendored etcd v3 API under `vendor/etcd/` to clients only, kept out of that set (the
 //! services do not serve etcd's API).
 
 use std::path::{Path, PathBuf};
-
-use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
@@ -14,9 +14,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Source info and imports stay in the set: reflection clients need the imported
     // well-known types (Timestamp, FieldMask) to resolve our files.
-    let fds = protox::compile(&files, [&root])?;
+    let third_party = root.join("third_party");
+    protos_under(&root, "third_party")?;
+    let mut compiler = protox::Compiler::new([root.clone(), third_party])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
+    // Encoded by protox itself: the custom options (`google.api.http`, `buf.validate`)
+    // survive, where prost's `FileDescriptorSet` would drop them as unknown fields.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("trellis_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("trellis_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -20,6 +20,7 @@ pub mod report;
 pub mod schedule;
 pub mod slo;
 pub mod system;
+pub mod transports;
 pub mod units;
 
 pub use load::run;

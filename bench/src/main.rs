@@ -126,6 +126,14 @@ struct RunArgs {
     /// subscribe: notifications sent per second through SendNotification.
     #[arg(long, default_value_t = 100)]
     notify_rate: u32,
+    /// Instead of the scenarios: GetUser and ListNotifications (a page of 50) over
+    /// HTTP/1.1 + JSON and over gRPC against the same servers, side by side (latency,
+    /// requests/s, server CPU and bytes on the wire per call), for --duration each.
+    #[arg(long)]
+    transports: bool,
+    /// transports: the concurrencies to compare at (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    transport_concurrency: Vec<usize>,
 }
 
 /// Exit status when an SLO gate fails (1 is any other failure).
@@ -173,6 +181,78 @@ fn serve_baseline(listen: SocketAddr) -> anyhow::Result<()> {
     })
 }
 
+/// The running system `--target` names (with `--watch-pid` and `--client-secret`), or
+/// `None` when the bench starts its own.
+fn running_target(args: &RunArgs) -> anyhow::Result<Option<SystemUnderTest>> {
+    let Some(spec) = &args.target else {
+        return Ok(None);
+    };
+    Ok(Some(SystemUnderTest {
+        targets: Targets::parse(spec).map_err(anyhow::Error::msg)?,
+        processes: args
+            .watch_pid
+            .iter()
+            .map(|p| (format!("pid {p}"), *p))
+            .collect(),
+        service_client: args
+            .client_secret
+            .clone()
+            .map(|secret| (system::SERVICE_CLIENT_ID.to_owned(), secret)),
+    }))
+}
+
+/// `--transports`: starts the system (or uses `--target`) and compares the transports.
+fn transports(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let (server_cpus, client_cpus) = cpu_lists(args);
+    if let Some(cpus) = &client_cpus {
+        system::pin_current_process(cpus)?;
+    }
+    let options = trellis_bench::transports::Options {
+        concurrency: args.transport_concurrency.clone(),
+        duration: args.duration,
+        warmup: args.warmup,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let comparison = runtime.block_on(async {
+        let (running, sut) = match running_target(args)? {
+            Some(sut) => (None, sut),
+            None => {
+                let bin_dir = match &args.bin_dir {
+                    Some(dir) => dir.clone(),
+                    None => std::env::current_exe()?
+                        .parent()
+                        .context("this binary has no directory")?
+                        .to_owned(),
+                };
+                let (running, sut) =
+                    system::start_system(&bin_dir, server_cpus.as_deref(), &[]).await?;
+                (Some(running), sut)
+            }
+        };
+        let comparison = trellis_bench::transports::run(&sut, &options).await;
+        if let Some(running) = running {
+            running.stop().await?;
+        }
+        comparison
+    })?;
+    println!("{}", comparison.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&serde_json::json!({
+            "transports": comparison,
+            "ratios": comparison.ratios(),
+            "settings": {
+                "duration_s": args.duration.as_secs_f64(),
+                "warmup_s": args.warmup.as_secs_f64(),
+                "server_cpus": server_cpus,
+                "client_cpus": client_cpus,
+            },
+        }))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("trellis-bench: wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Default CPU lists: the servers on CPU 0, the load generator on the rest, when there
 /// are at least two CPUs and `taskset` exists; otherwise no pinning.
 fn cpu_lists(args: &RunArgs) -> (Option<String>, Option<String>) {
@@ -197,6 +277,9 @@ fn cpu_lists(args: &RunArgs) -> (Option<String>, Option<String>) {
 }
 
 fn bench(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.transports {
+        return transports(args);
+    }
     let options = SubscribeOptions {
         subscribers: args.subscribers,
         subscribers_per_user: args.subscribers_per_user,
@@ -228,19 +311,8 @@ fn bench(args: &RunArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let this = std::env::current_exe().context("finding this binary")?;
-    let under = match &args.target {
-        Some(spec) => Under::Running(SystemUnderTest {
-            targets: Targets::parse(spec).map_err(anyhow::Error::msg)?,
-            processes: args
-                .watch_pid
-                .iter()
-                .map(|p| (format!("pid {p}"), *p))
-                .collect(),
-            service_client: args
-                .client_secret
-                .clone()
-                .map(|secret| (system::SERVICE_CLIENT_ID.to_owned(), secret)),
-        }),
+    let under = match running_target(args)? {
+        Some(sut) => Under::Running(sut),
         None => Under::Start {
             bin_dir: match &args.bin_dir {
                 Some(dir) => dir.clone(),

@@ -13,6 +13,7 @@
 pub mod client;
 pub mod docker;
 pub mod feed_check;
+pub mod json;
 pub mod scenarios;
 
 use std::net::{SocketAddr, TcpListener};

@@ -95,6 +95,12 @@ impl App {
         self.server.local_addr()
     }
 
+    /// The OpenAPI 3.1 document of the service's HTTP/JSON routes (see
+    /// [`crate::http_json`]).
+    pub fn openapi(&self) -> &serde_json::Value {
+        self.server.openapi()
+    }
+
     /// The metrics endpoint's bound address, `None` when it is disabled
     /// (`metrics.port = 0` and no listener given).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod context;
 pub mod data;
 pub mod discovery;
+pub mod http_json;
 pub mod metrics;
 pub mod outbox;
 pub mod pagination;

@@ -36,6 +36,11 @@ enum Command<C: clap::Subcommand> {
     /// Ask the running instance configured here for its health (grpc.health.v1 Check of
     /// ""); exit 0 when SERVING, 1 otherwise. For container HEALTHCHECKs.
     Healthcheck,
+    /// Print the OpenAPI 3.1 document of the service's HTTP/JSON routes (what it serves
+    /// at `GET /openapi.json`), built as `serve` would build the service but with an
+    /// in-memory database, no metrics endpoint and a port of the system's choosing; the
+    /// service is never started.
+    Openapi,
     /// The transactional outbox's messages that peers rejected for good.
     #[command(subcommand)]
     Outbox(OutboxCommand),
@@ -117,6 +122,7 @@ where
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Healthcheck => runtime.block_on(healthcheck(service, &config.server, &config.tls)),
+        Command::Openapi => runtime.block_on(openapi::<S>(config)),
         Command::Outbox(command) => runtime.block_on(run_command(
             |_config: Config<S>, db| outbox_command(command, db),
             config,
@@ -178,17 +184,21 @@ fn workers_from(variable: Option<&str>, available: usize) -> usize {
         .max(1)
 }
 
-/// Opens and migrates the database `config` names and runs `command` against it.
-async fn run_command<S, F, Fut>(command: F, config: Config<S>) -> ExitCode
-where
-    S: Service,
-    F: FnOnce(Config<S>, sea_orm::DatabaseConnection) -> Fut,
-    Fut: Future<Output = Result<(), crate::service::BuildError>>,
-{
-    let outcome = match crate::data::connect::<S::Migrator>(&config.database).await {
-        Ok(db) => command(config, db).await,
-        Err(err) => Err(err.into()),
+/// Builds the service as [`Command::Openapi`] says and prints its document.
+async fn openapi<S: Service>(mut config: Config<S>) -> ExitCode {
+    config.server.listen_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.metrics = crate::metrics::MetricsConfig::disabled();
+    config.database.url = secrecy::SecretString::from("sqlite::memory:");
+    let outcome = async {
+        let app = crate::service::build(config).await?;
+        println!("{}", serde_json::to_string_pretty(app.openapi())?);
+        Ok(())
     };
+    exit_code::<S>(outcome.await)
+}
+
+/// 0 for success; 1 with the error's chain on standard error otherwise.
+fn exit_code<S: Service>(outcome: Result<(), crate::service::BuildError>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -200,6 +210,20 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens and migrates the database `config` names and runs `command` against it.
+async fn run_command<S, F, Fut>(command: F, config: Config<S>) -> ExitCode
+where
+    S: Service,
+    F: FnOnce(Config<S>, sea_orm::DatabaseConnection) -> Fut,
+    Fut: Future<Output = Result<(), crate::service::BuildError>>,
+{
+    let outcome = match crate::data::connect::<S::Migrator>(&config.database).await {
+        Ok(db) => command(config, db).await,
+        Err(err) => Err(err.into()),
+    };
+    exit_code::<S>(outcome)
 }
 
 /// Runs an `outbox` subcommand, printing to standard output.

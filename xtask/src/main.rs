@@ -10,6 +10,7 @@ mod images;
 mod kubernetes;
 #[cfg(test)]
 mod observability;
+mod openapi;
 mod prometheus;
 mod services;
 #[cfg(test)]
@@ -40,6 +41,9 @@ enum Command {
     /// Build the load generator and the services (release), then measure: scenarios,
     /// a bare-tonic baseline in the same run, SLO gates (`cargo xtask bench --help`).
     Bench(bench::Args),
+    /// Write each service's OpenAPI 3.1 document (generated from the protos by the
+    /// service itself) to docs/openapi/; `--check` compares instead.
+    Openapi(openapi::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Images(args) => images::run_images(&args).map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Openapi(args) => openapi::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@
 mod bench_reference;
 mod flows;
 mod hostile;
+mod http_json;
 mod mtls;
 mod notifications;
 mod rfc8725;

@@ -154,3 +154,28 @@ fn unavailable_trailers() -> HeaderMap {
     );
     trailers
 }
+
+/// Completes on the first SIGINT or SIGTERM (Ctrl-C on other platforms).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => tracing::info!("received SIGINT"),
+                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
+                }
+            }
+            _ => {
+                tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
+                drop(tokio::signal::ctrl_c().await);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tokio::signal::ctrl_c().await);
+}

@@ -22,12 +22,14 @@ pub mod drain;
 pub mod handshake;
 pub mod request_id;
 pub mod trace;
+pub mod validate;
 
 mod config;
 mod health;
 
 pub use client_address::{ClientAddress, client_address};
 pub use config::ServerConfig;
+pub use drain::shutdown_signal;
 pub use health::{LIVENESS, ReadinessProbe};
 
 use std::convert::Infallible;
@@ -70,6 +72,12 @@ pub enum ServerError {
     /// The transport failed while serving.
     #[error("server failed")]
     Transport(#[from] tonic::transport::Error),
+    /// The descriptor sets could not be read for transcoding and validation.
+    #[error("cannot read the descriptor sets")]
+    Descriptors(#[from] prost_reflect::DescriptorError),
+    /// An RPC's `google.api.http` rule cannot be served.
+    #[error("cannot serve an HTTP/JSON route")]
+    Route(#[from] crate::http_json::RouteError),
 }
 
 /// A generated gRPC server the builder accepts: routable by name, and limitable
@@ -117,7 +125,11 @@ pub struct ServerBuilder {
     metrics: Option<Metrics>,
     caller_trust: trace::CallerTrust,
     tls: Option<crate::tls::TlsSource>,
+    api: Option<(String, Audience)>,
 }
+
+/// Who may call a gRPC path (`/package.Service/Method`), as the OpenAPI document says.
+type Audience = Box<dyn Fn(&str) -> crate::http_json::openapi::Audience + Send + Sync>;
 
 /// A layer applied to the service's routes, type-erased so the builder stays one type.
 type RouteLayer = Box<dyn FnOnce(axum::Router) -> axum::Router + Send>;
@@ -146,7 +158,23 @@ impl ServerBuilder {
             metrics: None,
             caller_trust: trace::CallerTrust::nobody(),
             tls: None,
+            api: None,
         }
+    }
+
+    /// Describes the HTTP/JSON routes in the OpenAPI document under `title`, each
+    /// operation's security and audience from `audience` (the access policy's answer
+    /// for its gRPC path; the policy itself is enforced by the authentication layer, not
+    /// here). Without it the title is "Trellis API" and every operation is documented
+    /// as needing a bearer token.
+    #[must_use]
+    pub fn api_description(
+        mut self,
+        title: impl Into<String>,
+        audience: impl Fn(&str) -> crate::http_json::openapi::Audience + Send + Sync + 'static,
+    ) -> Self {
+        self.api = Some((title.into(), Box::new(audience)));
+        self
     }
 
     /// Serves TLS only, with `source`'s current certificate for each new handshake and
@@ -247,12 +275,15 @@ impl ServerBuilder {
         })
     }
 
-    /// Binds the listen address and assembles health and reflection.
+    /// Binds the listen address and assembles health, reflection, field validation
+    /// ([`validate`]) and HTTP/JSON transcoding ([`crate::http_json`]).
     ///
     /// # Errors
     /// [`ServerError::Bind`] when the address is taken or not allowed;
-    /// [`ServerError::Reflection`] or [`ServerError::Metrics`] when a descriptor set is
-    /// malformed; [`ServerError::Metrics`] when `metrics` already served a server.
+    /// [`ServerError::Reflection`], [`ServerError::Descriptors`] or
+    /// [`ServerError::Metrics`] when a descriptor set is malformed;
+    /// [`ServerError::Route`] for an HTTP rule the gateway cannot serve;
+    /// [`ServerError::Metrics`] when `metrics` already served a server.
     pub async fn bind(self) -> Result<BoundServer, ServerError> {
         let Self {
             config,
@@ -266,20 +297,42 @@ impl ServerBuilder {
             metrics,
             caller_trust,
             tls,
+            api,
         } = self;
         let metrics = match metrics {
             Some(metrics) => metrics,
             None => Metrics::new()?,
         };
+        let mut pool = prost_reflect::DescriptorPool::new();
+        for set in &descriptor_sets {
+            pool.decode_file_descriptor_set(*set)?;
+        }
+        let (title, audience) = api.unwrap_or_else(|| {
+            let authenticated: Audience =
+                Box::new(|_: &str| crate::http_json::openapi::Audience::Authenticated);
+            ("Trellis API".to_owned(), authenticated)
+        });
+        let (http_json, openapi) = crate::http_json::HttpJsonLayer::from_descriptors(
+            &pool,
+            &service_names,
+            &title,
+            &*audience,
+            config.max_message_bytes,
+        )?;
+        let http_json = http_json
+            .body_timeout(config.request_body_timeout)
+            .with_metrics(&metrics)?;
+        let validation =
+            validate::ValidateLayer::new(&pool, &service_names, config.max_message_bytes);
         let admission =
             admission::Admission::new(&config, &service_names, &descriptor_sets, &metrics)?;
         let metrics = metrics.server_layer(&service_names, &descriptor_sets)?;
 
-        // Route layers (authentication) wrap the service's own routes only.
-        let routes = if route_layers.is_empty() {
-            routes
-        } else {
-            let mut router = routes.into_axum_router();
+        // Field validation, then the route layers (limits, authentication), wrap the
+        // service's own routes only: validation innermost, so only callers the policy
+        // admits reach it.
+        let routes = {
+            let mut router = routes.into_axum_router().layer(validation);
             for layer in route_layers {
                 router = layer(router);
             }
@@ -339,6 +392,8 @@ impl ServerBuilder {
             admission,
             caller_trust,
             tls,
+            http_json,
+            openapi,
         })
     }
 }
@@ -356,6 +411,8 @@ pub struct BoundServer {
     admission: admission::Admission,
     caller_trust: trace::CallerTrust,
     tls: Option<crate::tls::TlsSource>,
+    http_json: crate::http_json::HttpJsonLayer,
+    openapi: serde_json::Value,
 }
 
 impl std::fmt::Debug for BoundServer {
@@ -370,6 +427,12 @@ impl BoundServer {
     /// The address actually bound (the real port when the config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The OpenAPI 3.1 document of the server's HTTP/JSON routes, as served at
+    /// [`crate::http_json::OPENAPI_PATH`].
+    pub fn openapi(&self) -> &serde_json::Value {
+        &self.openapi
     }
 
     /// True while the server reports SERVING for `""` (readiness), for probes that
@@ -404,6 +467,8 @@ impl BoundServer {
             admission,
             caller_trust,
             tls,
+            http_json,
+            openapi: _,
         } = self;
         let health = Arc::new(health);
         let scheme = if tls.is_some() { "TLS" } else { "plaintext" };
@@ -428,6 +493,11 @@ impl BoundServer {
             // The GOAWAY at the age; the grace is bounded on the accept path
             // ([`connection`]), since tonic's own grace skips the GOAWAY.
             .max_connection_age(config.max_connection_age)
+            // HTTP/1.1 beside HTTP/2, for HTTP/JSON clients.
+            .accept_http1(true)
+            // Outermost: a transcoded call goes through every layer below as the gRPC
+            // call it becomes ([`crate::http_json`]).
+            .layer(http_json)
             .layer(metrics)
             .layer(request_id::RequestIdLayer)
             .layer(client_address::ClientAddressLayer::new(
@@ -507,29 +577,4 @@ impl BoundServer {
             }
         }
     }
-}
-
-/// Completes on the first SIGINT or SIGTERM (Ctrl-C on other platforms).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut interrupt), Ok(mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => tracing::info!("received SIGINT"),
-                    _ = terminate.recv() => tracing::info!("received SIGTERM"),
-                }
-            }
-            _ => {
-                tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
-                drop(tokio::signal::ctrl_c().await);
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    drop(tokio::signal::ctrl_c().await);
 }

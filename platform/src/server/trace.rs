@@ -285,6 +285,7 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
                     otel.name = tracing::field::Empty,
                     otel.kind = tracing::field::Empty,
                     peer.identity = tracing::field::Empty,
+                    rpc.transport = tracing::field::Empty,
                 )
             };
         }
@@ -305,8 +306,18 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
                 otel.name = tracing::field::Empty,
                 otel.kind = tracing::field::Empty,
                 peer.identity = tracing::field::Empty,
+                rpc.transport = tracing::field::Empty,
             ),
         };
+        // A call that arrived as HTTP/JSON says so ([`crate::http_json`]); gRPC is the
+        // default and is not recorded.
+        if request
+            .extensions()
+            .get::<crate::http_json::Transcoded>()
+            .is_some()
+        {
+            span.record("rpc.transport", "http_json");
+        }
         let connection = ConnectionInfo::of(request.extensions());
         if let Some(identity) = connection
             .and_then(|info| info.peer_certificate.as_deref())

@@ -501,7 +501,7 @@ impl<S: Service> Context<S> {
                 )),
             };
             let verifier = TokenVerifier::new(&config.auth, S::INFO.name, keys);
-            let mut layer = AuthLayer::new(verifier, policy)
+            let mut layer = AuthLayer::new(verifier, policy.clone())
                 .requiring_certificates(tls.as_ref().map(|tls| tls.current().identity().clone()));
             if records_metrics(&config, metrics_listener.as_ref()) {
                 layer = layer.with_metrics(&metrics)?;
@@ -510,6 +510,14 @@ impl<S: Service> Context<S> {
         }
         let shutdown = server.shutdown_token();
         let server = server
+            .api_description(format!("Trellis {} service", S::INFO.name), move |path| {
+                use crate::http_json::openapi::Audience;
+                match policy.access(path) {
+                    Access::Public => Audience::Public,
+                    Access::Internal => Audience::Internal,
+                    Access::Authenticated => Audience::Authenticated,
+                }
+            })
             .file_descriptor_set(S::FILE_DESCRIPTOR_SET)
             .database_readiness(db.clone())
             .bind()

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use tonic::Code;
 use trellis_platform::service::Launch;
 use trellis_platform::testing::{TestIssuer, TestServer, code, test_config, with_token};
-use trellis_proto::notification_v1 as pb;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 
 use crate::support::Probe;
@@ -21,7 +20,7 @@ async fn an_internal_method_answers_only_its_declared_callers() {
     let mut send = async |token: &str| {
         code(
             client
-                .send_notification(with_token(pb::SendNotificationRequest::default(), token))
+                .send_notification(with_token(crate::support::send_request(), token))
                 .await,
         )
     };

@@ -108,7 +108,7 @@ async fn liveness(addr: SocketAddr) -> Result<ServingStatus, Status> {
 }
 
 async fn send(client: &mut NotificationInternalServiceClient<Channel>) -> Result<(), Status> {
-    let mut request = Request::new(pb::SendNotificationRequest::default());
+    let mut request = Request::new(crate::support::send_request());
     request.set_timeout(Duration::from_secs(5));
     client.send_notification(request).await.map(drop)
 }

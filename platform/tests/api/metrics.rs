@@ -11,7 +11,6 @@ use trellis_platform::testing::metrics::{assert_promtool_accepts, http_get, samp
 use trellis_platform::testing::{
     TestIssuer, TestServer, code, local_listener, test_config, with_token,
 };
-use trellis_proto::notification_v1 as pb;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 use trellis_proto::user_v1 as user_pb;
 use trellis_proto::user_v1::user_service_client::UserServiceClient;
@@ -36,7 +35,7 @@ async fn a_scrape_counts_calls_by_method_and_code_and_passes_promtool() {
     let metrics_addr = server.metrics_addr.expect("a metrics endpoint");
     let mut client = NotificationInternalServiceClient::new(server.channel.clone());
     let mut send = async |token: Option<&str>| {
-        let request = pb::SendNotificationRequest::default();
+        let request = crate::support::send_request();
         let request = match token {
             Some(token) => with_token(request, token),
             None => tonic::Request::new(request),

@@ -22,7 +22,6 @@ use trellis_platform::testing::{
     test_config, tls_channel, with_token, write_replacing,
 };
 use trellis_platform::tls::{SpiffeId, TlsSource, thumbprint};
-use trellis_proto::notification_v1 as pb;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 
 use crate::support::Probe;
@@ -72,7 +71,7 @@ async fn send(
 ) -> Result<(), Code> {
     code(
         client
-            .send_notification(with_token(pb::SendNotificationRequest::default(), token))
+            .send_notification(with_token(crate::support::send_request(), token))
             .await,
     )
 }
@@ -248,12 +247,12 @@ async fn a_peer_channel_reaches_only_the_spiffe_id_it_expects() {
     }));
     let mut probe = NotificationInternalServiceClient::new(peers.channel("probe").unwrap());
     let sent = probe
-        .send_notification(pb::SendNotificationRequest::default())
+        .send_notification(crate::support::send_request())
         .await;
     assert_eq!(code(sent), Ok(()));
     let mut impostor = NotificationInternalServiceClient::new(peers.channel("impostor").unwrap());
     let refused = impostor
-        .send_notification(pb::SendNotificationRequest::default())
+        .send_notification(crate::support::send_request())
         .await;
     assert_eq!(code(refused), Err(Code::Unavailable));
     server.stop().await;
@@ -533,7 +532,7 @@ async fn after_its_own_certificate_changes_a_peer_channel_presents_the_new_one()
     let send = async |probe: &mut NotificationInternalServiceClient<_>| {
         code(
             probe
-                .send_notification(pb::SendNotificationRequest::default())
+                .send_notification(crate::support::send_request())
                 .await,
         )
     };

@@ -38,7 +38,7 @@ async fn enqueue_one(db: &DatabaseConnection) -> uuid::Uuid {
             id,
             "notification",
             trellis_proto::paths::SEND_NOTIFICATION,
-            &pb::SendNotificationRequest::default(),
+            &crate::support::send_request(),
         ),
     )
     .await

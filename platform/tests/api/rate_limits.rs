@@ -21,7 +21,6 @@ use trellis_platform::{BuildError, Config, Context, ServiceInfo};
 use trellis_proto::greeter_v1 as pb;
 use trellis_proto::greeter_v1::greeter_service_client::GreeterServiceClient;
 use trellis_proto::greeter_v1::greeter_service_server::{GreeterService, GreeterServiceServer};
-use trellis_proto::notification_v1 as notification;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 
 use crate::support::{Migrator, Probe};
@@ -283,10 +282,7 @@ async fn internal_methods_called_by_services_are_not_limited() {
     let token = issuer.service_token("user", "probe");
     for _ in 0..10 {
         let sent = client
-            .send_notification(with_token(
-                notification::SendNotificationRequest::default(),
-                &token,
-            ))
+            .send_notification(with_token(crate::support::send_request(), &token))
             .await;
         assert_eq!(code(sent), Ok(()));
     }

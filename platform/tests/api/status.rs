@@ -3,7 +3,6 @@
 use tonic::Code;
 use tonic_types::StatusExt as _;
 use trellis_platform::status::{FieldViolation, MAX_ECHOED_VIOLATIONS, invalid_argument};
-use trellis_proto::notification_v1 as pb;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 
 use crate::support::{Answer, Notifications, serve_notifications};
@@ -22,7 +21,7 @@ async fn a_client_reads_a_status_built_from_200000_violations() {
         .connect_lazy();
     let mut client = NotificationInternalServiceClient::new(channel);
     let status = client
-        .send_notification(pb::SendNotificationRequest::default())
+        .send_notification(crate::support::send_request())
         .await
         .expect_err("the handler fails");
     // Before the cap, the 2.4 MB of headers broke the call instead.

@@ -117,3 +117,15 @@ pub fn load(env: &[(&str, &str)]) -> Result<Config<Probe>, ConfigError> {
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
     )
 }
+
+/// A SendNotificationRequest that keeps the contract's field rules, so a call reaches the
+/// policy's and the handler's answer (an empty one is INVALID_ARGUMENT before either).
+pub fn send_request() -> pb::SendNotificationRequest {
+    pb::SendNotificationRequest {
+        user_id: "0190f1c2-0000-7000-8000-000000000001".to_owned(),
+        kind: "probe".to_owned(),
+        title: "Probe".to_owned(),
+        body: "A probe.".to_owned(),
+        idempotency_key: "probe".to_owned(),
+    }
+}

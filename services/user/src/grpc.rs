@@ -77,7 +77,7 @@ impl<R: UserRepository> pb::user_service_server::UserService for UserHandlers<R>
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        // Every attempt counts, before any validation or hashing.
+        // Every attempt that keeps the contract's field rules counts, before any hashing.
         // The client's address: behind a trusted proxy, the one it names.
         let source = trellis_platform::server::client_address(&request);
         if let Err(retry_after) = self.sign_up.check(source) {

@@ -107,6 +107,16 @@ pub(super) fn print_banner(
     println!(
         "  grpcurl {transport} -H \"authorization: Bearer $TOKEN\" -d '{{}}' \\\n      localhost:50053 trellis.notification.v1.NotificationService/Subscribe"
     );
+    let (scheme, curl_tls) = if tls {
+        ("https", format!(" --cacert {}/ca.pem", super::tls::TLS_DIR))
+    } else {
+        ("http", String::new())
+    };
+    println!("  # the same over HTTP/JSON (docs/http-json.md); each service's OpenAPI 3.1");
+    println!(
+        "  curl -s{curl_tls} -H \"authorization: Bearer $TOKEN\" {scheme}://localhost:50051/v1/users/$USER_ID"
+    );
+    println!("  curl -s{curl_tls} {scheme}://localhost:50051/openapi.json");
     println!();
     println!(
         "  {DEV_ADMIN_EMAIL} has the admin role; it logs in with the password in {DEV_ADMIN_PASSWORD_FILE}"

@@ -212,34 +212,6 @@ fn required(field: &str) -> AuthError {
     AuthError::InvalidArgument(vec![FieldViolation::new(field, "is required")])
 }
 
-/// Checks login input before anything else is done with it: both fields present (an
-/// email of only whitespace is empty), neither longer than its limit as sent (padding
-/// counts).
-///
-/// # Errors
-/// [`AuthError::InvalidArgument`] naming every bad field.
-fn check_login_input(email: &str, password: &str) -> Result<(), AuthError> {
-    let too_long = |field: &str, max: usize| {
-        FieldViolation::new(field, format!("must be at most {max} bytes"))
-    };
-    let mut violations = Vec::new();
-    if email.trim().is_empty() {
-        violations.push(FieldViolation::new("email", "is required"));
-    } else if email.len() > MAX_EMAIL_BYTES {
-        violations.push(too_long("email", MAX_EMAIL_BYTES));
-    }
-    if password.is_empty() {
-        violations.push(FieldViolation::new("password", "is required"));
-    } else if password.len() > MAX_PASSWORD_BYTES {
-        violations.push(too_long("password", MAX_PASSWORD_BYTES));
-    }
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(AuthError::InvalidArgument(violations))
-    }
-}
-
 /// The auth operations.
 #[derive(Debug)]
 pub struct Auth<R, U> {
@@ -277,8 +249,9 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
     /// Signs a user in from `source`; the access token carries the roles the user
     /// service answers with.
     ///
-    /// The input is checked first ([`MAX_EMAIL_BYTES`], [`MAX_PASSWORD_BYTES`]); then a
-    /// failure slot is reserved with the throttle before the user service is asked. The
+    /// The input's lengths are the contract's rules (`LoginRequest`'s, enforced before
+    /// the handler: [`MAX_EMAIL_BYTES`], [`MAX_PASSWORD_BYTES`]); a failure slot is
+    /// reserved with the throttle before the user service is asked. The
     /// slot is given back on success and on a fault of the platform (the user service
     /// unavailable, overloaded or answering nonsense, its circuit open, its own timeout
     /// expired); it stays taken for wrong credentials and whenever the caller ended the
@@ -286,7 +259,6 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
     /// the call — whatever deadline it chose (see [`throttle`]).
     ///
     /// # Errors
-    /// [`AuthError::InvalidArgument`] for an empty or oversized email or password;
     /// [`AuthError::Throttled`] over budget; [`AuthError::InvalidCredentials`];
     /// [`AuthError::DeadlineExceeded`]; [`AuthError::UserServiceUnavailable`];
     /// [`AuthError::UserServiceOverloaded`]; [`AuthError::Unexpected`] when the user
@@ -297,7 +269,6 @@ impl<R: AuthRepository, U: UserDirectory> Auth<R, U> {
         password: &str,
         source: Option<IpAddr>,
     ) -> Result<(TokenPair, String), AuthError> {
-        check_login_input(email, password)?;
         let reservation = self
             .throttle
             .reserve(AccountKey::of(email), source)

@@ -345,8 +345,8 @@ impl<R: NotificationRepository> Notifications<R> {
     /// notifications are ignored. Returns how many changed.
     ///
     /// # Errors
-    /// [`NotificationError::Unexpected`] when storage fails. The gRPC layer caps `ids` at
-    /// [`MAX_MARK_READ_IDS`] before they are parsed.
+    /// [`NotificationError::Unexpected`] when storage fails. The contract caps `ids` at
+    /// [`MAX_MARK_READ_IDS`] (`MarkReadRequest`'s rule, checked before the handler).
     pub async fn mark_read(&self, user_id: &str, ids: &[Uuid]) -> Result<u64, NotificationError> {
         self.repository.mark_read(user_id, ids, now()).await
     }

@@ -139,7 +139,7 @@ async fn more_than_1000_valid_ids_are_invalid_argument_naming_ids_and_mark_nothi
     let status = mark_read_refused(&mut app, &ada, many).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(violated_fields(&status), ["ids"]);
-    assert!(status.message().contains("at most 1000"), "{status:?}");
+    assert!(status.message().contains("1000"), "{status:?}");
     assert_eq!(ids(&app.list_all(&ada, true).await), [kept.id]);
 
     // The cap itself is accepted.

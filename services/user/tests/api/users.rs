@@ -11,8 +11,20 @@ use crate::helpers::{PASSWORD, spawn_app, violated_fields, with_token};
 #[tokio::test]
 async fn create_user_keeps_email_as_entered_and_returns_no_secret() {
     let mut app = spawn_app().await;
-    let user = app.create_user("  Ada@Example.COM ", "Ada").await;
+    let user = app.create_user("Ada@Example.COM", "Ada").await;
     assert_eq!(user.email, "Ada@Example.COM");
+    // The address must be valid as sent: surrounding whitespace is the contract's
+    // INVALID_ARGUMENT, not trimmed.
+    let padded = app
+        .users
+        .create_user(pb::CreateUserRequest {
+            email: "  eve@example.com ".into(),
+            display_name: "Eve".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect_err("a padded address is refused");
+    assert_eq!(violated_fields(&padded), ["email"]);
     assert!(user.roles.is_empty(), "a new user holds no role");
     assert_eq!(user.display_name, "Ada");
     assert!(uuid::Uuid::parse_str(&user.id).is_ok());
@@ -62,7 +74,7 @@ async fn addresses_differing_only_by_case_are_one_account() {
     for variant in [
         "ADMIN@example.com",
         "Admin@Example.Com",
-        " admin@EXAMPLE.COM ",
+        "admin@EXAMPLE.COM",
     ] {
         let status = app
             .users
