@@ -159,7 +159,8 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
     let grace = sign_up_and_log_in(&system, "grace@example.com").await;
     let user_path = |id: &str| format!("/v1/users/{id}");
 
-    // No token: 401 UNAUTHENTICATED.
+    // No token: 401 UNAUTHENTICATED — before the JSON is even parsed (a malformed body
+    // from a caller the policy refuses costs no parse, and says nothing of the rules).
     let reply = call(
         system.user_addr,
         Method::GET,
@@ -171,6 +172,31 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
     assert_eq!(
         (reply.status.as_u16(), reply.json["code"].as_i64()),
         (401, Some(16))
+    );
+    let reply = call(
+        system.notification_addr,
+        Method::POST,
+        "/v1/notifications:markRead",
+        None,
+        Some(json!({"bogus": 1, "ids": "not a list"})),
+    )
+    .await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.json["code"].as_i64()),
+        (401, Some(16))
+    );
+    // The path alone names the resource: a query or body naming it again is refused.
+    let reply = call(
+        system.user_addr,
+        Method::GET,
+        &format!("{}?id={}", user_path(&ada.user.id), grace.user.id),
+        Some(ada.access()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.json["code"].as_i64()),
+        (400, Some(3))
     );
     // Someone else: 403 PERMISSION_DENIED, as over gRPC.
     let reply = call(

@@ -4,13 +4,15 @@
 //!
 //! [`HttpJsonLayer`] is the server's outermost layer. A request whose `content-type` is
 //! `application/grpc…` passes untouched. Any other request is matched against the
-//! [`RouteTable`]: its path variables, query parameters and JSON body are bound into the
-//! RPC's request message (the canonical proto3 JSON mapping: lowerCamelCase or proto
-//! names, int64 as strings, `Timestamp` as RFC 3339, `FieldMask` as a string, enums by
-//! name; unknown fields are INVALID_ARGUMENT), which is sent *inward* as an ordinary
-//! gRPC call on the same connection's extensions, so the metrics, request ids, client
-//! address, admission, tracing, deadline, rate limits, authentication, policy and
-//! validation layers treat it exactly as a gRPC call. The gRPC response becomes the
+//! [`RouteTable`], its body read (bounded in size and time), and sent *inward* as the
+//! gRPC call it stands for, on the same connection's extensions, so the metrics, request
+//! ids, client address, admission, tracing, deadline, rate limits, authentication and
+//! policy layers treat it exactly as a gRPC call. Inside them, [`TranscodeLayer`] binds
+//! its path variables, query parameters and JSON body into the RPC's request message
+//! (the canonical proto3 JSON mapping: lowerCamelCase or proto names, int64 as strings,
+//! `Timestamp` as RFC 3339, `FieldMask` as a string, enums by name; unknown fields and a
+//! path-bound field set again are INVALID_ARGUMENT), so JSON is parsed only for calls
+//! those layers let through; field validation follows. The gRPC response becomes the
 //! JSON body; a status other than OK becomes the HTTP status of AIP-193's mapping with
 //! the `google.rpc.Status` JSON body ([`status`]), and RESOURCE_EXHAUSTED carries
 //! `Retry-After`. A server-streaming RPC answers as Server-Sent Events: one `data:` line
@@ -23,6 +25,7 @@
 pub mod openapi;
 pub mod routes;
 pub mod status;
+mod transcode;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,16 +33,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::json;
 use tower::{Layer, Service};
 
 pub use routes::{Route, RouteError, RouteTable};
+use transcode::PendingJson;
+pub use transcode::{TranscodeLayer, TranscodeService};
 
 /// Marks a request that arrived as HTTP/JSON (a request extension the inner layers can
 /// read, e.g. the span's `rpc.transport`).
@@ -281,11 +285,6 @@ fn status_response(status: &tonic::Status) -> Response<tonic::body::Body> {
     response
 }
 
-/// INVALID_ARGUMENT (400) for a request that could not be bound.
-fn bad_request(message: String) -> Response<tonic::body::Body> {
-    status_response(&tonic::Status::invalid_argument(message))
-}
-
 /// Request headers that describe the HTTP/JSON exchange, not the call: they are not
 /// passed on as gRPC metadata.
 fn is_hop_or_representation(name: &HeaderName) -> bool {
@@ -326,10 +325,10 @@ where
     )
     .await;
     let Ok(collected) = collected else {
-        let mut response = bad_request(format!(
+        let mut response = status_response(&tonic::Status::deadline_exceeded(format!(
             "the request body did not arrive within {} ms",
             gateway.body_timeout.as_millis()
-        ));
+        )));
         *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
         return Ok(response);
     };
@@ -340,42 +339,32 @@ where
                 .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some();
             return Ok(if too_large {
-                let mut response = bad_request(format!(
+                let mut response = status_response(&tonic::Status::resource_exhausted(format!(
                     "the request body exceeds {} bytes",
                     gateway.max_body_bytes
-                ));
+                )));
                 *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
                 response
             } else {
-                bad_request("the request body could not be read".to_owned())
+                status_response(&tonic::Status::invalid_argument(
+                    "the request body could not be read",
+                ))
             });
         }
     };
-    let values: Vec<(&[String], String)> = values
-        .iter()
-        .map(|(path, value)| (path.as_slice(), value.clone()))
-        .collect();
-    let json = match routes::bind(route, values, parts.uri.query(), &body) {
-        Ok(json) => json,
-        Err(err) => return Ok(bad_request(err.to_string())),
+    // The JSON is parsed inside admission, rate limits and authentication
+    // ([`TranscodeLayer`]): a call that is shed or refused costs no parse.
+    let pending = PendingJson {
+        route: route.clone(),
+        values,
+        query: parts.uri.query().map(str::to_owned),
+        body,
     };
-    let message = match DynamicMessage::deserialize(route.method.input(), json) {
-        Ok(message) => message,
-        Err(err) => return Ok(bad_request(format!("invalid request: {err}"))),
-    };
-    let encoded = message.encode_to_vec();
-    let mut framed = BytesMut::with_capacity(encoded.len() + 5);
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
-    framed.put_slice(&encoded);
-
     let mut grpc = Request::builder()
         .method(http::Method::POST)
         .uri(route.grpc_path.as_str())
         .version(http::Version::HTTP_2)
-        .body(tonic::body::Body::new(http_body_util::Full::new(
-            framed.freeze(),
-        )))
+        .body(tonic::body::Body::empty())
         .unwrap_or_default();
     for (name, value) in &parts.headers {
         if !is_hop_or_representation(name) {
@@ -390,6 +379,7 @@ where
         .insert(header::TE, HeaderValue::from_static("trailers"));
     *grpc.extensions_mut() = parts.extensions;
     grpc.extensions_mut().insert(Transcoded);
+    grpc.extensions_mut().insert(Arc::new(pending));
 
     let response = inner.call(grpc).await?;
     let (response_parts, body) = response.into_parts();

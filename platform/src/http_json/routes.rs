@@ -337,14 +337,20 @@ pub enum BindError {
     /// A query parameter names no field, or a field that cannot be set from a query.
     #[error("unknown query parameter {0}")]
     UnknownParameter(String),
+    /// The body or the query sets a field the path binds.
+    #[error("{0} is bound by the path: it may not be set in the body or the query")]
+    BoundByPath(String),
 }
 
 /// The request as one JSON object in the proto3 JSON mapping: the body (whole, or under
-/// its field), then path variables, then query parameters (neither may name a field of
-/// the body's message when the body is `*`: the path wins, as in grpc-gateway).
+/// its field), then query parameters (none when the body is `*`), then path variables.
+/// A field the path binds may not also be set by the body or the query (under either
+/// of its names): the URL says which resource is acted on, and nothing else may change
+/// it behind a proxy's or a log's back.
 ///
 /// # Errors
-/// [`BindError`] for a body that is not a JSON object and an unknown query parameter.
+/// [`BindError`] for a body that is not a JSON object, an unknown query parameter and a
+/// path-bound field set again.
 pub fn bind(
     route: &Route,
     path_values: Vec<(&[String], String)>,
@@ -378,10 +384,6 @@ pub fn bind(
             }
         }
     }
-    for (path, value) in path_values {
-        set(&input, &mut request, path, value, false)
-            .map_err(|()| BindError::UnknownParameter(path.join(".")))?;
-    }
     if route.body.as_deref() != Some("*") {
         for (key, value) in query_pairs(query.unwrap_or_default()) {
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
@@ -403,7 +405,35 @@ pub fn bind(
     } else if let Some((key, _)) = query_pairs(query.unwrap_or_default()).next() {
         return Err(BindError::UnknownParameter(key));
     }
+    for (path, value) in path_values {
+        if is_set(&input, &request, path) {
+            return Err(BindError::BoundByPath(path.join(".")));
+        }
+        set(&input, &mut request, path, value, false)
+            .map_err(|()| BindError::UnknownParameter(path.join(".")))?;
+    }
     Ok(Value::Object(request))
+}
+
+/// Whether `object` already sets the field at `path` under either of its names.
+fn is_set(message: &MessageDescriptor, object: &Map<String, Value>, path: &[String]) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    let Some(field) = message
+        .get_field_by_name(first)
+        .or_else(|| message.get_field_by_json_name(first))
+    else {
+        return false;
+    };
+    [field.json_name(), field.name()].into_iter().any(|name| {
+        match (object.get(name), field.kind()) {
+            (None, _) => false,
+            (Some(_), _) if rest.is_empty() => true,
+            (Some(Value::Object(inner)), Kind::Message(nested)) => is_set(&nested, inner, rest),
+            (Some(_), _) => false,
+        }
+    })
 }
 
 /// `a=1&b=x%20y` as decoded pairs (`+` is a space, as in HTML forms).
@@ -512,6 +542,7 @@ mod tests {
             &[
                 "trellis.user.v1.UserService",
                 "trellis.notification.v1.NotificationService",
+                "trellis.notification.v1.NotificationInternalService",
             ],
         )
         .unwrap_or_default()
@@ -603,6 +634,35 @@ mod tests {
                 "{}"
             ),
             Err("unknown query parameter user.email".into())
+        );
+        // Nothing but the path sets a path-bound field, under either name.
+        let bound_by_path =
+            Err("id is bound by the path: it may not be set in the body or the query".to_owned());
+        assert_eq!(
+            bound(http::Method::GET, "/v1/users/a", Some("id=b"), ""),
+            bound_by_path
+        );
+        assert_eq!(
+            bound(
+                http::Method::POST,
+                "/v1/users/a:grantRole",
+                None,
+                r#"{"id":"b","role":"admin"}"#
+            ),
+            bound_by_path
+        );
+        assert_eq!(
+            bound(http::Method::PATCH, "/v1/users/a", None, r#"{"id":"b"}"#),
+            Err("user.id is bound by the path: it may not be set in the body or the query".into())
+        );
+        assert_eq!(
+            bound(
+                http::Method::POST,
+                "/v1/users/a/notifications",
+                None,
+                r#"{"user_id":"b"}"#
+            ),
+            Err("user_id is bound by the path: it may not be set in the body or the query".into())
         );
     }
 

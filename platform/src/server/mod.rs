@@ -328,11 +328,14 @@ impl ServerBuilder {
             admission::Admission::new(&config, &service_names, &descriptor_sets, &metrics)?;
         let metrics = metrics.server_layer(&service_names, &descriptor_sets)?;
 
-        // Field validation, then the route layers (limits, authentication), wrap the
-        // service's own routes only: validation innermost, so only callers the policy
-        // admits reach it.
+        // Field validation, the JSON of transcoded calls, then the route layers (limits,
+        // authentication), wrap the service's own routes only: validation innermost, so
+        // only callers the policy admits reach it, and JSON is parsed only for them.
         let routes = {
-            let mut router = routes.into_axum_router().layer(validation);
+            let mut router = routes
+                .into_axum_router()
+                .layer(validation)
+                .layer(crate::http_json::TranscodeLayer);
             for layer in route_layers {
                 router = layer(router);
             }

@@ -34,7 +34,7 @@ pub struct ValidateLayer {
 
 struct Rules {
     /// Request types with rules, by gRPC path (`/package.Service/Method`).
-    methods: HashMap<String, MessageDescriptor>,
+    methods: HashMap<String, Method>,
     validator: prost_protovalidate::Validator,
     max_message_bytes: usize,
 }
@@ -65,7 +65,14 @@ impl ValidateLayer {
                 {
                     continue;
                 }
-                methods.insert(format!("/{}/{}", service.full_name(), method.name()), input);
+                let caps = extension
+                    .as_ref()
+                    .map(|extension| caps_of(&input, extension))
+                    .unwrap_or_default();
+                methods.insert(
+                    format!("/{}/{}", service.full_name(), method.name()),
+                    Method { input, caps },
+                );
             }
         }
         Self {
@@ -81,6 +88,79 @@ impl ValidateLayer {
     pub fn methods(&self) -> impl Iterator<Item = &str> {
         self.rules.methods.keys().map(String::as_str)
     }
+}
+
+/// A method whose requests are checked.
+#[derive(Debug, Clone)]
+struct Method {
+    input: MessageDescriptor,
+    /// The request's repeated string, bytes and message fields with `max_items`, counted
+    /// on the wire before anything is decoded.
+    caps: Vec<Cap>,
+}
+
+/// A `repeated.max_items` rule of a top-level field.
+#[derive(Debug, Clone)]
+struct Cap {
+    number: u32,
+    name: String,
+    max: u64,
+}
+
+/// The top-level repeated fields of `input` whose elements are length-delimited on the
+/// wire (never packed) and that carry `repeated.max_items`.
+fn caps_of(input: &MessageDescriptor, extension: &ExtensionDescriptor) -> Vec<Cap> {
+    input
+        .fields()
+        .filter(|field| {
+            field.is_list() && matches!(field.kind(), Kind::String | Kind::Bytes | Kind::Message(_))
+        })
+        .filter_map(|field| {
+            let options = field.options();
+            if !options.has_extension(extension) {
+                return None;
+            }
+            let rules = options.get_extension(extension).as_message()?.clone();
+            let repeated = rules.get_field_by_name("repeated")?.as_message()?.clone();
+            if !repeated.has_field_by_name("max_items") {
+                return None;
+            }
+            let max = repeated.get_field_by_name("max_items")?.as_u64()?;
+            Some(Cap {
+                number: field.number(),
+                name: field.name().to_owned(),
+                max,
+            })
+        })
+        .collect()
+}
+
+/// How often each of `numbers` occurs at the top level of an encoded message, read from
+/// the wire without decoding it; `None` when it is malformed.
+fn count_on_wire(mut buf: &[u8], numbers: &[u32]) -> Option<Vec<u64>> {
+    use prost::encoding::decode_varint;
+    let mut counts = vec![0; numbers.len()];
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        let skip = match key & 7 {
+            0 => {
+                decode_varint(&mut buf).ok()?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(decode_varint(&mut buf).ok()?).ok()?,
+            5 => 4,
+            _ => return None,
+        };
+        buf = buf.get(skip..)?;
+        if let Some(at) = numbers
+            .iter()
+            .position(|number| u64::from(*number) == key >> 3)
+        {
+            counts[at] += 1;
+        }
+    }
+    Some(counts)
 }
 
 /// Whether `message` or a message field under it has a field rule.
@@ -143,7 +223,7 @@ where
     }
 
     fn call(&mut self, request: Request<axum::body::Body>) -> Self::Future {
-        let Some(input) = self.rules.methods.get(request.uri().path()).cloned() else {
+        let Some(method) = self.rules.methods.get(request.uri().path()).cloned() else {
             return Box::pin(self.inner.call(request));
         };
         let rules = Arc::clone(&self.rules);
@@ -163,8 +243,8 @@ where
                     .into_http());
                 }
             };
-            if let Some(violations) = violations(&rules, &input, &bytes) {
-                return Ok(invalid_argument(&violations).into_http());
+            if let Err(status) = check(&rules, &method, &bytes) {
+                return Ok(status.into_http());
             }
             let request = Request::from_parts(parts, axum::body::Body::from(bytes));
             inner.call(request).await
@@ -172,24 +252,73 @@ where
     }
 }
 
-/// The rules `bytes` (one gRPC-framed message) breaks, or `None` when it keeps them or
-/// is not one uncompressed message (the codec reports that).
-fn violations(
-    rules: &Rules,
-    input: &MessageDescriptor,
-    bytes: &Bytes,
-) -> Option<Vec<FieldViolation>> {
+/// Checks a unary or server-streaming call's body: exactly one uncompressed message
+/// that decodes and keeps the rules. A body the codec would refuse anyway (empty, cut
+/// short) passes to it. More than one message is refused: the codec would hand the
+/// handler the first and drop the rest, so a second frame must not smuggle a first that
+/// was never checked.
+///
+/// # Errors
+/// INVALID_ARGUMENT: more than one message, a compressed one, one that does not decode,
+/// or the rules' field violations.
+fn check(rules: &Rules, method: &Method, bytes: &Bytes) -> Result<(), tonic::Status> {
     let mut frame = bytes.clone();
-    if frame.len() < 5 || frame[0] != 0 {
-        return None;
+    if frame.len() < 5 {
+        return Ok(());
+    }
+    if frame[0] != 0 {
+        return Err(tonic::Status::invalid_argument(
+            "compressed request messages are not accepted",
+        ));
     }
     frame.advance(1);
     let len = frame.get_u32() as usize;
-    if frame.len() != len {
-        return None;
+    if frame.len() < len {
+        return Ok(());
     }
-    let message = DynamicMessage::decode(input.clone(), frame).ok()?;
-    match rules.validator.validate(&message) {
+    if frame.len() > len {
+        return Err(tonic::Status::invalid_argument(
+            "a unary or server-streaming call carries exactly one request message",
+        ));
+    }
+    // Caps first, on the wire: a 4 MiB list of empty strings is 2 million items, which
+    // neither the decoder nor the rules should be asked to hold one by one.
+    if !method.caps.is_empty() {
+        let numbers: Vec<u32> = method.caps.iter().map(|cap| cap.number).collect();
+        let counts = count_on_wire(&frame, &numbers).ok_or_else(|| {
+            tonic::Status::invalid_argument("the request message does not decode")
+        })?;
+        let over: Vec<FieldViolation> = method
+            .caps
+            .iter()
+            .zip(counts)
+            .filter(|(cap, count)| *count > cap.max)
+            .map(|(cap, _)| {
+                FieldViolation::new(
+                    cap.name.clone(),
+                    format!("must contain no more than {} item(s)", cap.max),
+                )
+            })
+            .collect();
+        if !over.is_empty() {
+            return Err(invalid_argument(&over));
+        }
+    }
+    let message = DynamicMessage::decode(method.input.clone(), frame)
+        .map_err(|_| tonic::Status::invalid_argument("the request message does not decode"))?;
+    match violations(rules, &method.input, &message) {
+        Some(violations) => Err(invalid_argument(&violations)),
+        None => Ok(()),
+    }
+}
+
+/// The rules `message` breaks, or `None` when it keeps them.
+fn violations(
+    rules: &Rules,
+    input: &MessageDescriptor,
+    message: &DynamicMessage,
+) -> Option<Vec<FieldViolation>> {
+    match rules.validator.validate(message) {
         Ok(()) => None,
         Err(prost_protovalidate::Error::Validation(error)) => {
             // A list over its cap is reported as the list alone: its items' own
@@ -289,9 +418,18 @@ mod tests {
             .unwrap_or_else(|err| panic!("{err}"))
     }
 
-    /// What a handler behind the layer answers `text` with: the gRPC code, and whether
-    /// the handler ran.
-    async fn say(pool: &DescriptorPool, text: &str) -> (i32, bool) {
+    /// One gRPC frame of `message`.
+    fn frame(message: &impl prost::Message) -> Vec<u8> {
+        let encoded = message.encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(encoded.len()).unwrap_or(0).to_be_bytes());
+        framed.extend_from_slice(&encoded);
+        framed
+    }
+
+    /// What a handler of `service` behind the layer answers a call of `path` carrying
+    /// `body` with: the gRPC code, and whether the handler ran.
+    async fn send(pool: &DescriptorPool, service: &str, path: &str, body: Vec<u8>) -> (i32, bool) {
         use std::sync::atomic::{AtomicBool, Ordering};
         use tower::ServiceExt as _;
         let ran = Arc::new(AtomicBool::new(false));
@@ -304,22 +442,13 @@ mod tests {
                 }
             })
         };
-        let service = ValidateLayer::new(pool, &["t.Echo"], 1024).layer(handler);
-        let Some(input) = pool.get_message_by_name("t.SayRequest") else {
-            panic!("no SayRequest");
-        };
-        let mut message = DynamicMessage::new(input);
-        message.set_field_by_name("text", prost_reflect::Value::String(text.to_owned()));
-        let encoded = prost::Message::encode_to_vec(&message);
-        let mut framed = vec![0];
-        framed.extend_from_slice(&u32::try_from(encoded.len()).unwrap_or(0).to_be_bytes());
-        framed.extend_from_slice(&encoded);
+        let layered = ValidateLayer::new(pool, &[service], 4 * 1024 * 1024).layer(handler);
         let request = Request::builder()
-            .uri("/t.Echo/Say")
+            .uri(path)
             .header("content-type", "application/grpc")
-            .body(axum::body::Body::from(framed))
+            .body(axum::body::Body::from(body))
             .unwrap_or_default();
-        let response = service
+        let response = layered
             .oneshot(request)
             .await
             .unwrap_or_else(|never| match never {});
@@ -330,6 +459,111 @@ mod tests {
             .and_then(|value| value.parse().ok())
             .unwrap_or(0);
         (code, ran.load(Ordering::SeqCst))
+    }
+
+    fn say_request(pool: &DescriptorPool, text: &str) -> DynamicMessage {
+        let Some(input) = pool.get_message_by_name("t.SayRequest") else {
+            panic!("no SayRequest");
+        };
+        let mut message = DynamicMessage::new(input);
+        message.set_field_by_name("text", prost_reflect::Value::String(text.to_owned()));
+        message
+    }
+
+    /// What a handler behind the layer answers `text` with.
+    async fn say(pool: &DescriptorPool, text: &str) -> (i32, bool) {
+        send(
+            pool,
+            "t.Echo",
+            "/t.Echo/Say",
+            frame(&say_request(pool, text)),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_second_message_cannot_smuggle_an_unchecked_first() {
+        let pool = pool_with_rule("max_len: 3");
+        // The codec would hand the handler the first message and drop the second.
+        let mut body = frame(&say_request(&pool, "far too long"));
+        body.extend_from_slice(&frame(&say_request(&pool, "ok")));
+        assert_eq!(
+            send(&pool, "t.Echo", "/t.Echo/Say", body).await,
+            (Code::InvalidArgument as i32, false)
+        );
+        let mut body = frame(&say_request(&pool, "far too long"));
+        body.extend_from_slice(&[0, 0, 0, 0, 0]);
+        assert_eq!(
+            send(&pool, "t.Echo", "/t.Echo/Say", body).await,
+            (Code::InvalidArgument as i32, false)
+        );
+        // Nor a compressed one, nor bytes that do not decode.
+        let mut body = frame(&say_request(&pool, "far too long"));
+        body[0] = 1;
+        assert_eq!(
+            send(&pool, "t.Echo", "/t.Echo/Say", body).await,
+            (Code::InvalidArgument as i32, false)
+        );
+        assert_eq!(
+            send(
+                &pool,
+                "t.Echo",
+                "/t.Echo/Say",
+                vec![0, 0, 0, 0, 2, 0xff, 0xff]
+            )
+            .await,
+            (Code::InvalidArgument as i32, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_list_over_its_cap_is_refused_from_the_wire_and_named_alone() {
+        let pool = DescriptorPool::decode(trellis_proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
+        let service = "trellis.notification.v1.NotificationService";
+        let path = "/trellis.notification.v1.NotificationService/MarkRead";
+        let ids = |n: usize| trellis_proto::notification_v1::MarkReadRequest {
+            ids: vec![String::new(); n],
+        };
+        // 400,000 empty ids (2 bytes each on the wire): refused before any is decoded.
+        assert_eq!(
+            send(&pool, service, path, frame(&ids(400_000))).await,
+            (Code::InvalidArgument as i32, false)
+        );
+        let rules = Rules {
+            methods: HashMap::new(),
+            validator: prost_protovalidate::Validator::new(),
+            max_message_bytes: 4 * 1024 * 1024,
+        };
+        let Some(method) = ValidateLayer::new(&pool, &[service], 4 * 1024 * 1024)
+            .rules
+            .methods
+            .get(path)
+            .cloned()
+        else {
+            panic!("MarkRead has rules");
+        };
+        let refused = check(&rules, &method, &Bytes::from(frame(&ids(1001))));
+        let details = refused
+            .as_ref()
+            .err()
+            .map(tonic_types::StatusExt::get_error_details);
+        let fields: Vec<String> = details
+            .as_ref()
+            .and_then(|details| details.bad_request())
+            .map(|bad| {
+                bad.field_violations
+                    .iter()
+                    .map(|v| v.field.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(fields, ["ids"]);
+        // At the cap, each item is checked (empty ids are not UUIDs).
+        assert!(check(&rules, &method, &Bytes::from(frame(&ids(1000)))).is_err());
+        let valid = trellis_proto::notification_v1::MarkReadRequest {
+            ids: vec!["0190f1c2-0000-7000-8000-000000000001".to_owned(); 1000],
+        };
+        assert!(check(&rules, &method, &Bytes::from(frame(&valid))).is_ok());
     }
 
     #[tokio::test]
@@ -361,9 +595,9 @@ mod tests {
             validator: prost_protovalidate::Validator::new(),
             max_message_bytes: 1024,
         };
-        let mut framed = vec![0, 0, 0, 0, 3];
-        framed.extend_from_slice(&[10, 1, b'x']);
-        let violations = violations(&rules, &input, &Bytes::from(framed));
+        let message = DynamicMessage::decode(input.clone(), &[10, 1, b'x'][..])
+            .unwrap_or_else(|err| panic!("{err}"));
+        let violations = violations(&rules, &input, &message);
         assert_eq!(
             violations,
             Some(vec![FieldViolation::new(

@@ -317,7 +317,8 @@ fn build(
         .map_err(TlsError::Rustls)?
         .with_client_cert_verifier(client_verifier)
         .with_cert_resolver(Arc::new(super::FixedKey(Arc::clone(&certified))));
-    server.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // h2 first (gRPC); HTTP/1.1 for HTTP/JSON clients that offer only it.
+    server.alpn_protocols = vec![ALPN_H2.to_vec(), b"http/1.1".to_vec()];
     Ok(Material {
         generation,
         certified,
