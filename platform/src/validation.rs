@@ -2,7 +2,9 @@
 //! is reported as, and parsers for common request fields.
 //!
 //! A leaf module: plain data, no gRPC. The gRPC layer turns violations into
-//! INVALID_ARGUMENT statuses with [`crate::status::invalid_argument`].
+//! INVALID_ARGUMENT statuses with [`crate::status::invalid_argument`]. Also where the
+//! contract's own rules (`buf.validate` options) are read from descriptors, for the
+//! server's checks and the OpenAPI document alike.
 
 /// One invalid field of a request; sent as a `google.rpc.BadRequest.FieldViolation`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,33 @@ pub fn text_field(
         ));
     }
     Ok(())
+}
+
+/// The `buf.validate.field` rules of `field` (protovalidate's `FieldRules`), read with
+/// `extension` (the pool's `buf.validate.field`); `None` when it has none.
+pub(crate) fn field_rules(
+    field: &prost_reflect::FieldDescriptor,
+    extension: &prost_reflect::ExtensionDescriptor,
+) -> Option<prost_reflect::DynamicMessage> {
+    let options = field.options();
+    if !options.has_extension(extension) {
+        return None;
+    }
+    options.get_extension(extension).as_message().cloned()
+}
+
+/// The field `name` of a rules message when it is set (an unset rule is no rule, even
+/// where its default value would read as one).
+pub(crate) fn rule(
+    rules: &prost_reflect::DynamicMessage,
+    name: &str,
+) -> Option<prost_reflect::Value> {
+    if !rules.has_field_by_name(name) {
+        return None;
+    }
+    rules
+        .get_field_by_name(name)
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]

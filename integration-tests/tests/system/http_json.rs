@@ -111,26 +111,31 @@ async fn curl_can_sign_up_log_in_read_update_and_list_notifications() {
     assert_eq!(over_grpc.display_name, "Ada L.");
 
     // The welcome notification arrives through the outbox.
-    let mut listed = serde_json::Value::Null;
-    for _ in 0..100 {
-        let reply = call(
-            system.notification_addr,
-            Method::GET,
-            "/v1/notifications?pageSize=10&unreadOnly=true",
-            Some(&token),
-            None,
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{:?}", reply.json);
-        if reply.json["notifications"]
-            .as_array()
-            .is_some_and(|n| !n.is_empty())
-        {
-            listed = reply.json;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = std::cell::RefCell::new(serde_json::Value::Null);
+    let (listed_ref, token_ref, system_ref) = (&listed, &token, &system);
+    trellis_platform::testing::assert_eventually_that(
+        "the welcome is listed",
+        move || async move {
+            let reply = call(
+                system_ref.notification_addr,
+                Method::GET,
+                "/v1/notifications?pageSize=10&unreadOnly=true",
+                Some(token_ref),
+                None,
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{:?}", reply.json);
+            let arrived = reply.json["notifications"]
+                .as_array()
+                .is_some_and(|n| !n.is_empty());
+            if arrived {
+                *listed_ref.borrow_mut() = reply.json;
+            }
+            arrived
+        },
+    )
+    .await;
+    let listed = listed.into_inner();
     let first = listed["notifications"][0]["id"]
         .as_str()
         .expect("a notification")

@@ -245,16 +245,13 @@ impl Gateway {
         let Some(counter) = &self.counter else {
             return;
         };
-        let (service, method) = route
-            .map(|route| {
-                (
-                    route.method.parent_service().full_name().to_owned(),
-                    route.method.name().to_owned(),
-                )
-            })
-            .unwrap_or_else(|| ("unknown".to_owned(), "unknown".to_owned()));
+        let service = route.map(|route| route.method.parent_service());
+        let (service, method) = match (&service, route) {
+            (Some(service), Some(route)) => (service.full_name(), route.method.name()),
+            _ => ("unknown", "unknown"),
+        };
         counter
-            .with_label_values(&[service.as_str(), method.as_str(), status.as_str()])
+            .with_label_values(&[service, method, status.as_str()])
             .inc();
     }
 }
@@ -310,7 +307,7 @@ async fn transcode<S, ResBody>(
     gateway: &Gateway,
     mut inner: S,
     request: Request<tonic::body::Body>,
-    route: &Route,
+    route: &Arc<Route>,
     values: Vec<(Vec<String>, String)>,
 ) -> Result<Response<tonic::body::Body>, S::Error>
 where
@@ -355,7 +352,7 @@ where
     // The JSON is parsed inside admission, rate limits and authentication
     // ([`TranscodeLayer`]): a call that is shed or refused costs no parse.
     let pending = PendingJson {
-        route: route.clone(),
+        route: Arc::clone(route),
         values,
         query: parts.uri.query().map(str::to_owned),
         body,

@@ -14,6 +14,7 @@ use prost_reflect::{
 use serde_json::{Map, Value, json};
 
 use super::routes::{Route, RouteTable, is_string_valued, resolve};
+use crate::validation::rule;
 
 /// The schema name of the error body.
 const STATUS_SCHEMA: &str = "google.rpc.Status";
@@ -421,12 +422,7 @@ impl Generator {
 
     /// The field's `buf.validate.field` rules, when it has any.
     fn rules(&self, field: &FieldDescriptor) -> Option<DynamicMessage> {
-        let extension = self.rule_extension.as_ref()?;
-        let options = field.options();
-        if !options.has_extension(extension) {
-            return None;
-        }
-        options.get_extension(extension).as_message().cloned()
+        crate::validation::field_rules(field, self.rule_extension.as_ref()?)
     }
 }
 
@@ -490,43 +486,34 @@ fn apply_rules(schema: &mut Value, kind: &Kind, rules: &DynamicMessage) {
 }
 
 fn message_field(message: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
-    if !message.has_field_by_name(name) {
-        return None;
+    match rule(message, name)? {
+        ProtoValue::Message(inner) => Some(inner),
+        _ => None,
     }
-    message.get_field_by_name(name)?.as_message().cloned()
 }
 
 fn flag(message: &DynamicMessage, name: &str) -> bool {
-    message
-        .get_field_by_name(name)
-        .and_then(|value| value.as_bool())
-        .unwrap_or(false)
+    rule(message, name).and_then(|value| value.as_bool()) == Some(true)
 }
 
 fn uint(message: &DynamicMessage, name: &str) -> Option<u64> {
-    if !message.has_field_by_name(name) {
-        return None;
-    }
-    message.get_field_by_name(name)?.as_u64()
+    rule(message, name)?.as_u64()
 }
 
 fn number(message: &DynamicMessage, name: &str) -> Option<i64> {
-    if !message.has_field_by_name(name) {
-        return None;
-    }
-    match message.get_field_by_name(name)?.as_ref() {
-        ProtoValue::I32(value) => Some(i64::from(*value)),
-        ProtoValue::U32(value) => Some(i64::from(*value)),
-        ProtoValue::I64(value) => Some(*value),
+    match rule(message, name)? {
+        ProtoValue::I32(value) => Some(i64::from(value)),
+        ProtoValue::U32(value) => Some(i64::from(value)),
+        ProtoValue::I64(value) => Some(value),
         _ => None,
     }
 }
 
 fn text(message: &DynamicMessage, name: &str) -> Option<String> {
-    if !message.has_field_by_name(name) {
-        return None;
+    match rule(message, name)? {
+        ProtoValue::String(text) => Some(text),
+        _ => None,
     }
-    message.get_field_by_name(name)?.as_str().map(str::to_owned)
 }
 
 fn remove_property(schema: &mut Value, name: &str) {

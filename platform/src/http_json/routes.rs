@@ -3,6 +3,7 @@
 //! object in the proto3 JSON mapping.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
@@ -134,7 +135,7 @@ pub type Bound<'a> = Vec<(&'a [String], String)>;
 /// Every HTTP route of the services a server runs.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
     by_grpc_path: HashMap<String, usize>,
 }
 
@@ -187,7 +188,7 @@ impl RouteTable {
                         .by_grpc_path
                         .entry(grpc_path.clone())
                         .or_insert(table.routes.len());
-                    table.routes.push(route);
+                    table.routes.push(Arc::new(route));
                 }
             }
         }
@@ -200,7 +201,7 @@ impl RouteTable {
     }
 
     /// Every route, in the order the services declare them.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
@@ -211,7 +212,7 @@ impl RouteTable {
         &self,
         method: &http::Method,
         path: &str,
-    ) -> Result<Option<(&Route, Bound<'_>)>, ()> {
+    ) -> Result<Option<(&Arc<Route>, Bound<'_>)>, ()> {
         let mut path_matched = false;
         for route in &self.routes {
             if let Some(bound) = route.matches(path) {
@@ -316,9 +317,7 @@ fn parse_template(template: &str) -> Result<(Vec<Segment>, Option<String>), Stri
 /// The field at `path` (proto or JSON names) under `message`.
 pub fn resolve(message: &MessageDescriptor, path: &[String]) -> Option<FieldDescriptor> {
     let (first, rest) = path.split_first()?;
-    let field = message
-        .get_field_by_name(first)
-        .or_else(|| message.get_field_by_json_name(first))?;
+    let field = field_named(message, first)?;
     if rest.is_empty() {
         return Some(field);
     }
@@ -326,6 +325,14 @@ pub fn resolve(message: &MessageDescriptor, path: &[String]) -> Option<FieldDesc
         Kind::Message(inner) if !field.is_list() && !field.is_map() => resolve(&inner, rest),
         _ => None,
     }
+}
+
+/// The field of `message` called `name`, by its proto name or its JSON name (the proto3
+/// JSON mapping accepts both).
+fn field_named(message: &MessageDescriptor, name: &str) -> Option<FieldDescriptor> {
+    message
+        .get_field_by_name(name)
+        .or_else(|| message.get_field_by_json_name(name))
 }
 
 /// Why a request could not be bound.
@@ -420,10 +427,7 @@ fn is_set(message: &MessageDescriptor, object: &Map<String, Value>, path: &[Stri
     let Some((first, rest)) = path.split_first() else {
         return false;
     };
-    let Some(field) = message
-        .get_field_by_name(first)
-        .or_else(|| message.get_field_by_json_name(first))
-    else {
+    let Some(field) = field_named(message, first) else {
         return false;
     };
     [field.json_name(), field.name()].into_iter().any(|name| {
@@ -436,20 +440,11 @@ fn is_set(message: &MessageDescriptor, object: &Map<String, Value>, path: &[Stri
     })
 }
 
-/// `a=1&b=x%20y` as decoded pairs (`+` is a space, as in HTML forms).
+/// `a=1&b=x%20y` as decoded pairs (`application/x-www-form-urlencoded`, as HTML forms
+/// and most HTTP clients write queries: `+` is a space).
 fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |text: &str| {
-                percent_encoding::percent_decode_str(&text.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (decode(key), decode(value))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
 }
 
 /// Sets the field at `path` under `object` to `raw`, converted for its kind: booleans
@@ -464,10 +459,7 @@ fn set(
     repeat: bool,
 ) -> Result<(), ()> {
     let (first, rest) = path.split_first().ok_or(())?;
-    let field = message
-        .get_field_by_name(first)
-        .or_else(|| message.get_field_by_json_name(first))
-        .ok_or(())?;
+    let field = field_named(message, first).ok_or(())?;
     let name = field.json_name().to_owned();
     if !rest.is_empty() {
         let Kind::Message(inner) = field.kind() else {

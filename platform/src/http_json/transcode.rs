@@ -18,7 +18,7 @@ use super::routes::{self, Route};
 /// [`TranscodeLayer`] once the call is admitted and authenticated.
 #[derive(Debug)]
 pub(super) struct PendingJson {
-    pub(super) route: Route,
+    pub(super) route: Arc<Route>,
     pub(super) values: Vec<(Vec<String>, String)>,
     pub(super) query: Option<String>,
     pub(super) body: Bytes,

@@ -34,7 +34,7 @@ pub struct ValidateLayer {
 
 struct Rules {
     /// Request types with rules, by gRPC path (`/package.Service/Method`).
-    methods: HashMap<String, Method>,
+    methods: HashMap<String, Arc<Method>>,
     validator: prost_protovalidate::Validator,
     max_message_bytes: usize,
 }
@@ -71,7 +71,7 @@ impl ValidateLayer {
                     .unwrap_or_default();
                 methods.insert(
                     format!("/{}/{}", service.full_name(), method.name()),
-                    Method { input, caps },
+                    Arc::new(Method { input, caps }),
                 );
             }
         }
@@ -116,16 +116,13 @@ fn caps_of(input: &MessageDescriptor, extension: &ExtensionDescriptor) -> Vec<Ca
             field.is_list() && matches!(field.kind(), Kind::String | Kind::Bytes | Kind::Message(_))
         })
         .filter_map(|field| {
-            let options = field.options();
-            if !options.has_extension(extension) {
+            let rules = crate::validation::field_rules(&field, extension)?;
+            let Some(prost_reflect::Value::Message(repeated)) =
+                crate::validation::rule(&rules, "repeated")
+            else {
                 return None;
-            }
-            let rules = options.get_extension(extension).as_message()?.clone();
-            let repeated = rules.get_field_by_name("repeated")?.as_message()?.clone();
-            if !repeated.has_field_by_name("max_items") {
-                return None;
-            }
-            let max = repeated.get_field_by_name("max_items")?.as_u64()?;
+            };
+            let max = crate::validation::rule(&repeated, "max_items")?.as_u64()?;
             Some(Cap {
                 number: field.number(),
                 name: field.name().to_owned(),
@@ -223,7 +220,7 @@ where
     }
 
     fn call(&mut self, request: Request<axum::body::Body>) -> Self::Future {
-        let Some(method) = self.rules.methods.get(request.uri().path()).cloned() else {
+        let Some(method) = self.rules.methods.get(request.uri().path()).map(Arc::clone) else {
             return Box::pin(self.inner.call(request));
         };
         let rules = Arc::clone(&self.rules);
