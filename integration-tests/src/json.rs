@@ -51,7 +51,14 @@ pub async fn call(
         }
         None => Bytes::new(),
     };
-    let request = request.body(Full::new(body)).expect("a valid request");
+    send(request.body(Full::new(body)).expect("a valid request")).await
+}
+
+/// Sends `request` as it is (any method and headers, e.g. a CORS preflight).
+///
+/// # Panics
+/// When the request cannot be sent or the body read: the server is gone.
+pub async fn send(request: http::Request<Full<Bytes>>) -> Reply {
     let response = client()
         .request(request)
         .await

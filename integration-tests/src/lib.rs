@@ -96,9 +96,15 @@ pub struct System {
 /// policy names).
 const CLIENT: &str = "client";
 
+/// The origin of the web page the harness's services allow (`server.cors`).
+pub const PAGE_ORIGIN: &str = "http://page.test:50050";
+
 fn server_config(addr: SocketAddr) -> ServerConfig {
     ServerConfig {
         listen_addr: addr,
+        cors: trellis_platform::server::cors::CorsConfig {
+            allowed_origins: vec![PAGE_ORIGIN.to_owned()],
+        },
         drain_timeout: TEST_DRAIN,
         readiness_interval: Duration::from_millis(50),
         ..ServerConfig::default()

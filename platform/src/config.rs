@@ -136,3 +136,53 @@ pub fn require_positive(key: &str, value: u64) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Deserializes a list given either as a sequence or as one string separated by commas
+/// (how an environment variable carries it), each entry trimmed, empty ones skipped, and
+/// checked by `parse` (whose error names the entry). `expecting` completes "expected …".
+///
+/// # Errors
+/// The first entry `parse` refuses, or a value that is neither a string nor a list.
+pub fn list_or_commas<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Entries<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+    }
+
+    impl<'de, T> serde::de::Visitor<'de> for Entries<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}, as a list or separated by commas", self.expecting)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(|entry| (self.parse)(entry).map_err(E::custom))
+                .collect()
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = seq.next_element::<String>()? {
+                entries.push((self.parse)(entry.trim()).map_err(serde::de::Error::custom)?);
+            }
+            Ok(entries)
+        }
+    }
+
+    deserializer.deserialize_any(Entries { expecting, parse })
+}

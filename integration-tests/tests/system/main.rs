@@ -6,6 +6,7 @@
 
 mod bench_reference;
 mod flows;
+mod grpc_web;
 mod hostile;
 mod http_json;
 mod mtls;

@@ -15,7 +15,6 @@
 //! [`client_address_of`]. Every per-address budget (the rate limits, the sign-up limit,
 //! the login throttle) keys on it.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -266,37 +265,7 @@ pub(crate) fn deserialize_trusted_proxies<'de, D>(deserializer: D) -> Result<Vec
 where
     D: serde::Deserializer<'de>,
 {
-    struct Ranges;
-
-    impl<'de> serde::de::Visitor<'de> for Ranges {
-        type Value = Vec<IpNet>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("CIDR ranges or addresses, as a list or separated by commas")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|entry| !entry.is_empty())
-                .map(|entry| parse_range(entry).map_err(E::custom))
-                .collect()
-        }
-
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut ranges = Vec::new();
-            while let Some(entry) = seq.next_element::<String>()? {
-                ranges.push(parse_range(entry.trim()).map_err(serde::de::Error::custom)?);
-            }
-            Ok(ranges)
-        }
-    }
-
-    deserializer.deserialize_any(Ranges)
+    crate::config::list_or_commas(deserializer, "CIDR ranges or addresses", parse_range)
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address as a one-host range.

@@ -1,5 +1,6 @@
 //! The `server` section of a service's configuration: listen address, message and
-//! concurrency limits, deadlines, HTTP/2 settings, connection ages and the drain bound.
+//! concurrency limits, deadlines, HTTP/2 settings, connection ages, the drain bound and
+//! the browser origins allowed to call (CORS).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -102,6 +103,9 @@ pub struct ServerConfig {
     /// ingress-nginx, Envoy, HAProxy, cloud load balancers) or `forwarded` (RFC 7239).
     /// Only that one is read: the other comes from the client unchecked.
     pub forwarded_header: super::client_address::ForwardedHeader,
+    /// Which web pages may call from a browser (gRPC-Web and HTTP/JSON; see
+    /// [`super::cors`]). Default: none.
+    pub cors: super::cors::CorsConfig,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +130,7 @@ impl Default for ServerConfig {
             max_connection_age_grace: Duration::from_secs(5 * 60),
             trusted_proxies: Vec::new(),
             forwarded_header: super::client_address::ForwardedHeader::default(),
+            cors: super::cors::CorsConfig::default(),
         }
     }
 }

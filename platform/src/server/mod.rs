@@ -4,7 +4,8 @@
 //! adds health (`grpc.health.v1`, Check and Watch, for `""` and each service, which follow
 //! the readiness probe, and for [`LIVENESS`], which does not), reflection
 //! (`grpc.reflection.v1` and `v1alpha`), per-RPC metrics ([`crate::metrics`]) and tracing,
-//! limits and the drain layer, and
+//! limits and the drain layer, HTTP/JSON ([`crate::http_json`]), gRPC-Web ([`grpc_web`])
+//! and the CORS policy for browsers ([`cors`]), and
 //! binds the listener; [`BoundServer::run_until`] serves until a shutdown future completes,
 //! then shuts down gracefully:
 //!
@@ -17,8 +18,10 @@
 pub mod admission;
 pub mod client_address;
 pub mod connection;
+pub mod cors;
 pub mod deadline;
 pub mod drain;
+pub mod grpc_web;
 pub mod handshake;
 pub mod request_id;
 pub mod trace;
@@ -496,10 +499,14 @@ impl BoundServer {
             // The GOAWAY at the age; the grace is bounded on the accept path
             // ([`connection`]), since tonic's own grace skips the GOAWAY.
             .max_connection_age(config.max_connection_age)
-            // HTTP/1.1 beside HTTP/2, for HTTP/JSON clients.
+            // HTTP/1.1 beside HTTP/2, for HTTP/JSON and gRPC-Web clients.
             .accept_http1(true)
-            // Outermost: a transcoded call goes through every layer below as the gRPC
-            // call it becomes ([`crate::http_json`]).
+            // Outermost: a preflight from a page that may not call costs nothing more.
+            .layer(cors::layer(&config.cors))
+            // gRPC-Web becomes the gRPC call it stands for; HTTP/JSON passes it on.
+            .layer(grpc_web::GrpcWebLayer)
+            // A transcoded call goes through every layer below as the gRPC call it
+            // becomes ([`crate::http_json`]).
             .layer(http_json)
             .layer(metrics)
             .layer(request_id::RequestIdLayer)

@@ -309,14 +309,13 @@ impl<B> MakeSpan<B> for MakeRpcSpan {
                 rpc.transport = tracing::field::Empty,
             ),
         };
-        // A call that arrived as HTTP/JSON says so ([`crate::http_json`]); gRPC is the
-        // default and is not recorded.
-        if request
-            .extensions()
-            .get::<crate::http_json::Transcoded>()
-            .is_some()
-        {
+        // A call that arrived as HTTP/JSON or gRPC-Web says so ([`crate::http_json`],
+        // [`super::grpc_web`]); gRPC is the default and is not recorded.
+        let extensions = request.extensions();
+        if extensions.get::<crate::http_json::Transcoded>().is_some() {
             span.record("rpc.transport", "http_json");
+        } else if extensions.get::<super::grpc_web::GrpcWeb>().is_some() {
+            span.record("rpc.transport", "grpc_web");
         }
         let connection = ConnectionInfo::of(request.extensions());
         if let Some(identity) = connection

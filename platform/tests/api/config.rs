@@ -147,3 +147,35 @@ fn consul_needs_an_acl_token_outside_local_development() {
     );
     assert!(with_token.is_ok(), "{:?}", with_token.err());
 }
+
+#[test]
+fn cors_origins_load_from_one_variable_and_a_wildcard_is_refused() {
+    let config = load(&[(
+        "TRELLIS_PROBE__SERVER__CORS__ALLOWED_ORIGINS",
+        "https://App.Example.com, http://localhost:50050",
+    )])
+    .expect("two origins");
+    assert_eq!(
+        config.server.cors.allowed_origins,
+        ["https://app.example.com", "http://localhost:50050"]
+    );
+    assert!(
+        load(&[])
+            .expect("the defaults")
+            .server
+            .cors
+            .allowed_origins
+            .is_empty(),
+        "no page may call by default"
+    );
+    for (bad, says) in [
+        ("*", "wildcards"),
+        ("https://app.example.com/", "nothing else"),
+    ] {
+        let err = load(&[("TRELLIS_PROBE__SERVER__CORS__ALLOWED_ORIGINS", bad)])
+            .err()
+            .map(|err| format!("{err:#}"))
+            .unwrap_or_default();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

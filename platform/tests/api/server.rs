@@ -168,3 +168,51 @@ async fn liveness_stays_serving_while_readiness_fails() {
     assert_eq!(status("").await, ServingStatus::NotServing);
     assert_eq!(status(LIVENESS).await, ServingStatus::Serving);
 }
+
+#[tokio::test]
+async fn with_no_origin_allowed_preflights_are_forbidden_and_calls_carry_no_cors_headers() {
+    let addr = serve(ServerConfig::default()).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+
+    let preflight = http::Request::builder()
+        .method(http::Method::OPTIONS)
+        .uri(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web")
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(preflight, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::FORBIDDEN);
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let call = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("origin", "https://app.example.com")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(call, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    for name in [
+        "vary",
+        "access-control-allow-origin",
+        "access-control-expose-headers",
+    ] {
+        assert!(
+            response.headers().get(name).is_none(),
+            "{name}: {response:?}"
+        );
+    }
+}

@@ -34,13 +34,15 @@ pub(super) fn traces_endpoint(
 
 /// Prints where everything is, under a bold title when `colour`: each process in
 /// `running`, Prometheus on `prometheus_port` when it runs, where traces go (from
-/// `lookup`), a grpcurl tour (over TLS when `tls`) and the dev admin.
+/// `lookup`), the web page on `page_port` when it is served, a grpcurl tour (over TLS
+/// when `tls`) and the dev admin.
 pub(super) fn print_banner(
     colour: bool,
     running: &[Running],
     lookup: impl Fn(&str) -> Option<String> + Copy,
     prometheus_port: Option<u16>,
     tls: bool,
+    page_port: Option<u16>,
 ) {
     let (bold, reset) = if colour {
         ("\x1b[1m", "\x1b[0m")
@@ -79,6 +81,12 @@ pub(super) fn print_banner(
         None => println!(
             "  traces        off (set OTEL_EXPORTER_OTLP_ENDPOINT, e.g. http://127.0.0.1:4317)"
         ),
+    }
+    if let Some(port) = page_port {
+        println!();
+        println!(
+            "{bold}The web page: http://localhost:{port}/{reset}  (sign up, log in, watch notifications arrive)"
+        );
     }
     let transport = grpcurl_transport(tls);
     println!();

@@ -8,7 +8,8 @@
 //!
 //! This module reads the options and runs the steps in order; [`plan`] decides what to
 //! start, [`processes`] starts, watches and stops it, [`admin`] makes the dev admin,
-//! [`banner`] prints where everything is, and [`compose`] is `up --docker`.
+//! [`banner`] prints where everything is, [`web`] serves the web page, and [`compose`]
+//! is `up --docker`.
 
 mod admin;
 mod banner;
@@ -18,6 +19,7 @@ mod processes;
 #[cfg(test)]
 mod test_support;
 mod tls;
+mod web;
 
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -77,6 +79,11 @@ pub(crate) struct Args {
         conflicts_with = "docker"
     )]
     prometheus_port: u16,
+    /// The port the web page (web/) is served on (127.0.0.1); the services allow its
+    /// origin (`server.cors.allowed_origins`). Not with --tls (a browser has no
+    /// certificate for mutual TLS) or --docker.
+    #[arg(long, default_value_t = web::WEB_PORT, conflicts_with = "docker")]
+    web_port: u16,
     #[command(flatten)]
     images: crate::images::Args,
 }
@@ -110,6 +117,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .map(|spec| (metrics_port_key(spec), spec.metrics_port.to_string())),
     );
     environment.extend(plan.environment);
+    if !args.tls {
+        environment.extend(web::cors_environment(args.web_port));
+    }
     if args.tls {
         environment.extend(tls::make_certificates(&root)?);
         eprintln!(
@@ -172,12 +182,26 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         prometheus = start_prometheus(&root, &running, args.prometheus_port, colour);
     }
 
+    let page = if args.tls {
+        eprintln!("xtask: no web page under --tls: a browser has no certificate for mutual TLS");
+        None
+    } else {
+        match web::serve(&root, args.web_port, &running) {
+            Ok(()) => Some(args.web_port),
+            Err(err) => {
+                eprintln!("xtask: going on without the web page: {err:#}");
+                None
+            }
+        }
+    };
+
     banner::print_banner(
         colour,
         &running,
         lookup,
         prometheus.is_some().then_some(args.prometheus_port),
         args.tls,
+        page,
     );
 
     let clean = processes::watch(&mut running, &incoming);
