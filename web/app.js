@@ -41,7 +41,8 @@ function base(service) {
 /** Calls an HTTP/JSON route; a 401 with a session refreshes once and retries. */
 async function api(service, method, path, body, { auth = true, retry = true } = {}) {
   const headers = { "content-type": "application/json" };
-  if (auth && session) headers.authorization = `Bearer ${session.accessToken}`;
+  const sentToken = auth ? session?.accessToken : undefined;
+  if (sentToken) headers.authorization = `Bearer ${sentToken}`;
   let response;
   try {
     response = await fetch(base(service) + path, {
@@ -56,24 +57,34 @@ async function api(service, method, path, body, { auth = true, retry = true } = 
   const text = await response.text();
   let json = {};
   try { json = text ? JSON.parse(text) : {}; } catch { json = { message: text }; }
-  if (response.status === 401 && auth && retry && session) {
-    await refresh();
+  if (response.status === 401 && sentToken && retry && session) {
+    // Another call may have refreshed meanwhile: then its token is tried, not a refresh.
+    if (session.accessToken === sentToken) await refresh();
     return api(service, method, path, body, { auth, retry: false });
   }
   if (!response.ok) throw new ApiError(json, response.status);
   return json;
 }
 
-/** Exchanges the refresh token for a new pair; ends the session when it cannot. */
+/**
+ * Exchanges the refresh token for a new pair, one exchange at a time (refresh tokens
+ * rotate: presenting a used one revokes the login). Signs out only when auth refuses the
+ * token (400, 401); a network failure or an overloaded service leaves the session as it
+ * is. A reply that arrives after the session ended is dropped.
+ */
 function refresh() {
   if (!refreshing) {
+    const current = session;
     refreshing = (async () => {
       try {
+        if (!current) throw new ApiError({ message: "You are not logged in." }, 401);
         const reply = await api("auth", "POST", "/v1/tokens:refresh",
-          { refreshToken: session.refreshToken }, { auth: false });
-        saveSession({ ...session, ...tokensOf(reply) });
+          { refreshToken: current.refreshToken }, { auth: false });
+        if (session === current) saveSession({ ...current, ...tokensOf(reply) });
       } catch (err) {
-        signOut("Your session has ended: log in again.");
+        if (session === current && (err.httpStatus === 400 || err.httpStatus === 401)) {
+          signOut("Your session has ended: log in again.");
+        }
         throw err;
       } finally {
         refreshing = null;
@@ -183,7 +194,15 @@ function openStream({ after, signal, onOpen, onMessage }) {
     signal,
     onOpen,
     onMessage: (bytes) => {
-      const { notification } = decodeSubscribeResponse(bytes);
+      let notification;
+      try {
+        ({ notification } = decodeSubscribeResponse(bytes));
+      } catch (err) {
+        // One message this page cannot read is skipped, not a reason to drop the stream
+        // (resuming would replay it and fail again).
+        console.warn("skipped a notification the page cannot decode:", err);
+        return;
+      }
       if (notification) onMessage(notification);
     },
   });

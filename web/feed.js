@@ -1,6 +1,7 @@
 // The live feed's logic, apart from the page and the network so it can be tested
 // (web/test/feed.test.mjs): one stream open at a time, resumed after the newest id seen
-// when it drops, with backoff; a refused token refreshed once before resuming; each
+// when it drops, with backoff; a refused token refreshed once before resuming (refused
+// again before a stream opens, it backs off like any failure); each
 // notification handed on once (set semantics: a replay after a resume adds nothing).
 
 import { Code } from "./grpc-web.js";
@@ -36,6 +37,9 @@ export class LiveFeed {
     this.controller = null;
     this.timer = null;
     this.running = false;
+    // A refused token is refreshed once; refused again before a stream opened, the
+    // feed backs off instead of rotating refresh tokens in a loop.
+    this.refreshed = false;
   }
 
   /** Records `notification` as seen (e.g. listed before the stream opened). */
@@ -70,7 +74,10 @@ export class LiveFeed {
       status = await this.open({
         after: this.lastId,
         signal: controller.signal,
-        onOpen: () => this.onState("live", "live"),
+        onOpen: () => {
+          this.refreshed = false;
+          this.onState("live", "live");
+        },
         onMessage: (notification) => {
           if (this.remember(notification)) this.onNotification(notification);
           // A stream that delivers is healthy: the next drop retries soon again.
@@ -78,18 +85,25 @@ export class LiveFeed {
         },
       });
     } catch (err) {
-      if (controller.signal.aborted) return;
       status = { code: Code.UNAVAILABLE, message: err.message };
     }
-    if (controller.signal.aborted || !this.running) return;
-    if (status.code === Code.UNAUTHENTICATED) {
+    const stopped = controller.signal.aborted;
+    controller.abort(); // whatever is left of this stream
+    if (stopped || !this.running) return;
+    if (status.code === Code.UNAUTHENTICATED && !this.refreshed) {
+      this.refreshed = true;
       try {
         await this.refresh();
-      } catch {
-        return; // the session is over; whoever refreshed has signed out
+      } catch (err) {
+        // The session is over (whoever refreshed has signed out), or auth could not be
+        // reached: then the backoff below tries again.
+        if (!this.running) return;
+        status = { code: Code.UNAVAILABLE, message: err.message };
       }
-      this.delay = RECONNECT_MIN_MS;
-      return this.connect();
+      if (status.code === Code.UNAUTHENTICATED) {
+        this.delay = RECONNECT_MIN_MS;
+        return this.connect();
+      }
     }
     // OK (the server ended the stream, e.g. draining), UNAVAILABLE, a shed call: resume.
     const wait = Math.min(this.delay, RECONNECT_MAX_MS) * (0.5 + this.random() / 2);

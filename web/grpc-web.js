@@ -201,9 +201,13 @@ export class FrameParser {
   }
 
   push(chunk) {
-    const joined = new Uint8Array(this.buffer.length + chunk.length);
-    joined.set(this.buffer, 0);
-    joined.set(chunk, this.buffer.length);
+    // Copied only when a partial frame is waiting (usually a chunk holds whole frames).
+    let joined = chunk;
+    if (this.buffer.length > 0) {
+      joined = new Uint8Array(this.buffer.length + chunk.length);
+      joined.set(this.buffer, 0);
+      joined.set(chunk, this.buffer.length);
+    }
     const frames = [];
     let pos = 0;
     while (joined.length - pos >= 5) {
@@ -252,7 +256,9 @@ export class GrpcStatus extends Error {
  * `headers` added, calls `onOpen()` once the server has answered with a stream and
  * `onMessage(bytes)` for each response message as it arrives,
  * and resolves to the final status from the trailer frame or, for a trailers-only
- * answer, the response headers. Rejects on a network failure or abort (`signal`).
+ * answer, the response headers. Rejects on a network failure, an abort (`signal`), a
+ * frame over the limit or an exception of `onMessage`; the body is cancelled whenever
+ * the call ends.
  */
 export async function serverStream({ url, request, headers = {}, signal, onOpen = () => {}, onMessage }) {
   const response = await fetch(url, {
@@ -277,18 +283,24 @@ export async function serverStream({ url, request, headers = {}, signal, onOpen 
   onOpen();
   const parser = new FrameParser();
   const reader = response.body.getReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    for (const frame of parser.push(value)) {
-      if (frame.trailer) {
-        const code = Number(frame.trailers.get("grpc-status") ?? Code.INTERNAL);
-        return new GrpcStatus(code, frame.trailers.get("grpc-message") || "");
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      for (const frame of parser.push(value)) {
+        if (frame.trailer) {
+          const code = Number(frame.trailers.get("grpc-status") ?? Code.INTERNAL);
+          return new GrpcStatus(code, frame.trailers.get("grpc-message") || "");
+        }
+        onMessage(frame.message);
       }
-      onMessage(frame.message);
     }
+    return new GrpcStatus(Code.UNAVAILABLE, "the stream ended without a status");
+  } finally {
+    // However the stream ends (a status, a frame over the limit, a throwing onMessage),
+    // its connection is released: a browser has six per origin over HTTP/1.1.
+    reader.cancel().catch(() => {});
   }
-  return new GrpcStatus(Code.UNAVAILABLE, "the stream ended without a status");
 }
 
 function safeDecode(value) {

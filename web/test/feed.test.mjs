@@ -24,7 +24,9 @@ function scripted(script, { refresh = async () => {} } = {}) {
       const stream = script[opened.length];
       opened.push(after);
       if (!stream) return new Promise(() => {}); // stays open
-      onOpen();
+      // A refusal with nothing delivered is a trailers-only answer: no stream opened.
+      const refusedOutright = stream.deliver.length === 0 && stream.end?.code === Code.UNAUTHENTICATED;
+      if (!refusedOutright) onOpen();
       for (const n of stream.deliver) onMessage(note(n));
       if (stream.end === "throw") throw new Error("network down");
       return stream.end;
@@ -97,16 +99,42 @@ test("a refused token is refreshed once, then the stream resumes at once", async
   assert.equal(timers.length, 1, "no wait between the refresh and the resumption");
 });
 
-test("when the refresh fails the feed stops trying", async () => {
-  const { feed, opened, timers } = scripted(
-    [{ deliver: [], end: { code: Code.UNAUTHENTICATED, message: "expired" } }],
-    { refresh: async () => { throw new Error("session over"); } },
-  );
+test("refused again after a refresh, the feed backs off instead of refreshing in a loop", async () => {
+  let refreshed = 0;
+  const refused = { deliver: [], end: { code: Code.UNAUTHENTICATED, message: "expired" } };
+  const { feed, opened, timers } = scripted([refused, refused, refused], {
+    refresh: async () => { refreshed += 1; },
+  });
   feed.start();
-  await settle();
-  await settle();
-  assert.equal(opened.length, 1);
-  assert.equal(timers.length, 0);
+  for (let i = 0; i < 4; i++) await settle();
+  assert.equal(refreshed, 1);
+  assert.equal(opened.length, 2);
+  assert.equal(timers.length, 1, "the second refusal waits");
+  timers[0].fn();
+  for (let i = 0; i < 4; i++) await settle();
+  assert.equal(refreshed, 1, "no stream opened in between, so no second refresh");
+  assert.equal(opened.length, 3);
+});
+
+test("a failed refresh ends the feed when the session is over, else backs off", async () => {
+  const refused = { deliver: [], end: { code: Code.UNAUTHENTICATED, message: "expired" } };
+  const over = scripted([refused], {
+    refresh: async () => {
+      over.feed.stop(); // the page signs out when auth refuses the refresh token
+      throw new Error("session over");
+    },
+  });
+  over.feed.start();
+  for (let i = 0; i < 3; i++) await settle();
+  assert.equal(over.opened.length, 1);
+  assert.equal(over.timers.length, 0);
+
+  const unreachable = scripted([refused], {
+    refresh: async () => { throw new Error("auth cannot be reached"); },
+  });
+  unreachable.feed.start();
+  for (let i = 0; i < 3; i++) await settle();
+  assert.equal(unreachable.timers.length, 1, "tries again later");
 });
 
 test("stop aborts the open stream and schedules nothing", async () => {

@@ -139,6 +139,22 @@ fn header_list(reply: &Reply, name: http::HeaderName) -> Vec<String> {
         .collect()
 }
 
+/// POSTs `body` to the user service's GetUser as a raw gRPC-Web call with `headers`
+/// (content type, origin, token...), as a browser's fetch would.
+async fn get_user_raw(system: &System, headers: &[(http::HeaderName, &str)], body: Bytes) -> Reply {
+    let mut request = http::Request::builder().method(Method::POST).uri(format!(
+        "http://{}/trellis.user.v1.UserService/GetUser",
+        system.user_addr
+    ));
+    for (name, value) in headers {
+        request = request.header(name, *value);
+    }
+    json::send(request.body(Full::new(body)).expect("a request")).await
+}
+
+/// An empty GetUserRequest in one gRPC-Web data frame.
+const EMPTY_FRAME: &[u8] = &[0, 0, 0, 0, 0];
+
 #[tokio::test]
 async fn cors_allows_the_configured_page_and_refuses_other_origins() {
     let system = System::start().await;
@@ -205,18 +221,14 @@ async fn cors_allows_the_configured_page_and_refuses_other_origins() {
     assert!(methods.iter().any(|m| m == "patch"), "{methods:?}");
 
     // An actual call from the page: its status headers are readable by the page.
-    let reply = json::send(
-        http::Request::builder()
-            .method(Method::POST)
-            .uri(format!(
-                "http://{}/trellis.user.v1.UserService/GetUser",
-                system.user_addr
-            ))
-            .header(header::ORIGIN, PAGE_ORIGIN)
-            .header(header::CONTENT_TYPE, "application/grpc-web+proto")
-            .header("x-grpc-web", "1")
-            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-            .expect("a request"),
+    let reply = get_user_raw(
+        &system,
+        &[
+            (header::ORIGIN, PAGE_ORIGIN),
+            (header::CONTENT_TYPE, "application/grpc-web+proto"),
+            (http::HeaderName::from_static("x-grpc-web"), "1"),
+        ],
+        Bytes::from_static(EMPTY_FRAME),
     )
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -230,6 +242,89 @@ async fn cors_allows_the_configured_page_and_refuses_other_origins() {
     }
     // Trailers-only: no token, so UNAUTHENTICATED (16) in the headers.
     assert_eq!(reply.headers["grpc-status"], "16", "{reply:?}");
+
+    // The same call from another origin is answered (CORS is the browser's business,
+    // the token the server's) without a grant the browser would honour.
+    let foreign = get_user_raw(
+        &system,
+        &[
+            (header::ORIGIN, "http://evil.test"),
+            (header::CONTENT_TYPE, "application/grpc-web+proto"),
+        ],
+        Bytes::from_static(EMPTY_FRAME),
+    )
+    .await;
+    assert_eq!(foreign.headers["grpc-status"], "16", "{foreign:?}");
+    assert!(
+        foreign
+            .headers
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none(),
+        "{foreign:?}"
+    );
+
+    // An OPTIONS that is no preflight (no Access-Control-Request-Method) is not CORS's:
+    // it reaches the service's routes, which have no OPTIONS.
+    let options = json::send(
+        http::Request::builder()
+            .method(Method::OPTIONS)
+            .uri(format!("http://{}/v1/users", system.user_addr))
+            .header(header::ORIGIN, "http://evil.test")
+            .body(Full::new(Bytes::new()))
+            .expect("a request"),
+    )
+    .await;
+    assert_eq!(options.status, 405, "{options:?}");
+}
+
+#[tokio::test]
+async fn grpc_web_text_round_trips_base64_frames() {
+    use base64::Engine as _;
+    let system = System::start().await;
+    let ada = sign_up_and_log_in(&system, "ada@example.com").await;
+    let message = user::GetUserRequest {
+        id: ada.user.id.clone(),
+    }
+    .encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    let engine = base64::engine::general_purpose::STANDARD;
+    let bearer = format!("Bearer {}", ada.access());
+    let reply = get_user_raw(
+        &system,
+        &[
+            (header::CONTENT_TYPE, "application/grpc-web-text"),
+            (header::ACCEPT, "application/grpc-web-text"),
+            (header::AUTHORIZATION, &bearer),
+        ],
+        Bytes::from(engine.encode(&frame)),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/grpc-web-text+proto"
+    );
+    // The body is base64 chunks (one per frame, each padded): decode them in turn.
+    let text = String::from_utf8(reply.raw.to_vec()).expect("base64 text");
+    let mut body = Vec::new();
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        let end = rest.find('=').map_or(rest.len(), |at| {
+            at + rest[at..].chars().take_while(|c| *c == '=').count()
+        });
+        body.extend(engine.decode(&rest[..end]).expect("base64"));
+        rest = &rest[end..];
+    }
+    assert_eq!(body[0], 0, "a data frame first");
+    let length = u32::from_be_bytes(body[1..5].try_into().expect("four bytes")) as usize;
+    let read = user::GetUserResponse::decode(&body[5..5 + length]).expect("a GetUserResponse");
+    assert_eq!(read.user.expect("a user").email, "ada@example.com");
+    let trailer = &body[5 + length..];
+    assert_eq!(trailer[0], 0x80, "then the trailer frame");
+    let trailers = String::from_utf8_lossy(&trailer[5..]).to_ascii_lowercase();
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
 }
 
 /// The web page's protobuf module (`web/grpc-web.js`) is tested under `node --test`

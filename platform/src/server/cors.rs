@@ -6,8 +6,9 @@
 //! preflights (methods `GET`, `POST`, `PATCH`, `DELETE`; request headers
 //! [`ALLOWED_HEADERS`]; cached [`PREFLIGHT_MAX_AGE`]) and exposes [`EXPOSED_HEADERS`] on
 //! responses, so a page can read `grpc-status` of a trailers-only gRPC-Web answer. A
-//! preflight from any other origin is answered `403 Forbidden` with a plain-text reason
-//! before anything else runs. No credentials mode: Trellis authenticates with bearer
+//! preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from any other
+//! origin is answered `403 Forbidden` with a plain-text reason, before any other layer.
+//! Any other `OPTIONS`, and native gRPC calls with no `Origin`, pass inward untouched. No credentials mode: Trellis authenticates with bearer
 //! tokens a page sends itself, never with cookies, so a page that is not allowed gains
 //! nothing a non-browser client would not have (and cross-site request forgery has no
 //! ambient credential to ride on). With no origin allowed, calls pass untouched.
@@ -164,18 +165,37 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if request.method() == Method::OPTIONS
-            && let Some(origin) = request.headers().get(header::ORIGIN)
+        let headers = request.headers();
+        let origin = headers.get(header::ORIGIN);
+        let preflight = request.method() == Method::OPTIONS
+            && origin.is_some()
+            && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight
+            && let Some(origin) = origin
             && !self.allowed.contains(origin)
         {
             return Either::Left(ready(Ok(forbidden(origin))));
         }
-        // No page may call: tower-http has nothing to add (not even `Vary`) to the calls.
-        if self.allowed.is_empty() {
+        // tower-http has nothing to add when no page may call (not even `Vary`), to a
+        // native gRPC call with no `Origin` (never a browser's, never cached), and must
+        // not answer an `OPTIONS` that is no preflight (it takes every `OPTIONS` for one):
+        // those pass inward untouched.
+        let untouched = self.allowed.is_empty()
+            || (request.method() == Method::OPTIONS && !preflight)
+            || (origin.is_none() && is_native_grpc(headers));
+        if untouched {
             return Either::Right(Either::Right(self.inner.get_mut().call(request)));
         }
         Either::Right(Either::Left(self.inner.call(request)))
     }
+}
+
+/// True for `application/grpc` and `application/grpc+…` (not gRPC-Web).
+fn is_native_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value == "application/grpc" || value.starts_with("application/grpc+"))
 }
 
 /// The answer to a preflight from an origin that is not allowed.

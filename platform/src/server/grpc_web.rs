@@ -25,14 +25,21 @@ use tower::{Layer, Service};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrpcWeb;
 
+/// The content types of gRPC-Web, exactly as tonic-web accepts them.
+const GRPC_WEB_CONTENT_TYPES: [&str; 4] = [
+    "application/grpc-web",
+    "application/grpc-web+proto",
+    "application/grpc-web-text",
+    "application/grpc-web-text+proto",
+];
+
 /// True when `request` says it is gRPC-Web (`application/grpc-web`, `…+proto`,
 /// `…-text`, `…-text+proto`).
 pub fn is_grpc_web<B>(request: &Request<B>) -> bool {
     request
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc-web"))
+        .is_some_and(|value| GRPC_WEB_CONTENT_TYPES.iter().any(|web| value == *web))
 }
 
 /// Serves gRPC-Web requests as gRPC through the inner service; see the module docs.
@@ -101,7 +108,13 @@ mod tests {
         ] {
             assert!(is_grpc_web(&with_type(web)), "{web}");
         }
-        for other in ["application/grpc", "application/json", "text/plain"] {
+        for other in [
+            "application/grpc",
+            "application/json",
+            "text/plain",
+            "application/grpc-webx",
+            "application/grpc-web+json",
+        ] {
             assert!(!is_grpc_web(&with_type(other)), "{other}");
         }
         assert!(!is_grpc_web(&Request::new(())));

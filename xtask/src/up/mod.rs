@@ -95,7 +95,19 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let root = crate::workspace_root();
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let lookup = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
-    let plan = plan::plan(&args.scale, lookup, plan::free_port, random_secret)?;
+    let mut plan = plan::plan(&args.scale, lookup, plan::free_port, random_secret)?;
+    if !args.tls {
+        // Each replica's own variables, which win over the developer's: the value keeps
+        // the origins the developer allowed and adds the page's.
+        let cors = web::cors_environment(args.web_port, lookup);
+        for replica in &mut plan.replicas {
+            replica.own_environment.extend(
+                cors.iter()
+                    .filter(|(key, _)| key.starts_with(replica.spec.env_prefix))
+                    .cloned(),
+            );
+        }
+    }
     let binaries = processes::build(&root, args.release)?;
 
     // Service credentials for this run only: the user service's client secret, known to
@@ -117,9 +129,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .map(|spec| (metrics_port_key(spec), spec.metrics_port.to_string())),
     );
     environment.extend(plan.environment);
-    if !args.tls {
-        environment.extend(web::cors_environment(args.web_port));
-    }
     if args.tls {
         environment.extend(tls::make_certificates(&root)?);
         eprintln!(

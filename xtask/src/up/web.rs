@@ -37,15 +37,22 @@ pub(super) fn allowed_origins(port: u16) -> String {
     format!("http://localhost:{port},http://127.0.0.1:{port}")
 }
 
-/// The variables that let the page call every service (`server.cors.allowed_origins`).
-pub(super) fn cors_environment(port: u16) -> Vec<(String, String)> {
+/// The variables that let the page call every service (`server.cors.allowed_origins`),
+/// after the origins the developer allowed already (read through `lookup`), e.g. a
+/// front-end dev server's.
+pub(super) fn cors_environment(
+    port: u16,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
     crate::services::SERVICES
         .iter()
         .map(|spec| {
-            (
-                format!("{}__SERVER__CORS__ALLOWED_ORIGINS", spec.env_prefix),
-                allowed_origins(port),
-            )
+            let key = format!("{}__SERVER__CORS__ALLOWED_ORIGINS", spec.env_prefix);
+            let value = match lookup(&key) {
+                Some(theirs) => format!("{theirs},{}", allowed_origins(port)),
+                None => allowed_origins(port),
+            };
+            (key, value)
         })
         .collect()
 }
@@ -150,13 +157,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_service_allows_both_names_of_the_page_and_nothing_else() {
-        let environment = cors_environment(WEB_PORT);
+    fn every_service_allows_both_names_of_the_page_after_the_developers_origins() {
+        let environment = cors_environment(WEB_PORT, |_| None);
         assert_eq!(environment.len(), crate::services::SERVICES.len());
         for (key, value) in &environment {
             assert!(key.ends_with("__SERVER__CORS__ALLOWED_ORIGINS"), "{key}");
             assert_eq!(value, "http://localhost:50050,http://127.0.0.1:50050");
         }
+        let theirs = cors_environment(WEB_PORT, |key| {
+            (key == "TRELLIS_USER__SERVER__CORS__ALLOWED_ORIGINS")
+                .then(|| "http://localhost:5173".to_owned())
+        });
+        let user = theirs
+            .iter()
+            .find(|(key, _)| key.starts_with("TRELLIS_USER__"))
+            .map(|(_, value)| value.as_str());
+        assert_eq!(
+            user,
+            Some("http://localhost:5173,http://localhost:50050,http://127.0.0.1:50050")
+        );
     }
 
     #[test]
