@@ -27,6 +27,14 @@ pub struct Reply {
     pub raw: Bytes,
 }
 
+impl Reply {
+    /// The HTTP status and the `google.rpc.Status` body's gRPC code, compared together
+    /// by the tests of AIP-193's mapping.
+    pub fn status_and_code(&self) -> (u16, Option<i64>) {
+        (self.status.as_u16(), self.json["code"].as_i64())
+    }
+}
+
 /// Sends `method path` to `addr` with an optional bearer token and JSON body.
 ///
 /// # Panics

@@ -174,10 +174,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         None,
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (401, Some(16))
-    );
+    assert_eq!(reply.status_and_code(), (401, Some(16)));
     let reply = call(
         system.notification_addr,
         Method::POST,
@@ -186,10 +183,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         Some(json!({"bogus": 1, "ids": "not a list"})),
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (401, Some(16))
-    );
+    assert_eq!(reply.status_and_code(), (401, Some(16)));
     // The path alone names the resource: a query or body naming it again is refused.
     let reply = call(
         system.user_addr,
@@ -199,10 +193,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         None,
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (400, Some(3))
-    );
+    assert_eq!(reply.status_and_code(), (400, Some(3)));
     // Someone else: 403 PERMISSION_DENIED, as over gRPC.
     let reply = call(
         system.user_addr,
@@ -212,10 +203,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         None,
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (403, Some(7))
-    );
+    assert_eq!(reply.status_and_code(), (403, Some(7)));
     // An internal method called by an end user: 403.
     let reply = call(
         system.notification_addr,
@@ -225,10 +213,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         Some(json!({"kind": "k", "title": "t", "body": "b", "idempotencyKey": "x"})),
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (403, Some(7))
-    );
+    assert_eq!(reply.status_and_code(), (403, Some(7)));
     // Not found, as an admin: 404.
     let admin = system.sign_up_admin(integration_tests::ADMIN_EMAIL).await;
     let missing = uuid::Uuid::now_v7().to_string();
@@ -240,10 +225,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         None,
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (404, Some(5))
-    );
+    assert_eq!(reply.status_and_code(), (404, Some(5)));
     // The email is taken: 409 ALREADY_EXISTS.
     let reply = call(
         system.user_addr,
@@ -253,10 +235,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         Some(json!({"email": "ada@example.com", "displayName": "Ada", "password": PASSWORD})),
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (409, Some(6))
-    );
+    assert_eq!(reply.status_and_code(), (409, Some(6)));
     // Unknown JSON fields: 400, nothing created.
     let reply = call(
         system.user_addr,
@@ -266,12 +245,7 @@ async fn errors_follow_aip_193_and_the_policy_applies_as_to_grpc() {
         Some(json!({"email": "eve@example.com", "displayName": "Eve", "password": PASSWORD, "isAdmin": true})),
     )
     .await;
-    assert_eq!(
-        (reply.status.as_u16(), reply.json["code"].as_i64()),
-        (400, Some(3)),
-        "{:?}",
-        reply.json
-    );
+    assert_eq!(reply.status_and_code(), (400, Some(3)), "{:?}", reply.json);
     let reply = call(
         system.user_addr,
         Method::GET,
