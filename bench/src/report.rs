@@ -360,7 +360,7 @@ impl Report {
                     out,
                     "{:<10} {:<20} capacity {:.0}/s, offered {:.0}/s: goodput {:.0}/s ({:.2} of capacity), \
                      admitted p99 {:.2} ms ({:.2}× the {:.2} ms at half capacity), shed {}, rate-limited {}, \
-                     health {}/{} answered (slowest {:.1} ms)",
+                     unsent {}, health {}/{} answered (slowest {:.1} ms)",
                     row.variant,
                     "  (overload)",
                     o.capacity_rps,
@@ -372,6 +372,7 @@ impl Report {
                     o.unloaded_p99_ms,
                     o.shed,
                     o.limited,
+                    o.unsent,
                     o.probes - o.probe_failures,
                     o.probes,
                     o.probe_max_ms,

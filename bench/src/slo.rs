@@ -516,6 +516,7 @@ mod tests {
             p99_ratio: 2.5,
             shed: 10,
             limited: 0,
+            unsent: 0,
             probes: 100,
             probe_failures: 1,
             probe_max_ms: 3.0,

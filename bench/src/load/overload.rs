@@ -18,7 +18,12 @@
 //! serves the same calls later and later until deadlines expire. The row's figures are
 //! phase 3's; its `errors` exclude RESOURCE_EXHAUSTED, which is the push-back this
 //! scenario expects, counted in [`OverloadFigures::shed`] and
-//! [`OverloadFigures::limited`] instead.
+//! [`OverloadFigures::limited`] instead, and calls no caller was free to send, counted in
+//! [`OverloadFigures::unsent`]: the load generator shares the machine's CPUs, and when
+//! they are busy every one of its callers can be waiting for an answer while more calls
+//! fall due (by Little's law, 256 callers at 80 ms each send at most 3,200 calls a
+//! second). They are no answer of the service's; a server that queues ties the callers
+//! up too, and the goodput and p99 figures show that.
 
 use std::time::Duration;
 
@@ -28,7 +33,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::measurement::LIMITED;
+use super::measurement::{LIMITED, UNSENT};
 use super::{Load, Measurement, Scenario, SystemUnderTest, connect, require};
 
 /// Offered load of phase 3, as a multiple of the capacity.
@@ -69,6 +74,9 @@ pub struct OverloadFigures {
     pub shed: u64,
     /// Phase 3: calls refused RESOURCE_EXHAUSTED by a rate limit (a `QuotaFailure`).
     pub limited: u64,
+    /// Phase 3: calls due in the window that no caller was free to send (see the module
+    /// docs).
+    pub unsent: u64,
     /// Health probes sent in phase 3.
     pub probes: u64,
     /// Probes not answered SERVING within [`PROBE_TIMEOUT`].
@@ -129,6 +137,7 @@ pub(super) async fn run(sut: &SystemUnderTest, load: &Load) -> anyhow::Result<Me
     overloaded.scenario = Scenario::Overload.name();
     let limited = overloaded.errors.remove(LIMITED).unwrap_or(0);
     let shed = overloaded.errors.remove("RESOURCE_EXHAUSTED").unwrap_or(0);
+    let unsent = overloaded.errors.remove(UNSENT).unwrap_or(0);
     let goodput = per_second(overloaded.ok, overloaded.window);
     let unloaded_p99 = p99_ms(&unloaded.ok_latency);
     let admitted_p99 = p99_ms(&overloaded.ok_latency);
@@ -146,6 +155,7 @@ pub(super) async fn run(sut: &SystemUnderTest, load: &Load) -> anyhow::Result<Me
         },
         shed,
         limited,
+        unsent,
         probes: probes.sent,
         probe_failures: probes.failed,
         probe_max_ms: probes.slowest.as_secs_f64() * 1e3,
