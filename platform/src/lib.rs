@@ -14,7 +14,7 @@
 //!
 //! Modules form layers with no cycle (a tidy test in xtask checks it): leaves first —
 //! `config` (loading, errors), `context` (request context), `validation`, `status`,
-//! `pagination`, `telemetry`, `data`, `metrics`; then `server`, `peer`, `auth`, `outbox`; then
+//! `pagination`, `telemetry`, `data`, `metrics`, `faults`; then `server`, `peer`, `auth`, `outbox`; then
 //! `rate_limit` (over `auth`'s policy and `server`'s client address) and `app`; then
 //! `service` (the builder), `runtime` and `testing` on top.
 
@@ -24,6 +24,7 @@ pub mod config;
 pub mod context;
 pub mod data;
 pub mod discovery;
+pub mod faults;
 pub mod http_json;
 pub mod metrics;
 pub mod outbox;

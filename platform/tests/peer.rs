@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use trellis_platform::context as request_id;
+use trellis_platform::faults::{FaultRule, FaultsConfig};
 use trellis_platform::peer::{CredentialSource, PeerConfig, Peers};
 use trellis_platform::testing::assert_eventually_that;
 
@@ -726,6 +727,16 @@ async fn accounting_fixture(
     timeout: Duration,
     open: Duration,
 ) -> (Switchable, Peers, UserInternalServiceClient<PeerChannel>) {
+    faulty_fixture(behaviour, timeout, open, FaultsConfig::default()).await
+}
+
+/// [`accounting_fixture`] with `faults` injected into calls to the `user` peer.
+async fn faulty_fixture(
+    behaviour: Behaviour,
+    timeout: Duration,
+    open: Duration,
+    faults: FaultsConfig,
+) -> (Switchable, Peers, UserInternalServiceClient<PeerChannel>) {
     let fake = Switchable {
         behaviour: Arc::new(Mutex::new(behaviour)),
         arrived: Arc::default(),
@@ -753,7 +764,8 @@ async fn accounting_fixture(
             },
             ..PeerConfig::default()
         },
-    );
+    )
+    .with_faults(faults, None);
     let client = UserInternalServiceClient::new(peers.channel("user").unwrap());
     (fake, peers, client)
 }
@@ -987,4 +999,73 @@ async fn unknown_kids_verified_with_no_time_left_make_one_key_fetch_and_leave_th
     assert_eq!(auth.key_fetches(), 1);
     assert_eq!(verifier.key_fetches(), 1);
     assert_eq!(peers.circuit_state("auth"), Some(CircuitState::Closed));
+}
+
+/// Faults on, with the one rule `rule` for calls to the `user` peer.
+fn user_faults(rule: FaultRule) -> FaultsConfig {
+    FaultsConfig {
+        enabled: true,
+        peers: std::collections::BTreeMap::from([(
+            "user".to_owned(),
+            std::collections::BTreeMap::from([("r".to_owned(), rule)]),
+        )]),
+        ..FaultsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn injected_aborts_and_delays_answer_the_caller_and_never_reach_the_peer_nor_its_breaker() {
+    let aborts = user_faults(FaultRule {
+        method: "trellis.user.v1.UserInternalService/*".to_owned(),
+        abort_code: Some("UNAVAILABLE".to_owned()),
+        ..FaultRule::default()
+    });
+    let (fake, peers, mut client) = faulty_fixture(Behaviour::Answer, LONG, LONG, aborts).await;
+    // Ten aborts of an idempotent method: no retry, no breaker, no ejection.
+    for _ in 0..10 {
+        let status = verify_within(&mut client, None).await.expect_err("aborted");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("fault injected"), "{status:?}");
+    }
+    assert_eq!(fake.arrived(), 0, "an aborted call is sent nowhere");
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+    assert!(!ejected(&peers), "{:?}", peers.instances("user"));
+
+    let delays = user_faults(FaultRule {
+        delay: Some(LONG),
+        ..FaultRule::default()
+    });
+    let (fake, peers, mut client) = faulty_fixture(Behaviour::Answer, LONG, LONG, delays).await;
+    for _ in 0..5 {
+        let status = verify_within(&mut client, Some(SHORT))
+            .await
+            .expect_err("the delay outlasts the deadline");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+    assert_eq!(fake.arrived(), 0);
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+
+    // A rule for another peer, or faults off, leave calls to `user` alone.
+    let elsewhere = FaultsConfig {
+        peers: std::collections::BTreeMap::from([(
+            "auth".to_owned(),
+            std::collections::BTreeMap::from([(
+                "r".to_owned(),
+                FaultRule {
+                    abort_code: Some("INTERNAL".to_owned()),
+                    ..FaultRule::default()
+                },
+            )]),
+        )]),
+        ..user_faults(FaultRule {
+            abort_code: Some("INTERNAL".to_owned()),
+            abort_percent: 0.0,
+            ..FaultRule::default()
+        })
+    };
+    let (fake, _peers, mut client) = faulty_fixture(Behaviour::Answer, LONG, LONG, elsewhere).await;
+    verify_within(&mut client, None)
+        .await
+        .expect("no fault for this peer");
+    assert_eq!(fake.arrived(), 1);
 }

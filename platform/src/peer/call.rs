@@ -116,6 +116,30 @@ impl CallDeadline {
     pub(super) fn passed(&self) -> bool {
         self.at <= Instant::now()
     }
+
+    /// Spends `plan`'s delay within this deadline, then gives its abort as the call's
+    /// answer; `None` lets the call go on. A delay past the deadline ends at the deadline
+    /// with DEADLINE_EXCEEDED (gRFC A33). Neither answer reaches the breaker.
+    pub(super) async fn inject(
+        &self,
+        plan: &crate::faults::Plan,
+        peer: &str,
+    ) -> Option<http::Response<Body>> {
+        if let Some(delay) = plan.delay {
+            let until = Instant::now() + delay;
+            tokio::time::sleep_until(until.min(self.at)).await;
+            if until > self.at {
+                return Some(
+                    Status::deadline_exceeded(format!(
+                        "an injected delay of {} ms to {peer} outlasted the deadline",
+                        delay.as_millis()
+                    ))
+                    .into_http(),
+                );
+            }
+        }
+        plan.abort.as_ref().map(|status| status.clone().into_http())
+    }
 }
 
 /// The answer to a call refused locally because its caller's deadline left no time: sent

@@ -43,6 +43,7 @@ use tracing::Instrument as _;
 use crate::config::{ConfigError, NonZeroMilliSeconds};
 use crate::context::{REQUEST_ID_HEADER, current_request_id};
 use crate::discovery::{Backend, Registry, StaticRegistry, Target};
+use crate::faults::{FaultMetrics, Faults, FaultsConfig};
 use crate::metrics::{ClientMetrics, Metrics, MetricsError};
 use crate::telemetry::rpc::{self, PeerTarget};
 use crate::tls::{PeerTls, SpiffeId, TlsConfig, TlsSource};
@@ -242,6 +243,8 @@ pub struct Peers {
     metrics: ClientMetrics,
     resilience: Option<ResilienceMetrics>,
     tls: Option<TlsSource>,
+    faults: Arc<FaultsConfig>,
+    fault_metrics: Option<FaultMetrics>,
     shared: Arc<parking_lot::Mutex<HashMap<String, Arc<PeerShared>>>>,
 }
 
@@ -274,8 +277,20 @@ impl Peers {
             metrics: ClientMetrics::default(),
             resilience: None,
             tls: None,
+            faults: Arc::default(),
+            fault_metrics: None,
             shared: Arc::default(),
         }
+    }
+
+    /// Injects the faults `config` gives for each peer (`faults.peers.<peer>.*`, see
+    /// [`crate::faults`]) into calls through channels made after this, counted in
+    /// `metrics` when given. Nothing is injected unless `config.enabled`.
+    #[must_use]
+    pub fn with_faults(mut self, config: FaultsConfig, metrics: Option<FaultMetrics>) -> Self {
+        self.faults = Arc::new(config);
+        self.fault_metrics = metrics;
+        self
     }
 
     /// Connects to every peer over mutual TLS with `source`'s certificate, accepting
@@ -445,6 +460,7 @@ impl Peers {
             retry: RetryPolicy::new(&config.retry),
             counters,
             audience: config.audience(peer),
+            faults: Faults::for_peer(&self.faults, peer, self.fault_metrics.as_ref()),
         }))
     }
 }
@@ -462,6 +478,8 @@ struct PeerShared {
     span_target: Arc<PeerTarget>,
     /// The service the calls are for: the `aud` of the tokens they carry.
     audience: String,
+    /// Faults injected on purpose (`faults.peers.<peer>`), if any.
+    faults: Option<Arc<Faults>>,
 }
 
 /// A channel to one peer; use it with any generated client. Each call is balanced over
@@ -506,6 +524,16 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                     return Ok(call::no_time_left(shared.balancer.peer()));
                 }
                 request.extensions_mut().insert(deadline);
+                // Faults come first (gRFC A33): above the breaker, balancing and retries.
+                let fault = shared
+                    .faults
+                    .as_ref()
+                    .and_then(|faults| faults.plan(request.uri().path(), request.headers()));
+                if let Some(plan) = &fault
+                    && let Some(answer) = deadline.inject(plan, shared.balancer.peer()).await
+                {
+                    return Ok(answer);
+                }
                 let headers = request.headers_mut();
                 if !headers.contains_key(REQUEST_ID_HEADER) {
                     let id =
@@ -545,6 +573,7 @@ impl tower::Service<http::Request<Body>> for PeerChannel {
                     .instrument(span.clone())
                     .await
                     .unwrap_or_else(|never| match never {});
+                drop(fault);
                 Ok(rpc::finish_client_response(span, response))
             })
     }

@@ -13,6 +13,7 @@
 //! | `outbox.*` | [`OutboxConfig`]: delivery of outbox messages |
 //! | `metrics.*` | [`MetricsConfig`]: the Prometheus endpoint (default port: the service's metrics port; 0 disables it) |
 //! | `rate_limits.*` | [`RateLimitsConfig`]: the rate classes' budgets over their defaults, the key cap, the switch |
+//! | `faults.*` | [`FaultsConfig`]: delays and aborts injected on purpose (off by default) |
 //! | `page_token_secret` | the key that signs page tokens (random per process when unset) |
 //! | `local_development` | `true` only on a developer's machine: known default secrets are accepted |
 //! | anything else | the service's own [`Service::Settings`] |
@@ -29,6 +30,7 @@ use crate::auth::AuthConfig;
 use crate::config::{self, ConfigError, Validate as _};
 use crate::data::DatabaseConfig;
 use crate::discovery::DiscoveryConfig;
+use crate::faults::FaultsConfig;
 use crate::metrics::MetricsConfig;
 use crate::outbox::OutboxConfig;
 use crate::pagination::PageTokenCodec;
@@ -39,10 +41,11 @@ use crate::telemetry::TelemetryConfig;
 use crate::tls::TlsConfig;
 
 /// The top-level keys of the platform's sections; every other key is the service's.
-const PLATFORM_KEYS: [&str; 12] = [
+const PLATFORM_KEYS: [&str; 13] = [
     "server",
     "tls",
     "rate_limits",
+    "faults",
     "metrics",
     "telemetry",
     "database",
@@ -95,6 +98,9 @@ pub struct Config<S: Service> {
     /// defaults of the classes the access policy declares, `rate_limits.max_keys`, and
     /// `rate_limits.enabled` (default `true`).
     pub rate_limits: RateLimitsConfig,
+    /// Delays and aborts injected on purpose, on the server and on peer clients
+    /// ([`crate::faults`]). Default off.
+    pub faults: FaultsConfig,
     /// Key that signs page tokens. Unset: a random key per process, so tokens do not
     /// survive a restart or cross replicas; set it when running more than one. Secret.
     pub page_token_secret: Option<SecretString>,
@@ -123,6 +129,7 @@ impl<S: Service> Default for Config<S> {
             discovery: DiscoveryConfig::default(),
             outbox: OutboxConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            faults: FaultsConfig::default(),
             page_token_secret: None,
             local_development: false,
             service: S::Settings::default(),
@@ -143,6 +150,7 @@ impl<S: Service> Clone for Config<S> {
             discovery: self.discovery.clone(),
             outbox: self.outbox.clone(),
             rate_limits: self.rate_limits.clone(),
+            faults: self.faults.clone(),
             page_token_secret: self.page_token_secret.clone(),
             local_development: self.local_development,
             service: self.service.clone(),
@@ -164,6 +172,7 @@ impl<S: Service> std::fmt::Debug for Config<S> {
             .field("discovery", &self.discovery)
             .field("outbox", &self.outbox)
             .field("rate_limits", &self.rate_limits)
+            .field("faults", &self.faults)
             .field("local_development", &self.local_development)
             .field("settings", &self.service)
             .finish_non_exhaustive()
@@ -239,6 +248,20 @@ impl<S: Service> Config<S> {
         self.auth.validate("auth")?;
         self.tls.validate()?;
         self.discovery.validate()?;
+        self.faults.validate()?;
+        if let Some(peer) = self
+            .faults
+            .peers
+            .keys()
+            .find(|peer| !self.peers.contains_key(*peer))
+        {
+            let mut known: Vec<_> = self.peers.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(ConfigError::invalid(
+                format!("faults.peers.{peer}"),
+                format!("no peer is named `{peer}` (peers: {})", known.join(", ")),
+            ));
+        }
         let mut names: Vec<_> = self.peers.keys().collect();
         names.sort();
         for name in names {

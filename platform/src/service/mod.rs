@@ -41,6 +41,7 @@ use crate::auth::{
 };
 use crate::config::{ServiceInfo, Validate};
 use crate::discovery::{Registration, Registry};
+use crate::faults::{FaultLayer, FaultMetrics, Faults};
 use crate::metrics::{Metrics, MetricsEndpoint};
 use crate::outbox::{Dispatcher, OutboxWaker};
 use crate::pagination::PageTokenCodec;
@@ -226,6 +227,18 @@ impl<S: Service> Launch<S> {
         if recording {
             peers = peers.with_metrics(&metrics)?;
         }
+        let fault_metrics = (recording && config.faults.enabled)
+            .then(|| FaultMetrics::new(&metrics))
+            .transpose()?;
+        if config.faults.enabled {
+            tracing::warn!(
+                server_rules = config.faults.server.len(),
+                peers = ?config.faults.peers.keys().collect::<Vec<_>>(),
+                headers = config.faults.allow_headers,
+                "faults.enabled: delays and aborts are injected on purpose"
+            );
+        }
+        peers = peers.with_faults(config.faults.clone(), fault_metrics.clone());
         let tls = TlsSource::load(&config.tls, S::INFO.name)?;
         if let Some(tls) = &tls {
             peers = peers.with_tls(tls.clone());
@@ -254,6 +267,11 @@ impl<S: Service> Launch<S> {
         }
         if let Some(listener) = listener {
             server = server.listener(listener);
+        }
+        // Given first, so every other route layer (the service's own, rate limits,
+        // authentication) wraps it: only calls they let through are faulted.
+        if let Some(faults) = Faults::for_server(&config.faults, fault_metrics.as_ref()) {
+            server = server.route_layer(FaultLayer::new(faults));
         }
         let mut ctx = Context {
             page_tokens: config.page_tokens(),

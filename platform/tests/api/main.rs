@@ -15,6 +15,7 @@ mod admission;
 mod config;
 mod consul_tls;
 mod etcd;
+mod faults;
 mod metrics;
 mod mtls;
 mod outbox;

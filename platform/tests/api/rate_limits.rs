@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -20,10 +20,10 @@ use trellis_platform::testing::{
 use trellis_platform::{BuildError, Config, Context, ServiceInfo};
 use trellis_proto::greeter_v1 as pb;
 use trellis_proto::greeter_v1::greeter_service_client::GreeterServiceClient;
-use trellis_proto::greeter_v1::greeter_service_server::{GreeterService, GreeterServiceServer};
+use trellis_proto::greeter_v1::greeter_service_server::GreeterServiceServer;
 use trellis_proto::notification_v1::notification_internal_service_client::NotificationInternalServiceClient;
 
-use crate::support::{Migrator, Probe};
+use crate::support::{Hello, Migrator, Probe};
 
 const SAY_HELLO: &str = "trellis.greeter.v1.GreeterService/SayHello";
 /// The probe's class: two calls, then one every 100 s (so no test sees a refill).
@@ -56,29 +56,6 @@ impl<const PUBLIC: bool> trellis_platform::Service for Greeter<PUBLIC> {
     async fn build(ctx: &mut Context<Self>) -> Result<(), BuildError> {
         ctx.add_service(GreeterServiceServer::new(Hello));
         Ok(())
-    }
-}
-
-/// Answers every SayHello; streams nothing.
-#[derive(Debug, Clone, Copy)]
-struct Hello;
-
-#[tonic::async_trait]
-impl GreeterService for Hello {
-    async fn say_hello(
-        &self,
-        _: Request<pb::SayHelloRequest>,
-    ) -> Result<Response<pb::SayHelloResponse>, Status> {
-        Ok(Response::new(pb::SayHelloResponse::default()))
-    }
-
-    type StreamGreetingsStream = tokio_stream::Empty<Result<pb::StreamGreetingsResponse, Status>>;
-
-    async fn stream_greetings(
-        &self,
-        _: Request<pb::StreamGreetingsRequest>,
-    ) -> Result<Response<Self::StreamGreetingsStream>, Status> {
-        Ok(Response::new(tokio_stream::empty()))
     }
 }
 

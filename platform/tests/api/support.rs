@@ -1,6 +1,6 @@
 //! A probe service for the suite: `NotificationInternalService` with an internal-caller
-//! allowlist, built by the platform like any service; and a notification handler whose
-//! `SendNotification` answers as a test tells it to.
+//! allowlist, built by the platform like any service; a notification handler whose
+//! `SendNotification` answers as a test tells it to; and a greeter that always answers.
 
 use std::sync::Arc;
 
@@ -127,5 +127,31 @@ pub fn send_request() -> pb::SendNotificationRequest {
         title: "Probe".to_owned(),
         body: "A probe.".to_owned(),
         idempotency_key: "probe".to_owned(),
+    }
+}
+
+/// A greeter that answers every SayHello and streams nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Hello;
+
+#[tonic::async_trait]
+impl trellis_proto::greeter_v1::greeter_service_server::GreeterService for Hello {
+    async fn say_hello(
+        &self,
+        _: Request<trellis_proto::greeter_v1::SayHelloRequest>,
+    ) -> Result<Response<trellis_proto::greeter_v1::SayHelloResponse>, Status> {
+        Ok(Response::new(
+            trellis_proto::greeter_v1::SayHelloResponse::default(),
+        ))
+    }
+
+    type StreamGreetingsStream =
+        tokio_stream::Empty<Result<trellis_proto::greeter_v1::StreamGreetingsResponse, Status>>;
+
+    async fn stream_greetings(
+        &self,
+        _: Request<trellis_proto::greeter_v1::StreamGreetingsRequest>,
+    ) -> Result<Response<Self::StreamGreetingsStream>, Status> {
+        Ok(Response::new(tokio_stream::empty()))
     }
 }
