@@ -1069,3 +1069,60 @@ async fn injected_aborts_and_delays_answer_the_caller_and_never_reach_the_peer_n
         .expect("no fault for this peer");
     assert_eq!(fake.arrived(), 1);
 }
+
+/// Serves a [`FakeUsers`] answering after `delay` on 127.0.0.1:0.
+async fn serve_fake(replica: usize, delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let users = FakeUsers {
+        replica,
+        served: Arc::default(),
+        delay,
+        seen_timeouts: Arc::default(),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserInternalServiceServer::new(users))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn an_instance_that_kept_a_call_waiting_to_the_callers_deadline_is_avoided_afterwards() {
+    // A paused or black-holed instance: it accepts calls and never answers. The callers'
+    // deadlines are far shorter than the peer's timeout, so no failure may count
+    // against it — but the time they waited is its latency for picking.
+    let fast = serve_fake(1, Duration::from_millis(1)).await;
+    let hung = serve_fake(2, LONG).await;
+    let peers = user_peers(
+        &[fast, hung],
+        PeerConfig {
+            timeout: LONG,
+            health_check: false,
+            ..PeerConfig::default()
+        },
+    );
+    let mut client = UserInternalServiceClient::new(peers.channel("user").unwrap());
+    let deadline = Duration::from_millis(200);
+    let mut first_wait = None;
+    for call in 0..64 {
+        if let Err(status) = verify_within(&mut client, Some(deadline)).await {
+            assert_deadline_exceeded(Err(status), true);
+            first_wait = Some(call);
+            break;
+        }
+    }
+    assert!(
+        first_wait.is_some(),
+        "two choices never picked the hung instance"
+    );
+    // Its 200 ms wait is now its latency: every call goes to the one that answers.
+    for _ in 0..30 {
+        verify_within(&mut client, Some(deadline))
+            .await
+            .expect("the answering instance is picked");
+    }
+    assert!(!ejected(&peers), "a caller's deadline ejects nothing");
+    assert_eq!(peers.circuit_state("user"), Some(CircuitState::Closed));
+}

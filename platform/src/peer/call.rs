@@ -259,7 +259,9 @@ async fn send(
                 (deadline - call_deadline.started).as_millis()
             ));
             if !call_deadline.peers {
-                // The caller's deadline: nothing is recorded against the instance.
+                // The caller's deadline: no failure is recorded against the instance,
+                // but the wait is its latency for picking (a hung instance is avoided).
+                shared.balancer.waited(&endpoint, rtt);
                 return caller_caused(expired);
             }
             shared.balancer.record(&endpoint, Outcome::Failure, rtt);

@@ -6,7 +6,10 @@
 //!   with the lower load wins. A unary call's load is its peak-EWMA latency times
 //!   (outstanding calls + 1), Finagle's and linkerd's default (peak: a slower answer
 //!   raises the estimate at once; faster ones lower it with a 10 s decay; 30 ms before
-//!   the first answer); a stream's load is its outstanding calls.
+//!   the first answer; a call the caller's deadline ended unanswered raises it to the
+//!   time it waited, and never lowers it, so an instance that hangs — paused, or
+//!   black-holed — is avoided even when no failure may be counted against it); a
+//!   stream's load is its outstanding calls.
 //! - **Health**: each instance's `grpc.health.v1.Health/Watch` for the server (`""`), as
 //!   gRPC's client-side health checking does: NOT_SERVING or a broken stream takes the
 //!   instance out of rotation until it reports SERVING again (a server answering
@@ -250,6 +253,18 @@ impl Endpoint {
         *guard = (next, now);
     }
 
+    /// Raises the estimate to `rtt` if that is higher; never lowers it.
+    fn observe_peak(&self, rtt: Duration, now: Instant) {
+        let rtt = rtt.as_nanos() as f64;
+        let mut guard = self.rtt.lock();
+        let (estimate, at) = *guard;
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        let decayed = estimate * (-elapsed / DECAY.as_secs_f64()).exp();
+        if rtt > decayed {
+            *guard = (rtt, now);
+        }
+    }
+
     pub(crate) fn start_call(self: &Arc<Self>) -> Outstanding {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         Outstanding(Arc::clone(self))
@@ -426,6 +441,12 @@ impl Balancer {
             }
         };
         Ok(Arc::clone(chosen))
+    }
+
+    /// Records that a call to `endpoint` went unanswered for `waited` until its caller's
+    /// deadline: evidence of latency for picking, never of failure (see the module docs).
+    pub(crate) fn waited(&self, endpoint: &Arc<Endpoint>, waited: Duration) {
+        endpoint.observe_peak(waited, Instant::now());
     }
 
     /// Records how a call to `endpoint` ended and how long its answer took.
