@@ -13,6 +13,7 @@
 
 pub mod argon2_rate;
 pub mod baseline;
+pub mod chaos;
 pub mod load;
 pub mod plan;
 pub mod procstat;

@@ -128,7 +128,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// 192 random bits from the OS, hex-encoded.
-fn random_secret() -> anyhow::Result<String> {
+pub(crate) fn random_secret() -> anyhow::Result<String> {
     let mut bytes = [0_u8; 24];
     getrandom::fill(&mut bytes).context("reading the OS's random bytes")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
@@ -320,7 +320,7 @@ fn stop_one(process: &mut Managed) -> anyhow::Result<()> {
 }
 
 /// The last lines of a log file, for an error message.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let Ok(file) = std::fs::File::open(path) else {
         return String::new();
     };
@@ -328,7 +328,7 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-async fn serving(uri: &str) -> bool {
+pub(crate) async fn serving(uri: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(uri.to_owned()) else {
         return false;
     };

@@ -1,7 +1,8 @@
-//! `cargo xtask bench [ARGS…]`: build the load generator (`trellis-bench`) and the
-//! services in release mode (the same static build as `cargo xtask images`, so one
-//! build serves both), then run the load generator with ARGS passed through (see
-//! `cargo xtask bench --help` and the README's "Performance" section).
+//! `cargo xtask bench [ARGS…]` and `cargo xtask chaos [ARGS…]`: build the load
+//! generator's package (`trellis-bench`, with `trellis-chaos`) and the services in
+//! release mode (the same static build as `cargo xtask images`, so one build serves
+//! both), then run `trellis-bench` or `trellis-chaos` with ARGS passed through (see
+//! their `--help`, the README's "Performance" and "Faults" sections).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -17,12 +18,23 @@ use crate::services::SERVICES;
 #[command(disable_help_flag = true)]
 pub(crate) struct Args {
     /// Arguments for trellis-bench (e.g. `--scenario health,get-user --duration 10s`;
-    /// `cargo xtask bench --help` lists them).
+    /// `cargo xtask bench --help` lists them) or trellis-chaos (`--fault F1,F7
+    /// --duration 10s`; `cargo xtask chaos --help`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    run_binary("trellis-bench", args)
+}
+
+/// `cargo xtask chaos`: as `cargo xtask bench`, running `trellis-chaos` (the fault
+/// suite) instead.
+pub(crate) fn chaos(args: &Args) -> anyhow::Result<ExitCode> {
+    run_binary("trellis-chaos", args)
+}
+
+fn run_binary(binary: &str, args: &Args) -> anyhow::Result<ExitCode> {
     let root = crate::workspace_root();
     let has = |flag: &str| {
         args.args.iter().any(|a| {
@@ -48,12 +60,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let bench = crate::images::static_release_build(
         &root,
         &["trellis-bench"],
-        "load generator (trellis-bench)",
+        "load generator (trellis-bench, trellis-chaos)",
     )?
     .into_iter()
-    .find(|(name, _)| name == "trellis-bench")
+    .find(|(name, _)| name == binary)
     .map(|(_, path)| path)
-    .context("cargo built no trellis-bench binary")?;
+    .with_context(|| format!("cargo built no {binary} binary"))?;
     let mut command = Command::new(&bench);
     command.current_dir(&root);
     if let Some(dir) = service_dir.filter(|_| !has("--bin-dir")) {

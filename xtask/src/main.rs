@@ -41,6 +41,10 @@ enum Command {
     /// Build the load generator and the services (release), then measure: scenarios,
     /// a bare-tonic baseline in the same run, SLO gates (`cargo xtask bench --help`).
     Bench(bench::Args),
+    /// Build the services and the fault suite (release), then inject each fault into a
+    /// fresh system under load and check nothing acknowledged was lost
+    /// (`cargo xtask chaos --help`).
+    Chaos(bench::Args),
     /// Write each service's OpenAPI 3.1 document (generated from the protos by the
     /// service itself) to docs/openapi/; `--check` compares instead.
     Openapi(openapi::Args),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Images(args) => images::run_images(&args).map(|()| ExitCode::SUCCESS),
         Command::Test(args) => test(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Chaos(args) => bench::chaos(&args),
         Command::Openapi(args) => openapi::run(&args),
     };
     match result {
