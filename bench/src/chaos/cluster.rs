@@ -179,10 +179,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// `http://…` of the process `name`.
-    ///
-    /// # Panics
-    /// When there is no such process (a programming error).
+    /// `http://…` of the process `name`; empty when there is none.
     #[must_use]
     pub fn uri(&self, name: &str) -> String {
         self.find(name).map(|p| p.uri.clone()).unwrap_or_default()

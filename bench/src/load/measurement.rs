@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
-use tonic::{Code, Streaming};
+use tonic::Streaming;
 use trellis_proto::notification_v1::SubscribeResponse;
 
 use super::Load;
@@ -243,29 +243,8 @@ fn record(histogram: &mut Histogram<u64>, latency: Duration) {
     histogram.saturating_record(us.clamp(1, MAX_LATENCY_US));
 }
 
-/// gRPC's canonical name of `code` (`NOT_FOUND`), as the spec and grpcurl spell it.
-#[must_use]
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+/// gRPC's canonical name of a code (`NOT_FOUND`): the platform's.
+pub use trellis_platform::metrics::grpc::code_name;
 
 /// One caller's counts.
 #[derive(Debug)]

@@ -29,7 +29,7 @@ use serde_with::{DurationMilliSeconds, serde_as};
 use tonic::Code;
 
 use crate::config::{ConfigError, Validate};
-use crate::metrics::grpc::ALL_CODES;
+use crate::metrics::grpc::{ALL_CODES, code_name};
 
 /// Longest delay a rule may give, in ms (an hour: a fault that outlives every deadline is
 /// a blackhole, which a delay this long already is).
@@ -42,8 +42,8 @@ pub struct FaultsConfig {
     /// Whether any fault is injected. Default `false`: no rule applies and no fault
     /// header is read, whatever else is set (and the layers are not installed at all).
     pub enabled: bool,
-    /// Most faults active at once, on each side (calls being delayed or aborted; gRFC
-    /// A33's `max_active_faults`): past it a call that a rule picks goes on unharmed.
+    /// Most faults active at once on the server, and on the calls to each peer (calls
+    /// being delayed or aborted; gRFC A33's `max_active_faults`): past it a call that a rule picks goes on unharmed.
     /// Default: no cap.
     pub max_active_faults: Option<usize>,
     /// Whether a call's own `x-envoy-fault-*` headers may ask for a fault (gRFC A33,
@@ -173,30 +173,7 @@ pub fn code_named(name: &str) -> Option<Code> {
         .iter()
         .copied()
         .filter(|code| *code != Code::Ok)
-        .find(|code| canonical_name(*code).eq_ignore_ascii_case(name.trim()))
-}
-
-/// `code` as the gRPC spec's status code table spells it (`DEADLINE_EXCEEDED`).
-fn canonical_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+        .find(|code| code_name(*code).eq_ignore_ascii_case(name.trim()))
 }
 
 impl FaultsConfig {
